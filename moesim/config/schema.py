@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
-_STRICT = ConfigDict(extra="forbid", strict=False, validate_assignment=False, frozen=True)
+_STRICT = ConfigDict(extra="forbid", strict=True, validate_assignment=False, frozen=True)
 
 PosInt = Field(gt=0)
 
