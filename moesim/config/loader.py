@@ -74,10 +74,17 @@ def _deep_update(dst: dict, src: Mapping) -> None:
 
 
 def _parse_value(text: str) -> Any:
+    """A YAML scalar; numbers YAML 1.1 leaves as strings (``1e-05``) become floats."""
     try:
-        return yaml.safe_load(text) if text.strip() != "" else ""
+        value = yaml.safe_load(text) if text.strip() != "" else ""
     except yaml.YAMLError:
         return text
+    if isinstance(value, str):
+        try:
+            return float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "infinity") else value
+        except ValueError:
+            return value
+    return value
 
 
 def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:

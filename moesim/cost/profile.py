@@ -1,0 +1,171 @@
+"""Device and network profiles: YAML files in ``calibration/`` with provenance and a status
+``datasheet`` or ``measured``. Loading validates every field and names the file and field at fault."""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from moesim.errors import InputFileError, MoesimError
+
+STATUSES = ("datasheet", "measured")
+DTYPES = ("bf16", "fp16", "fp32")
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """One accelerator. Units: FLOP/s, bytes/s, bytes, seconds."""
+
+    peak_flops: Mapping[str, float]
+    memory_bandwidth: float
+    memory_bytes: float
+    gemm_efficiency_max: float
+    gemm_half_size: float
+    memory_efficiency: float
+    op_overhead_s: float
+
+
+@dataclass(frozen=True)
+class NetworkProfile:
+    """Communication parameters the network model takes (seconds; link_efficiency is a factor on
+    the topology's bandwidth per link class)."""
+
+    latency_per_message_s: float = 5e-6
+    collective_overhead_s: float = 20e-6
+    link_efficiency: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    status: str
+    provenance: Mapping[str, Any]
+    device: DeviceProfile
+    network: NetworkProfile
+    path: str = ""
+
+
+def _num(path: Path, where: str, value: Any, *, positive: bool = True, allow_zero: bool = False,
+         at_most: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise InputFileError(path, f"field '{where}' must be a number, got {value!r}") from None
+        else:
+            raise InputFileError(path, f"field '{where}' must be a number, got {value!r}")
+    x = float(value)
+    if not math.isfinite(x):
+        raise InputFileError(path, f"field '{where}' must be finite, got {value!r}")
+    if positive and (x < 0 or (x == 0 and not allow_zero)):
+        raise InputFileError(path, f"field '{where}' must be {'non-negative' if allow_zero else 'positive'}, got {value!r}")
+    if at_most is not None and x > at_most:
+        raise InputFileError(path, f"field '{where}' must be at most {at_most}, got {value!r}")
+    return x
+
+
+def _section(path: Path, data: Mapping, key: str, required: bool = True) -> Mapping:
+    sec = data.get(key)
+    if sec is None:
+        if required:
+            raise InputFileError(path, f"missing section '{key}'")
+        return {}
+    if not isinstance(sec, Mapping):
+        raise InputFileError(path, f"section '{key}' must be a mapping")
+    return sec
+
+
+def _req(path: Path, sec: Mapping, key: str, where: str) -> Any:
+    if key not in sec:
+        raise InputFileError(path, f"missing field '{where}'")
+    return sec[key]
+
+
+def parse_profile(data: Any, path: Path) -> Profile:
+    """Validate a profile mapping (as read from YAML)."""
+    if not isinstance(data, Mapping):
+        raise InputFileError(path, "a profile must be a mapping with 'name', 'status', 'device'")
+    status = data.get("status")
+    if status not in STATUSES:
+        raise InputFileError(path, f"field 'status' must be one of {STATUSES}, got {status!r}")
+    prov = data.get("provenance")
+    if not isinstance(prov, Mapping) or not prov:
+        raise InputFileError(path, "field 'provenance' must be a non-empty mapping (source, date, ...)")
+    dev = _section(path, data, "device")
+    peaks = _req(path, dev, "peak_flops", "device.peak_flops")
+    if not isinstance(peaks, Mapping) or not peaks:
+        raise InputFileError(path, "field 'device.peak_flops' must map dtypes (bf16, fp16, fp32) to FLOP/s")
+    peak = {}
+    for k, v in peaks.items():
+        if k not in DTYPES:
+            raise InputFileError(path, f"field 'device.peak_flops.{k}': unknown dtype (expected {DTYPES})")
+        peak[k] = _num(path, f"device.peak_flops.{k}", v)
+    gemm = _section(path, dev, "gemm")
+    device = DeviceProfile(
+        peak_flops=peak,
+        memory_bandwidth=_num(path, "device.memory_bandwidth", _req(path, dev, "memory_bandwidth", "device.memory_bandwidth")),
+        memory_bytes=_num(path, "device.memory_bytes", dev.get("memory_bytes", 0), allow_zero=True),
+        gemm_efficiency_max=_num(path, "device.gemm.efficiency_max",
+                                 _req(path, gemm, "efficiency_max", "device.gemm.efficiency_max"), at_most=1.0),
+        gemm_half_size=_num(path, "device.gemm.half_size", gemm.get("half_size", 0), allow_zero=True),
+        memory_efficiency=_num(path, "device.memory_efficiency", dev.get("memory_efficiency", 1.0), at_most=1.0),
+        op_overhead_s=_num(path, "device.op_overhead_s", dev.get("op_overhead_s", 0.0), allow_zero=True),
+    )
+    net = _section(path, data, "network", required=False)
+    eff = net.get("link_efficiency", {}) or {}
+    if not isinstance(eff, Mapping):
+        raise InputFileError(path, "field 'network.link_efficiency' must map link classes to factors")
+    network = NetworkProfile(
+        latency_per_message_s=_num(path, "network.latency_per_message_s", net.get("latency_per_message_s", 5e-6), allow_zero=True),
+        collective_overhead_s=_num(path, "network.collective_overhead_s", net.get("collective_overhead_s", 20e-6), allow_zero=True),
+        link_efficiency={str(k): _num(path, f"network.link_efficiency.{k}", v, at_most=1.0) for k, v in eff.items()},
+    )
+    name = data.get("name") or path.stem
+    return Profile(str(name), status, dict(prov), device, network, str(path))
+
+
+def load_profile(path: str | os.PathLike) -> Profile:
+    """Read and validate one profile file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise InputFileError(p, f"cannot read profile ({exc.strerror or exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InputFileError(p, f"not valid YAML ({exc})") from None
+    return parse_profile(data, p)
+
+
+def profile_search_path() -> list[Path]:
+    """Where profiles are looked up by name: $MOESIM_PROFILE_PATH (os.pathsep-separated), ./calibration,
+    then the repository's calibration/ next to the installed package."""
+    dirs = [Path(d) for d in os.environ.get("MOESIM_PROFILE_PATH", "").split(os.pathsep) if d]
+    dirs.append(Path.cwd() / "calibration")
+    dirs.append(Path(__file__).resolve().parents[2] / "calibration")
+    seen, out = set(), []
+    for d in dirs:
+        key = d.resolve() if d.exists() else d
+        if key not in seen:
+            seen.add(key)
+            out.append(d)
+    return out
+
+
+def find_profile(name_or_path: str | os.PathLike) -> Profile:
+    """A profile by file path, or by name (``h100-sxm``) on the search path."""
+    text = str(name_or_path)
+    p = Path(text)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return load_profile(p)
+    for d in profile_search_path():
+        cand = d / f"{text}.yaml"
+        if cand.is_file():
+            return load_profile(cand)
+    raise MoesimError(f"no device profile named '{text}' (looked in: {', '.join(str(d) for d in profile_search_path())})")

@@ -1,0 +1,151 @@
+"""The SimPy engine against closed forms, and the behaviours users rely on."""
+import json
+
+import networkx as nx
+import numpy as np
+import pytest
+
+from moesim.config import load_config
+from moesim.cost import CostModel, find_profile
+from moesim.engine import SimOptions, Simulation, simulate
+from moesim.errors import MoesimError
+from moesim.topology import Topology
+from moesim.topology.generators import bigmac_paper, emulated_testbed
+from moesim.workload import Compute
+
+SMALL = {"model": {"name": "small", "layers": 2, "hidden": 512, "heads": 8, "seq_len": 512, "vocab": 1000,
+                   "dtype": "bf16"},
+         "moe": {"experts": 8, "top_k": 2, "ratio": 0.25},
+         "parallel": {"ep": 1}, "run": {"global_batch_tokens": 4096, "batch_size": 8, "prompt_len": 256}}
+
+
+def small(**sets):
+    cfg = json.loads(json.dumps(SMALL))
+    for key, value in sets.items():
+        section, field = key.split("__")
+        cfg[section][field] = value
+    return load_config(cfg)
+
+
+def pair_topology(bandwidth: float, latency: float, gpus: int = 2) -> Topology:
+    """GPUs on one switch; with 2 GPUs the route is GPU -> switch -> GPU."""
+    g = nx.Graph()
+    g.add_node("sw", kind="switch")
+    for r in range(gpus):
+        g.add_node(f"g{r}", kind="gpu", rank=r, host=f"h{r}")
+        g.add_edge(f"g{r}", "sw", bandwidth=bandwidth, latency=latency)
+    return Topology(g, source="<test>")
+
+
+def test_one_rank_compute_only_is_the_sum_of_op_times():
+    cfg = small()
+    g = nx.Graph()
+    g.add_node("g0", kind="gpu", rank=0, host="h0")
+    sim = Simulation(cfg, Topology(g, source="<one>"), "h100-sxm")
+    res = sim.run()
+    model = CostModel(find_profile("h100-sxm"))
+    ops = [it for it in sim.program.items if isinstance(it, Compute)]
+    expected = 0.0
+    for op in ops:
+        if op.kind == "gemm":
+            expected += float(np.sum(model.gemm_time(op.m, op.n, op.k, "bf16", op.count)))
+        else:
+            expected += float(np.sum(model.memory_time(op.nbytes)))
+    assert res.step_time_s == pytest.approx(expected, rel=1e-12)
+    assert sum(res.breakdown_s.values()) == pytest.approx(res.step_time_s, rel=1e-12)
+    assert res.exposed_comm_s == 0 and res.comm_busy_s == 0
+
+
+def test_two_ranks_all_to_all_matches_closed_form():
+    """Prefill, ep = 2: every All-to-All sends M[0,1] bytes each way through GPU->switch->GPU;
+    time = overhead + bytes/B + 2 link latencies + per-message latency."""
+    B, lat = 1e9, 3e-6
+    cfg = small(parallel__ep=2, run__mode="prefill")
+    sim = Simulation(cfg, pair_topology(B, lat), "h100-sxm")
+    res = sim.run()
+    prof = find_profile("h100-sxm").network
+    a2a = [c for c in sim.program.collectives.values() if c.op == "all_to_all"]
+    assert len(a2a) == 2 * cfg.model.layers
+    per = [prof.collective_overhead_s + c.matrix[0, 1] / B + 2 * lat + prof.latency_per_message_s for c in a2a]
+    compute = float(sim.classes.durations[0].sum())
+    assert res.step_time_s == pytest.approx(compute + sum(per), rel=1e-9)
+    assert res.exposed_comm_s == pytest.approx(sum(per), rel=1e-9)
+    waits = res.comm_by_phase()
+    assert waits["dispatch"]["exposed_s"] + waits["combine"]["exposed_s"] == pytest.approx(sum(per), rel=1e-9)
+    for span, expected in zip(sorted(res.collective_spans, key=lambda s: s.start), per):
+        assert span.end - span.start == pytest.approx(expected, rel=1e-9)
+
+
+def test_gradient_allreduce_hidden_when_fast_exposed_when_slow():
+    cfg = small(parallel__dp=4, model__layers=4)
+    fast = simulate(cfg, pair_topology(1e12, 0.0, gpus=4), "h100-sxm")
+    slow = simulate(cfg, pair_topology(1e7, 0.0, gpus=4), "h100-sxm")
+    busy_fast = fast.comm_by_phase()["grad_allreduce"]["busy_s"]
+    assert busy_fast > 0 and fast.breakdown_s["grad_allreduce"] < 0.05 * fast.step_time_s
+    assert slow.breakdown_s["grad_allreduce"] > 0.5 * slow.step_time_s
+    assert slow.step_time_s > fast.step_time_s
+
+
+def test_deterministic():
+    cfg = load_config("gpt3-medium", ["moe.routing=zipf", "moe.top_k=4", "run.mode=prefill"])
+    a = simulate(cfg, bigmac_paper()).summary()
+    b = simulate(cfg, bigmac_paper()).summary()
+    assert a == b
+
+
+def test_skewed_routing_slows_the_all_to_all():
+    base = ["moe.top_k=4", "run.mode=prefill", "moe.capacity_factor=null"]
+    uni = simulate(load_config("gpt3-medium", base), bigmac_paper())
+    skew = simulate(load_config("gpt3-medium", base + ["moe.routing=zipf", "moe.zipf_exponent=1.2"]), bigmac_paper())
+    comm = lambda r: r.comm_by_phase()["dispatch"]["busy_s"]  # noqa: E731
+    assert skew.a2a_bytes == pytest.approx(uni.a2a_bytes, rel=0.2)
+    assert comm(skew) > 1.2 * comm(uni)
+    assert skew.step_time_s > uni.step_time_s
+    assert skew.classes.count > 1  # ranks holding popular experts work longer
+
+
+def test_dcca_wins_when_network_bound_and_loses_slightly_without_ep():
+    over = ["moe.top_k=8"]
+    topo = bigmac_paper()
+    cdac = simulate(load_config("gpt3-xl", over + ["moe.structure=cdac"]), topo)
+    dcca = simulate(load_config("gpt3-xl", over + ["moe.structure=dcca"]), topo)
+    assert cdac.step_time_s / dcca.step_time_s > 2.0
+    # no expert parallelism: nothing to save, two extra projections to pay
+    no_ep = over + ["parallel.ep=1", "parallel.dp=32"]
+    cdac1 = simulate(load_config("gpt3-xl", no_ep + ["moe.structure=cdac"]), topo)
+    dcca1 = simulate(load_config("gpt3-xl", no_ep + ["moe.structure=dcca"]), topo)
+    assert 1.0 < dcca1.step_time_s / cdac1.step_time_s < 1.1
+
+
+def test_simulated_all_to_all_bytes_reach_the_network():
+    """Prefill (no gradients): every byte GPUs put on their first link is All-to-All traffic."""
+    from moesim.analytic import a2a_bytes_per_step
+    cfg = load_config("gpt3-medium", ["moe.structure=dcca", "moe.top_k=4", "run.mode=prefill"])
+    res = simulate(cfg, bigmac_paper())
+    links = res.links()
+    topo = res.topology
+    from_gpu = topo.is_gpu[topo.link_src]
+    assert links["bytes"].to_numpy()[from_gpu].sum() == pytest.approx(a2a_bytes_per_step(cfg).total, rel=1e-9)
+    assert res.a2a_bytes == pytest.approx(a2a_bytes_per_step(cfg).total, rel=1e-12)
+    assert (links["utilisation"] <= 1 + 1e-9).all()
+
+
+def test_results_export(tmp_path):
+    cfg = small(parallel__ep=2)
+    res = simulate(cfg, emulated_testbed(hosts=2, ranks_per_host=1, link_bandwidth=1e9), "h100-sxm")
+    s = res.summary()
+    assert set(s["breakdown_s"]) >= {"dispatch", "combine", "experts", "attention", "grad_allreduce"}
+    assert s["tokens_per_s"] == pytest.approx(cfg.step_tokens / s["step_time_s"])
+    json.dumps(s)
+    tl = res.timeline()
+    assert {"rank", "stream", "phase", "start_s", "end_s"} <= set(tl.columns)
+    assert (tl["end_s"] >= tl["start_s"]).all() and tl["end_s"].max() == pytest.approx(res.step_time_s)
+    trace = tmp_path / "t.json"
+    res.write_chrome_trace(trace)
+    events = json.loads(trace.read_text())["traceEvents"]
+    assert any(e.get("cat") == "dispatch" and e["ph"] == "X" for e in events)
+
+
+def test_gpu_count_mismatch_is_a_clear_error():
+    with pytest.raises(MoesimError, match="needs 8 GPUs .* topology has 32"):
+        simulate(load_config("gpt3-xl", ["parallel.ep=8"]), bigmac_paper())
