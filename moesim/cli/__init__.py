@@ -15,6 +15,11 @@ SUBCOMMAND_MODULES = (
     "moesim.cli.topology_cmd",
     "moesim.cli.collective_cmd",
     "moesim.cli.simulate_cmd",
+    "moesim.cli.sweep_cmd",
+    "moesim.cli.dashboard_cmd",
+    "moesim.cli.cost_cmd",
+    "moesim.cli.calibrate_cmd",
+    "moesim.cli.validate_cmd",
 )
 
 

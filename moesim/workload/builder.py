@@ -150,9 +150,7 @@ class _Builder:
 
     def lm_head(self, d):
         v, h, tp = self.cfg.model.vocab, self.h, self.tp
-        rows = self.T
-        if self.cfg.run.mode == "prefill":  # only the last token of each prompt needs logits
-            rows = self.T / self.cfg.run.prompt_len
+        rows = self.T  # logits for every token (as real_backend and the analytic model count)
         self.gemm("lm_head", "lm_head", -1, d, rows, v / tp, h)
         self.mem("softmax_loss", "lm_head", -1, d, 2.0 * rows * (v / tp) * 4.0)
 

@@ -11,9 +11,7 @@ from typing import Union
 
 import numpy as np
 
-PHASES = ("embedding", "attention", "tp_comm", "gate", "descend", "dispatch", "experts", "shared_experts",
-          "combine", "ascend", "lm_head", "grad_allreduce", "optimizer")
-COMM_PHASES = ("tp_comm", "dispatch", "combine", "grad_allreduce")
+from moesim.phases import COMM_PHASES, PHASES  # noqa: F401  (re-exported)
 
 Size = Union[float, np.ndarray]
 

@@ -1,0 +1,63 @@
+"""``moesim validate``: simulate measured runs and compare predicted with measured step and phase times."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from moesim.units import fmt_seconds
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("validate", help="predicted vs measured step and phase times of real_backend runs",
+                       description="Simulate each measured run (config from the table's metadata, its testbed "
+                                   "topology with the profile's calibrated links) and print predicted vs measured "
+                                   "step time and per-phase times, the absolute percentage error per run, MAPE and "
+                                   "max error, and DCCA-over-CDAC speedups. A campaign directory (with manifest.json) "
+                                   "brings its own profile, topologies and fit/held-out split.")
+    p.add_argument("runs", nargs="+", metavar="RUN_CSVS", help="real_backend.run tables, or a campaign directory")
+    p.add_argument("--profile", metavar="NAME|FILE", help="device profile (default: the campaign manifest's)")
+    p.add_argument("--topology", metavar="FILE", help="topology for every run (default: each run's <csv>.topology.json "
+                                                     "or the manifest's, else one built from the table's testbed meta)")
+    p.add_argument("--bucket-bytes", type=float, default=None,
+                   help="gradient all-reduce bucket (default: real_backend's 64 MiB)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (fractions, seconds)")
+    p.add_argument("--plot", metavar="FILE.html", help="write an HTML plot (predicted vs measured, speedups, phases)")
+    p.add_argument("--phases", action="store_true", help="print every run's per-phase times")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from moesim.validate import REAL_BACKEND_BUCKET_BYTES, validate
+    rep = validate(args.runs, profile=args.profile, topology=args.topology,
+                   bucket_bytes=args.bucket_bytes or REAL_BACKEND_BUCKET_BYTES)
+    if args.plot:
+        from moesim.validate.plot import write_plot
+        write_plot(args.plot, rep)
+    if args.json:
+        print(json.dumps(rep, indent=2))
+        return 0
+    print(f"profile {rep['profile']['name']} ({rep['profile']['status']}); {len(rep['rows'])} run(s)")
+    print(f"{'run':34s} {'role':8s} {'measured':>10s} {'predicted':>10s} {'APE':>6s}")
+    for r in rep["rows"]:
+        print(f"{r['label']:34s} {r['role']:8s} {fmt_seconds(r['measured_s']):>10s} {fmt_seconds(r['predicted_s']):>10s} "
+              f"{100 * r['ape']:5.1f}%")
+        if args.phases or len(rep["rows"]) <= 4:
+            parts = [f"{ph} {fmt_seconds(v['measured_s'])}/{fmt_seconds(v['predicted_s'])}"
+                     for ph, v in r["phases"].items() if max(v["measured_s"], v["predicted_s"]) > 0.01 * r["measured_s"]]
+            print("    phases measured/predicted: " + ", ".join(parts))
+    for part in ("heldout", "fit"):
+        s = rep[part]
+        if s["rows"]:
+            print(f"{part:8s}: {s['rows']} runs, MAPE {100 * s['mape']:.1f}%, max error {100 * s['max_error']:.1f}%")
+    if rep["judged_on"] == "all":
+        print(f"all     : {rep['all']['rows']} runs, MAPE {100 * rep['mape']:.1f}%, max error {100 * rep['max_error']:.1f}%")
+    if rep["pairs"]:
+        print(f"{'DCCA over CDAC speedup':30s} {'role':8s} {'measured':>9s} {'predicted':>9s} {'error':>6s}")
+        for p in rep["pairs"]:
+            print(f"{p['label']:30s} {p['role']:8s} {p['measured_speedup']:8.3f}x {p['predicted_speedup']:8.3f}x "
+                  f"{100 * p['error']:5.1f}%")
+    if "targets_met" in rep:
+        t = rep["targets"]
+        print(f"targets (MAPE <= {100 * t.get('mape', 0):.0f}%, speedup error <= {100 * t.get('speedup_error', 0):.0f}%): "
+              f"{'met' if rep['targets_met'] else 'NOT met'}")
+    return 0

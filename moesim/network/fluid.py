@@ -1,0 +1,402 @@
+"""An incremental, event-driven fluid network for the SimPy engine.
+
+Collectives start at absolute times (s) and run their stages in order, the first one
+``NetworkParams.collective_overhead_s`` after the start. While a stage sends, each flow has its max-min
+fair rate among all flows then sending, over every collective in flight. A flow's last byte arrives its
+path latency plus ``NetworkParams.latency_per_message_s`` after it was sent; a stage ends when its last
+byte has arrived.
+
+Rates are re-solved only when the set of sending flows changes: when a stage starts, and when flows
+finish (an All-to-All-v with n distinct flow sizes has up to n such events; a uniform All-to-All has
+one per route class). Solutions are memoised by the set of sending cells, so an All-to-All that recurs
+in every layer is solved once; a memo hit costs a dictionary lookup.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Hashable
+
+import numpy as np
+import pandas as pd
+
+from moesim.network.cells import CellBook, Cells
+from moesim.network.maxmin import max_min_rates
+from moesim.network.params import NetworkParams
+from moesim.network.stages import Collective, FlowStage, Stage
+from moesim.network.symmetry import digest, flow_orbit_keys, meet
+from moesim.topology.model import Topology
+
+
+@dataclass
+class CollectiveTiming:
+    """When a collective started and ended, and when each of its stage runs ended (absolute s)."""
+    key: Hashable
+    start_s: float
+    end_s: float
+    stage_end_s: list[float]
+
+    @property
+    def time_s(self) -> float:
+        return self.end_s - self.start_s
+
+
+class _CollRun:
+    def __init__(self, key, coll: Collective, start: float, record: bool):
+        self.key, self.coll, self.start = key, coll, start
+        self.stage_idx, self.rep_idx = 0, 0
+        self.stage_ends: list[float] = []
+        self.record = record
+        self.records: list[tuple[int, Cells, np.ndarray]] = []
+
+
+class _StageRun:
+    """One run of a stage: per cell the bytes left per flow, whether it still sends, its rate (bytes/s
+    per flow), when it will finish sending and when its last byte arrives (absolute s)."""
+
+    def __init__(self, crun: _CollRun, stage: Stage, start: float, labels: np.ndarray, p_sig: bytes):
+        self.crun, self.stage, self.start = crun, stage, start
+        self.labels, self.p_sig = labels, p_sig
+        self.cells: Cells | None = None
+        self.rem = self.active = self.done = self.rate = self.t_finish = None
+        self.sending = True
+        self.max_arrival = start
+        self.end_time = math.inf        # set when the last cell has finished sending
+        self.projected_end = math.inf   # stage end if no re-solve comes first
+
+    def bytes_per_flow(self) -> np.ndarray:
+        c = self.cells
+        return np.full(len(c), self.stage.bytes_per_flow) if c.nbytes is None else c.nbytes
+
+
+class FluidNetwork:
+    """Fluid max-min network over ``topology`` (see the module docstring).
+
+    >>> from moesim.topology.generators import emulated_testbed
+    >>> from moesim.network import collectives
+    >>> net = FluidNetwork(emulated_testbed(2, 1, link_bandwidth=1e9, loopback_bandwidth=1e10),
+    ...                    NetworkParams(0.0, 0.0))
+    >>> net.start(collectives.p2p(0, 1, 1e9), "x", 0.0)
+    >>> net.advance(net.next_event_time())            # the start
+    []
+    >>> t = net.next_event_time(); t, net.advance(t)  # 1 GB over a 1 GB/s path
+    (1.0, ['x'])
+    """
+
+    def __init__(self, topology: Topology, params: NetworkParams | None = None, memo_bytes: float = 256e6):
+        self.topo = topology
+        self.params = params or NetworkParams()
+        self.now = 0.0
+        self._book: CellBook = topology._cache.get("cellbook") or topology._cache.setdefault("cellbook", CellBook(topology))
+        self._runs: list[_StageRun] = []
+        self._pending: list[tuple[float, int, _CollRun]] = []
+        self._seq = itertools.count()
+        self._colls: dict[Hashable, _CollRun] = {}
+        self._dirty = False
+        self._trigger = math.inf
+        self._memo: OrderedDict = OrderedDict()
+        self._memo_bytes, self._memo_limit = 0, float(memo_bytes)
+        self._class_bytes: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+        self._link_bytes = np.zeros(topology.num_links)
+        self.timings: dict[Hashable, CollectiveTiming] = {}
+        self._records: dict[Hashable, _CollRun] = {}
+        self.stats = {"solves": 0, "memo_hits": 0, "events": 0, "stage_runs": 0}
+
+    # -- public API ------------------------------------------------------------------------------
+    def start(self, collective: Collective, key: Hashable, now: float, *, record_flows: bool = False) -> None:
+        """Start ``collective`` at absolute time ``now`` (s; not before the network's time, not after its
+        next event). ``key`` names it in :meth:`advance`'s result; ``record_flows`` keeps per-flow times."""
+        if key in self._colls:
+            raise ValueError(f"a collective with key {key!r} is already in flight")
+        now = float(now)
+        if now < self.now - _tol(self.now):
+            raise ValueError(f"cannot start at t={now!r}: the network is already at t={self.now!r}")
+        if now > self.now:
+            nxt = self.next_event_time()
+            if now > nxt + _tol(now):
+                raise ValueError(f"advance the network to t={nxt!r} before starting at t={now!r}")
+            self._progress_to(now)
+        crun = _CollRun(key, collective, max(now, self.now), record_flows)
+        self._colls[key] = crun
+        heapq.heappush(self._pending, (crun.start + self.params.collective_overhead_s, next(self._seq), crun))
+
+    def next_event_time(self) -> float:
+        """Absolute time (s) of the next internal event (a stage starting or ending, or a rate change);
+        ``inf`` when idle."""
+        if self._dirty:
+            self._solve()
+        t = min(self._pending[0][0] if self._pending else math.inf, self._trigger)
+        for r in self._runs:
+            t = min(t, r.projected_end if r.sending else r.end_time)
+        return max(t, self.now)
+
+    def advance(self, t: float) -> list:
+        """Progress to absolute time ``t`` (s); returns the keys of collectives completed at or before ``t``."""
+        t = float(t)
+        if t < self.now - _tol(self.now):
+            raise ValueError(f"cannot advance backwards from t={self.now!r} to t={t!r}")
+        done: list = []
+        while True:
+            te = self.next_event_time()
+            if te > t + _tol(t):
+                break
+            self._progress_to(te)
+            self._events(te, done)
+        self._progress_to(t)
+        return done
+
+    def run_until_idle(self) -> list:
+        """Advance until nothing is in flight; returns the completed keys in completion order."""
+        done: list = []
+        while self._colls:
+            done.extend(self.advance(self.next_event_time()))
+        return done
+
+    @property
+    def in_flight(self) -> list:
+        """Keys of the collectives started and not yet completed."""
+        return list(self._colls)
+
+    @property
+    def link_bytes(self) -> np.ndarray:
+        """Bytes carried so far per directed link (aligned with ``topology.links``)."""
+        self._flush_bytes()
+        out = self._link_bytes.copy()
+        for r in self._runs:
+            if r.cells is not None:
+                out += self._expand(r, r.bytes_per_flow() - r.rem)
+        return out
+
+    @property
+    def link_rates(self) -> np.ndarray:
+        """Current bytes/s per directed link."""
+        if self._dirty:
+            self._solve()
+        out = np.zeros(self.topo.num_links)
+        for r in self._runs:
+            if r.sending and r.cells is not None:
+                out += self._expand(r, np.where(r.active, r.rate, 0.0))
+        return out
+
+    def link_traffic(self) -> pd.DataFrame:
+        """Per directed link: src, dst, link_class, capacity (bytes/s), latency (s), cost, bytes carried."""
+        df = self.topo.links.copy()
+        df["bytes"] = self.link_bytes
+        return df
+
+    def bytes_by_class(self) -> dict[str, float]:
+        """Bytes carried so far per link class (a byte crossing three links counts three times)."""
+        sums = np.bincount(self.topo.link_class_id, weights=self.link_bytes, minlength=len(self.topo.link_classes))
+        return {c: float(v) for c, v in zip(self.topo.link_classes, sums)}
+
+    def flow_finish_times(self, key: Hashable) -> list[np.ndarray]:
+        """For a finished collective started with ``record_flows=True``: per stage run, the absolute time
+        (s) at which each flow's last byte arrived, aligned with that stage's ``src``/``dst`` arrays."""
+        crun = self._records[key]
+        out = []
+        for stage_idx, cells, done in crun.records:
+            stage = crun.coll.stages[stage_idx]
+            if isinstance(stage, FlowStage):
+                out.append(done[stage.cell_of_flow])
+            else:
+                keys = flow_orbit_keys(self._book.dom, stage.src, stage.dst, cells.labels)
+                order = np.argsort(cells.orbits.key)
+                out.append(done[order[np.searchsorted(cells.orbits.key, keys, sorter=order)]])
+        return out
+
+    # -- time ------------------------------------------------------------------------------------
+    def _progress_to(self, t: float) -> None:
+        dt = t - self.now
+        if dt <= 0:
+            return
+        if self._dirty:
+            self._solve()
+        for r in self._runs:
+            if r.sending and r.cells is not None:
+                a = r.active
+                r.rem[a] = np.maximum(r.rem[a] - r.rate[a] * dt, 0.0)
+        self.now = t
+
+    def _events(self, t: float, done: list) -> None:
+        self.stats["events"] += 1
+        tol = _tol(t)
+        alpha = self.params.latency_per_message_s
+        if t >= self._trigger - tol:
+            self._dirty = True
+        changed = True
+        while changed:
+            changed = False
+            while self._pending and self._pending[0][0] <= t + tol:
+                _, _, crun = heapq.heappop(self._pending)
+                self._begin(crun, t)
+                if crun.key not in self._colls:
+                    done.append(crun.key)
+                changed = True
+            for r in list(self._runs):
+                if r.sending and r.cells is not None:
+                    fin = r.active & (r.t_finish <= t + tol)
+                    if fin.any():
+                        r.active[fin] = False
+                        r.rem[fin] = 0.0
+                        r.done[fin] = np.minimum(r.t_finish[fin], t) + (r.cells.latency[fin] + alpha) * r.stage.latency_steps
+                        r.max_arrival = max(r.max_arrival, float(r.done[fin].max()))
+                        if not r.active.any():
+                            r.sending = False
+                            r.end_time = max(r.max_arrival, t)
+                        changed = True
+                if not r.sending and r.end_time <= t + tol:
+                    self._finish_stage(r, t, done)
+                    changed = True
+
+    def _begin(self, crun: _CollRun, t: float) -> None:
+        stages = crun.coll.stages
+        while crun.stage_idx < len(stages):
+            stage = stages[crun.stage_idx]
+            if stage.num_flows > 0 and stage.repeat > 0:
+                labels, p_sig = self._book.own_labels(stage)
+                self._runs.append(_StageRun(crun, stage, t, labels, p_sig))
+                self.stats["stage_runs"] += 1
+                self._dirty = True
+                return
+            crun.stage_idx += 1
+        self._finish_collective(crun, t)
+
+    def _finish_stage(self, r: _StageRun, t: float, done: list) -> None:
+        self._runs.remove(r)
+        self._account(r)
+        crun = r.crun
+        crun.stage_ends.append(r.end_time)
+        if crun.record:
+            crun.records.append((crun.stage_idx, r.cells, r.done.copy()))
+        crun.rep_idx += 1
+        if crun.rep_idx >= r.stage.repeat:
+            crun.stage_idx += 1
+            crun.rep_idx = 0
+        if crun.stage_idx < len(crun.coll.stages):
+            self._begin(crun, t)
+            if crun.key not in self._colls:
+                done.append(crun.key)
+        else:
+            self._finish_collective(crun, t)
+            done.append(crun.key)
+
+    def _finish_collective(self, crun: _CollRun, t: float) -> None:
+        self.timings[crun.key] = CollectiveTiming(crun.key, crun.start, t, crun.stage_ends)
+        if crun.record:
+            self._records[crun.key] = crun
+        self._colls.pop(crun.key, None)
+
+    # -- link bytes --------------------------------------------------------------------------------
+    def _class_totals(self, r: _StageRun, per_flow: np.ndarray) -> np.ndarray:
+        c = r.cells
+        n = len(self._book.orbits(r.labels, r.p_sig).size)
+        return np.bincount(c.q_cols, weights=c.q_coef * per_flow[c.q_rows], minlength=n)
+
+    def _expand(self, r: _StageRun, per_flow: np.ndarray) -> np.ndarray:
+        return self._class_totals(r, per_flow)[self._book.orbits(r.labels, r.p_sig).of_link]
+
+    def _account(self, r: _StageRun) -> None:
+        """Add a finished run's bytes, per link orbit of its partition (expanded to links lazily)."""
+        acc = self._class_bytes.get(r.p_sig)
+        totals = self._class_totals(r, r.bytes_per_flow())
+        if acc is None:
+            self._class_bytes[r.p_sig] = (r.labels, totals)
+            if len(self._class_bytes) > 32:
+                self._flush_bytes()
+        else:
+            acc[1][:] += totals
+
+    def _flush_bytes(self) -> None:
+        for p_sig, (labels, totals) in self._class_bytes.items():
+            self._link_bytes += totals[self._book.orbits(labels, p_sig).of_link]
+        self._class_bytes.clear()
+
+    # -- rates -------------------------------------------------------------------------------------
+    def _solve(self) -> None:
+        self._dirty = False
+        runs = [r for r in self._runs if r.sending]
+        self._trigger = math.inf
+        if not runs:
+            return
+        labels, p_sig = runs[0].labels, runs[0].p_sig
+        for r in runs[1:]:
+            if r.p_sig != p_sig:
+                labels = meet(labels, r.labels)
+                p_sig = None
+        if p_sig is None:
+            p_sig = digest(labels.tobytes())
+        for r in runs:
+            if r.cells is None or r.p_sig != p_sig:
+                self._bind(r, labels, p_sig)
+        items = sorted((r.stage.signature, digest(np.packbits(r.active).tobytes()), i) for i, r in enumerate(runs))
+        key = (p_sig,) + tuple((s, m) for s, m, _ in items)
+        rates_by_item = self._memo.get(key)
+        if rates_by_item is not None:
+            self._memo.move_to_end(key)
+            self.stats["memo_hits"] += 1
+        else:
+            self.stats["solves"] += 1
+            rows, cols, coef, offsets = self._entries([runs[i] for _, _, i in items])
+            lo = self._book.orbits(labels, p_sig)
+            rates = max_min_rates(rows, cols, coef, lo.capacity, offsets[-1])
+            rates_by_item = [rates[offsets[j]:offsets[j + 1]] for j in range(len(items))]
+            self._memoise(key, rates_by_item)
+        for (_, _, i), rate in zip(items, rates_by_item):
+            r = runs[i]
+            r.rate = rate
+            r.t_finish = np.full(len(rate), math.inf)
+            a = r.active
+            r.t_finish[a] = self.now + r.rem[a] / rate[a]
+        self._set_trigger(runs)
+
+    def _entries(self, runs: list[_StageRun]):
+        rows, cols, coef, offsets = [], [], [], [0]
+        for r in runs:
+            c = r.cells
+            keep = r.active[c.q_rows]
+            rows.append(c.q_rows[keep] + offsets[-1])
+            cols.append(c.q_cols[keep])
+            coef.append(c.q_coef[keep])
+            offsets.append(offsets[-1] + len(c))
+        return np.concatenate(rows), np.concatenate(cols), np.concatenate(coef), offsets
+
+    def _set_trigger(self, runs: list[_StageRun]) -> None:
+        """Rates must be re-solved when the first cell finishes sending; a run whose cells all finish
+        then has its end projected now."""
+        trigger = min(float(r.t_finish[r.active].min()) for r in runs)
+        self._trigger = trigger
+        alpha = self.params.latency_per_message_s
+        for r in runs:
+            a = r.active
+            if float(r.t_finish[a].max()) <= trigger + _tol(trigger):
+                k = r.stage.latency_steps
+                r.projected_end = max(r.max_arrival, float((r.t_finish[a] + k * r.cells.latency[a]).max()) + k * alpha)
+            else:
+                r.projected_end = math.inf
+
+    def _bind(self, r: _StageRun, labels: np.ndarray, p_sig: bytes) -> None:
+        """(Re)build a run's cells under ``labels`` (which refine its own), inheriting the state."""
+        cells = self._book.cells(r.stage, labels, p_sig)
+        if r.cells is None:
+            r.rem = (np.full(len(cells), r.stage.bytes_per_flow) if cells.nbytes is None else cells.nbytes.copy())
+            r.active = np.ones(len(cells), dtype=bool)
+            r.done = np.full(len(cells), np.nan)
+        elif cells.orbits is not None and cells is not r.cells:
+            idx = self._book.parent_index(r.cells, cells)
+            r.rem, r.active, r.done = r.rem[idx], r.active[idx], r.done[idx]
+        r.cells, r.labels, r.p_sig = cells, labels, p_sig
+
+    def _memoise(self, key, rates_by_item: list[np.ndarray]) -> None:
+        size = sum(x.nbytes for x in rates_by_item) + 200
+        self._memo[key] = rates_by_item
+        self._memo_bytes += size
+        while self._memo_bytes > self._memo_limit and len(self._memo) > 1:
+            _, old = self._memo.popitem(last=False)
+            self._memo_bytes -= sum(x.nbytes for x in old) + 200
+
+
+def _tol(t: float) -> float:
+    return 1e-11 * abs(t) + 1e-18
