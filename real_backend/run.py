@@ -1,0 +1,251 @@
+"""Run the config's steps for real and record per-phase times, per rank and per step.
+
+    torchrun --nproc_per_node=4 -m real_backend.run --model real_backend/configs/small-gpt.yaml \\
+        --set parallel.ep=4 --steps 5 --warmup 2 --out small.csv
+    python -m real_backend.run --model small.yaml --steps 3 --out one.csv      # world size 1
+
+``run.mode`` train: fwd, bwd, gradient all-reduce, Adam (micro-batches from
+``run.micro_batch_tokens``); prefill: one forward over ``batch_size/dp`` prompts of ``prompt_len``;
+decode: one token per sequence against a KV cache at the mean context of the generation.
+
+Output (rank 0 gathers every rank's rows, then writes atomically): a tidy CSV, one row per
+(step, rank, phase, direction) with columns ``results.RUN_COLUMNS``; ``phase`` is in the shared
+vocabulary plus ``step`` (the whole step, direction ``none``); ``bytes`` are the bytes of the
+tensors this rank passed to the phase's collectives (All-to-All payload only, the small count
+exchange excluded), ``bytes_remote`` the part addressed to other ranks (All-to-All only).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import time
+from collections import defaultdict
+from typing import Any, Optional
+
+from moesim.config import Config, load_config
+from moesim.errors import ConfigError, MoesimError
+
+PROG = "real_backend.run"
+AUX_COEF = 0.01
+AMP = {"bf16": "bfloat16", "fp16": "float16", "fp32": None}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=f"python -m {PROG}", description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="gpt3-xl", metavar="PRESET|FILE",
+                    help="preset (gpt3-medium, gpt3-xl, gpt3-2.7b, gpt3-6.7b) or YAML config file")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config field, e.g. --set moe.structure=dcca (repeatable)")
+    ap.add_argument("--steps", type=int, default=5, help="measured steps (default 5)")
+    ap.add_argument("--warmup", type=int, default=2, help="unrecorded warm-up steps first (default 2)")
+    ap.add_argument("--out", required=True, help="output CSV (written by rank 0, atomically)")
+    ap.add_argument("--timeout", type=float, default=300.0,
+                    help="seconds without progress (e.g. in a collective) before a rank gives up (default 300)")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads per rank")
+    ap.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
+    ap.add_argument("--quiet", action="store_true", help="no summary on stdout")
+    # test-only failure injection
+    ap.add_argument("--fail-rank", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--fail-mode", choices=("crash", "hang", "raise"), default="crash", help=argparse.SUPPRESS)
+    ap.add_argument("--fail-step", type=int, default=0, help=argparse.SUPPRESS)
+    return ap
+
+
+def _fail_hook(args, rank: int, progress):
+    if args.fail_rank is None or args.fail_rank != rank:
+        return None
+
+    def hook(phase: str, direction: str) -> None:
+        if progress.step == args.fail_step and phase == "experts" and direction == "fwd":
+            if args.fail_mode == "crash":
+                os._exit(86)  # abrupt death, as a segfault would be
+            if args.fail_mode == "raise":
+                raise RuntimeError("injected failure")
+            while True:  # hang outside any collective
+                time.sleep(3600)
+    return hook
+
+
+class Workload:
+    """Synthetic inputs for the config's mode on this rank."""
+
+    def __init__(self, cfg: Config, rank: int, device, dtype):
+        import torch
+        self.cfg = cfg
+        m, run = cfg.model, cfg.run
+        dp = cfg.parallel.dp_size
+        gen = torch.Generator().manual_seed(run.seed * 7919 + rank + 1)
+        self.mode = run.mode
+        if run.mode == "train":
+            local = cfg.tokens_per_dp_rank
+            micro = run.micro_batch_tokens or local
+            seq = min(m.seq_len, micro)
+            if micro % seq:
+                raise ConfigError("run.micro_batch_tokens", f"the tokens per micro-batch ({micro}) are not a "
+                                                            f"whole number of sequences of {seq} tokens")
+            self.micro = [(torch.randint(0, m.vocab, (micro // seq, seq), generator=gen).to(device),
+                           torch.randint(0, m.vocab, (micro // seq, seq), generator=gen).to(device))
+                          for _ in range(local // micro)]
+            self.tokens = local
+        elif run.mode == "prefill":
+            b = run.batch_size // dp
+            self.ids = torch.randint(0, m.vocab, (b, run.prompt_len), generator=gen).to(device)
+            self.tokens = b * run.prompt_len
+        else:
+            b = run.batch_size // dp
+            ctx = max(1, round(run.prompt_len + (run.gen_len - 1) / 2))
+            hd = m.hidden // m.heads
+            self.ids = torch.randint(0, m.vocab, (b, 1), generator=gen).to(device)
+            self.past = [(torch.randn(b, m.heads, ctx, hd, generator=gen).to(device, dtype),
+                          torch.randn(b, m.heads, ctx, hd, generator=gen).to(device, dtype))
+                         for _ in range(m.layers)]
+            self.tokens = b
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.steps < 1 or args.warmup < 0:
+        print(f"{PROG}: error: --steps must be >= 1 and --warmup >= 0", file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(args.model, args.overrides)
+    except MoesimError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+
+    import torch
+    import torch.distributed as dist
+
+    from real_backend.comm import sync_gradients
+    from real_backend.layers import build_model
+    from real_backend.parallel import build_groups, check_layout, init_distributed
+    from real_backend.results import RUN_COLUMNS, base_meta, write_table
+    from real_backend.timing import Progress, Recorder
+    from real_backend.watchdog import Watchdog, report
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    progress = Progress()
+    rank = int(os.environ.get("RANK", "0"))
+    watchdog: Optional[Watchdog] = None
+    try:
+        backend, device = init_distributed(args.timeout)
+        rank, world = dist.get_rank(), dist.get_world_size()
+        try:
+            check_layout(cfg, world)
+        except MoesimError as exc:
+            if rank == 0:
+                print(f"{PROG}: error: {exc}", file=sys.stderr)
+            return 2
+        groups = build_groups(cfg, backend, device)
+        rec = Recorder(device, progress=progress)
+        rec.fail_hook = _fail_hook(args, rank, progress)
+        amp = getattr(torch, AMP[cfg.model.dtype]) if AMP[cfg.model.dtype] else None
+        model = build_model(cfg, groups, rec, device=device, dtype=torch.float32)
+        model.set_comm_dtype(amp)
+        data = Workload(cfg, rank, device, amp or torch.float32)
+        train = cfg.run.mode == "train"
+        opt = torch.optim.Adam(model.parameters(), lr=args.lr) if train else None
+        dense, experts = model.dense_parameters(), model.expert_parameters()
+        autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else contextlib.nullcontext
+        watchdog = Watchdog(progress, rank, world, args.timeout, PROG)
+        watchdog.start()
+
+        rows: list[dict[str, Any]] = []
+        for it in range(args.warmup + args.steps):
+            progress.step = it
+            progress.touch("step", "none")
+            rec.reset()
+            t0 = rec.stamp()
+            if train:
+                opt.zero_grad(set_to_none=True)
+                for ids, tgt in data.micro:
+                    with autocast():
+                        loss, aux = model(ids, tgt)
+                        total = (loss + AUX_COEF * aux) / len(data.micro)
+                    rec.bwd_begin()
+                    total.backward()
+                    rec.bwd_end("embedding")
+                with rec.interval("grad_allreduce", "bwd"):
+                    sync_gradients(dense, experts, groups.dp_group, groups.dp_size, groups.expert_dp_group, rec)
+                with rec.interval("optimizer", "none"):
+                    opt.step()
+            else:
+                with torch.no_grad(), autocast():
+                    model(data.ids, past=getattr(data, "past", None))
+            t1 = rec.stamp()
+            summary = rec.summary()
+            if it < args.warmup:
+                continue
+            step = it - args.warmup
+            for (phase, direction), v in summary.items():
+                rows.append({"step": step, "rank": rank, "phase": phase, "direction": direction,
+                             "seconds": v["seconds"], "count": v["count"], "bytes": v["bytes"],
+                             "bytes_remote": v["bytes_remote"]})
+            rows.append({"step": step, "rank": rank, "phase": "step", "direction": "none",
+                         "seconds": rec._seconds(t0, t1), "count": 1, "bytes": 0, "bytes_remote": None})
+        progress.touch("gather", "none")
+        progress.stage = "gather"
+        gathered: list[Any] = [None] * world if rank == 0 else None
+        with progress.collective_call("gather_results"):
+            dist.gather_object(rows, gathered, dst=0)
+        watchdog.stop()
+        if rank == 0:
+            meta = base_meta("run")
+            meta.update({"torch_version": torch.__version__, "backend": backend, "world_size": world,
+                         "device": str(device), "cuda": torch.version.cuda, "threads": torch.get_num_threads(),
+                         "config": cfg.to_dict(), "steps": args.steps, "warmup": args.warmup,
+                         "argv": sys.argv[1:] if argv is None else list(argv),
+                         "tokens_per_rank": data.tokens, "timing": "cuda_events" if device.type == "cuda" else
+                         "perf_counter", "phase_directions": "fwd/bwd; optimizer and step: none"})
+            common = {"run_id": meta["run_id"], "host": meta["host"], "backend": backend, "world_size": world,
+                      "structure": cfg.moe.structure, "mode": cfg.run.mode, "ep": cfg.parallel.ep,
+                      "dp": cfg.parallel.dp_size}
+            all_rows = [dict(r, **common) for part in gathered for r in part]
+            all_rows.sort(key=lambda r: (r["step"], r["rank"], r["phase"], r["direction"]))
+            write_table(args.out, RUN_COLUMNS, all_rows, meta)
+            if not args.quiet:
+                with contextlib.suppress(BrokenPipeError):
+                    _print_summary(all_rows, cfg, world, args.out)
+        _finish(dist)
+        return 0
+    except KeyboardInterrupt:
+        report(f"{PROG}: rank {rank}: interrupted", 130)
+    except MoesimError as exc:
+        report(f"{PROG}: rank {rank}: error: {exc}", 2)
+    except Exception as exc:  # noqa: BLE001 - one line naming the rank, then a bounded exit
+        msg = f"{PROG}: rank {rank} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if progress.collective is not None and watchdog is not None:
+            msg += "\n" + watchdog.diagnose(settle=2.0)
+        report(msg, 1)
+    return 1
+
+
+def _print_summary(rows: list[dict], cfg: Config, world: int, out: str) -> None:
+    steps = [r["seconds"] for r in rows if r["phase"] == "step"]
+    per_phase: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for r in rows:
+        if r["phase"] != "step":
+            per_phase[(r["phase"], r["direction"])].append(r["seconds"])
+    nsteps = len({r["step"] for r in rows})
+    print(f"{PROG}: {cfg.model.name} {cfg.moe.structure} {cfg.run.mode}, world {world}: "
+          f"step median {statistics.median(steps):.4f} s over {nsteps} steps x {world} ranks -> {out}")
+    for (phase, direction), vals in sorted(per_phase.items(), key=lambda kv: -sum(kv[1])):
+        print(f"  {phase:15s} {direction:4s} {sum(vals) / len(steps):.4f} s/step/rank")
+
+
+
+def _finish(dist) -> None:
+    """All ranks leave together (the results are already complete), then the group is destroyed."""
+    try:
+        dist.barrier()
+        dist.destroy_process_group()
+    except Exception as exc:  # noqa: BLE001 - the work is done; do not turn a teardown hiccup into a failure
+        print(f"{PROG}: warning: process group teardown: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
