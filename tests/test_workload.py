@@ -92,3 +92,15 @@ def test_routing_file(tmp_path):
     from moesim.errors import InputFileError
     with pytest.raises(InputFileError, match="expected 64 per-expert shares"):
         expert_pick_probability(cfg("moe.routing=file", f"moe.routing_file={bad}"))
+
+
+def test_every_op_carries_phase_flops_bytes_and_shape():
+    from moesim.workload import PHASES
+    prog = build_program(cfg("moe.structure=dcca", "moe.routing=zipf"))
+    for op in (it for it in prog.items if isinstance(it, Compute)):
+        assert op.phase in PHASES
+        assert np.all(np.asarray(op.bytes_moved(2)) > 0)
+        if op.kind == "gemm":
+            assert op.n > 0 and op.k > 0 and np.all(np.asarray(op.flops()) >= 0)
+    gemm = Compute("x", "experts", 0, "fwd", "gemm", m=4, n=8, k=16, count=2)
+    assert gemm.flops() == 2 * 4 * 8 * 16 * 2 and gemm.bytes_moved(2) == 2 * (64 + 128 + 32) * 2

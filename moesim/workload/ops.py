@@ -40,6 +40,14 @@ class Compute:
         f = 2.0 * np.asarray(self.m, dtype=float) * self.n * self.k * self.count
         return f.sum(axis=-1) if f.ndim == 2 else f
 
+    def bytes_moved(self, elem_bytes: float) -> Size:
+        """Bytes read and written (per rank): a GEMM's operands and result, or ``nbytes``."""
+        if self.kind != "gemm":
+            return self.nbytes
+        m = np.asarray(self.m, dtype=float)
+        b = elem_bytes * (m * self.k + self.k * self.n + m * self.n) * self.count
+        return b.sum(axis=-1) if b.ndim == 2 else b
+
 
 @dataclass(frozen=True, eq=False)
 class CollectiveSpec:
