@@ -11,7 +11,6 @@ a time (runs of ops between two collectives take a single SimPy event).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +24,7 @@ from moesim.engine.result import SimResult, Span
 from moesim.errors import MoesimError
 from moesim.workload import build_program
 from moesim.workload.builder import DEFAULT_BUCKET_BYTES
-from moesim.workload.ops import Compute, Launch, Program, Wait
+from moesim.workload.ops import Compute, Launch, Program
 
 
 @dataclass(frozen=True)

@@ -87,8 +87,20 @@ class _Builder:
         if tp > 1:
             self.blocking("attn_allreduce", "tp_comm", layer, d, "all_reduce", "tp", nbytes=T * h * B)
 
-    def moe_forward_like(self, layer, d):
-        """Forward order; backward uses the mirror image (see moe_backward)."""
+    def dispatch_beside_shared_experts(self, layer, d, matrix):
+        """The dispatch All-to-All (or its backward), with the shared experts computed while it is in flight."""
+        cfg = self.cfg
+        disp = self.coll("dispatch", "dispatch", layer, d, "all_to_all", "ep", matrix=matrix) if self.ep > 1 else None
+        if disp is not None:
+            self.prog.add(Launch(disp))
+        if cfg.moe.shared_experts:
+            self.gemm("shared_experts", "shared_experts", layer, d, self.Tm, cfg.expert_inner_dim, cfg.expert_io_dim,
+                      count=2 * cfg.moe.shared_experts)
+        if disp is not None:
+            self.prog.add(Wait(disp, "dispatch"))
+
+    def moe_forward(self, layer, d):
+        """Forward order; backward is the mirror image (see moe_backward)."""
         cfg, h, Tm, B = self.cfg, self.h, self.Tm, self.B
         dim = cfg.a2a_dim
         io, inner = cfg.expert_io_dim, cfg.expert_inner_dim
@@ -96,14 +108,7 @@ class _Builder:
         if cfg.moe.structure == "dcca":
             self.gemm("descend", "descend", layer, d, Tm, cfg.low_dim, h)
         self.mem("permute", "dispatch", layer, d, 2.0 * self.routed_copies * dim * B)
-        disp = self.coll("dispatch", "dispatch", layer, d, "all_to_all", "ep", matrix=self.a2a_matrix) \
-            if self.ep > 1 else None
-        if disp is not None:
-            self.prog.add(Launch(disp))
-        if cfg.moe.shared_experts:
-            self.gemm("shared_experts", "shared_experts", layer, d, Tm, inner, io, count=2 * cfg.moe.shared_experts)
-        if disp is not None:
-            self.prog.add(Wait(disp, "dispatch"))
+        self.dispatch_beside_shared_experts(layer, d, self.a2a_matrix)
         self.gemm("experts", "experts", layer, d, self.expert_m, inner, io, count=2)
         if self.ep > 1:
             self.blocking("combine", "combine", layer, d, "all_to_all", "ep", matrix=self.a2a_matrix.T.copy())
@@ -122,14 +127,7 @@ class _Builder:
         if self.ep > 1:  # gradient of combine flows expert-ward: the dispatch direction
             self.blocking("combine", "combine", layer, d, "all_to_all", "ep", matrix=self.a2a_matrix)
         self.gemm("experts", "experts", layer, d, self.expert_m, inner, io, count=2)
-        disp = self.coll("dispatch", "dispatch", layer, d, "all_to_all", "ep", matrix=self.a2a_matrix.T.copy()) \
-            if self.ep > 1 else None
-        if disp is not None:
-            self.prog.add(Launch(disp))
-        if cfg.moe.shared_experts:
-            self.gemm("shared_experts", "shared_experts", layer, d, Tm, inner, io, count=2 * cfg.moe.shared_experts)
-        if disp is not None:
-            self.prog.add(Wait(disp, "dispatch"))
+        self.dispatch_beside_shared_experts(layer, d, self.a2a_matrix.T.copy())
         self.mem("permute", "dispatch", layer, d, 2.0 * self.routed_copies * dim * B)
         if cfg.moe.structure == "dcca":
             self.gemm("descend", "descend", layer, d, Tm, cfg.low_dim, h)
@@ -196,7 +194,7 @@ class _Builder:
         for layer in range(L):
             self.attention(layer, "fwd")
             if self.cfg.is_moe:
-                self.moe_forward_like(layer, "fwd")
+                self.moe_forward(layer, "fwd")
                 self.tp_moe_gather(layer, "fwd")
             else:
                 self.dense_ffn(layer, "fwd")
