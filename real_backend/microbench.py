@@ -118,7 +118,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     import torch
     import torch.distributed as dist
 
-    from real_backend.parallel import init_distributed
+    from real_backend.parallel import finish_process_group, init_distributed
     from real_backend.results import MICROBENCH_COLUMNS, base_meta, write_table
     from real_backend.timing import Progress, Recorder
     from real_backend.watchdog import Watchdog, report
@@ -215,7 +215,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             write_table(args.out, MICROBENCH_COLUMNS, all_rows, meta)
             if not args.quiet:
                 _summary(all_rows, args.out)
-        _finish(dist)
+        finish_process_group(PROG)
         return 0
     except KeyboardInterrupt:
         report(f"{PROG}: rank {rank}: interrupted", 130)
@@ -242,15 +242,6 @@ def _summary(rows: list[dict], out: str) -> None:
         else:
             print(f"  {kind} [{group}] {size} B: {med * 1e3:.3f} ms  {size / med / 1e6:.1f} MB/s per rank")
 
-
-
-def _finish(dist) -> None:
-    """All ranks leave together (the results are already complete), then the group is destroyed."""
-    try:
-        dist.barrier()
-        dist.destroy_process_group()
-    except Exception as exc:  # noqa: BLE001 - the work is done; do not turn a teardown hiccup into a failure
-        print(f"{PROG}: warning: process group teardown: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -127,3 +127,14 @@ def build_groups(cfg: Config, backend: str, device: torch.device) -> Groups:
     return Groups(rank=rank, world=world, ep_size=ep, ep_rank=rank % ep, dp_size=dp, ep_group=ep_group,
                   dp_group=dist.group.WORLD, expert_dp_group=expert_dp_group, expert_dp_size=replicas,
                   backend=backend, device=device, distributed=True)
+
+
+def finish_process_group(prog: str) -> None:
+    """All ranks leave together (the results are already complete), then the group is destroyed;
+    a teardown hiccup is a warning, not a failure."""
+    import sys
+    try:
+        dist.barrier()
+        dist.destroy_process_group()
+    except Exception as exc:  # noqa: BLE001 - the work is done
+        print(f"{prog}: warning: process group teardown: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -121,7 +121,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     from real_backend.comm import sync_gradients
     from real_backend.layers import build_model
-    from real_backend.parallel import build_groups, check_layout, init_distributed
+    from real_backend.parallel import build_groups, check_layout, finish_process_group, init_distributed
     from real_backend.results import RUN_COLUMNS, base_meta, write_table
     from real_backend.timing import Progress, Recorder
     from real_backend.watchdog import Watchdog, report
@@ -210,7 +210,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             if not args.quiet:
                 with contextlib.suppress(BrokenPipeError):
                     _print_summary(all_rows, cfg, world, args.out)
-        _finish(dist)
+        finish_process_group(PROG)
         return 0
     except KeyboardInterrupt:
         report(f"{PROG}: rank {rank}: interrupted", 130)
@@ -236,15 +236,6 @@ def _print_summary(rows: list[dict], cfg: Config, world: int, out: str) -> None:
     for (phase, direction), vals in sorted(per_phase.items(), key=lambda kv: -sum(kv[1])):
         print(f"  {phase:15s} {direction:4s} {sum(vals) / len(steps):.4f} s/step/rank")
 
-
-
-def _finish(dist) -> None:
-    """All ranks leave together (the results are already complete), then the group is destroyed."""
-    try:
-        dist.barrier()
-        dist.destroy_process_group()
-    except Exception as exc:  # noqa: BLE001 - the work is done; do not turn a teardown hiccup into a failure
-        print(f"{PROG}: warning: process group teardown: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 if __name__ == "__main__":

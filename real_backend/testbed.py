@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from moesim.errors import MoesimError
+from real_backend.watchdog import pid_alive as _pid_alive
 
 PROG = "real_backend.testbed"
 NS_PREFIX = "rbtb-"
@@ -121,15 +122,6 @@ def _kill_pids(pids: list[int], sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, sig)
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
 
 
 def remove_namespaces(names: list[str], log: Callable[[str], None] = lambda s: None, grace: float = 3.0) -> list[str]:

@@ -42,7 +42,8 @@ def _store():
         return None
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (on this machine)."""
     try:
         os.kill(pid, 0)
         return True
@@ -113,7 +114,7 @@ class Watchdog(threading.Thread):
         for r, st in sorted(self.peers().items()):
             if st is None:
                 found.append(f"rank {r} (never reported: not started or unreachable)")
-            elif st.get("host") == self.host and not _pid_alive(int(st.get("pid", -1))):
+            elif st.get("host") == self.host and not pid_alive(int(st.get("pid", -1))):
                 found.append(f"rank {r} (its process {st.get('pid')} has exited; last seen in phase "
                              f"'{st.get('phase')}' of step {st.get('step')})")
             elif now - st.get("wall", 0) > 3 * self.period + 1:

@@ -127,7 +127,9 @@ def _print(est: dict) -> None:
     rate = lambda x: "-" if x is None else fmt_si(x, "tok/s")  # noqa: E731
     if "train" in est["cdac"]:
         t = est["cdac"]["train"]
-        print(f"training ({t['tokens_per_step']:.0f} tokens per step, run of {fmt_si(t['train_tokens'])} tokens)")
+        n = t["train_tokens"]
+        run = f"{n / 1e9:g}B" if n >= 1e9 else f"{n:,.0f}"
+        print(f"training ({t['tokens_per_step']:.0f} tokens per step, run of {run} tokens)")
         line("step time", "train", "step_time_s", sec)
         line("throughput", "train", "tokens_per_s", rate)
         line("All-to-All bytes per step", "train", "a2a_bytes_per_step", byt)
