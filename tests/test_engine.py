@@ -149,3 +149,22 @@ def test_results_export(tmp_path):
 def test_gpu_count_mismatch_is_a_clear_error():
     with pytest.raises(MoesimError, match="needs 8 GPUs .* topology has 32"):
         simulate(load_config("gpt3-xl", ["parallel.ep=8"]), bigmac_paper())
+
+
+def test_profile_link_efficiency_scales_link_capacity(tmp_path):
+    """A profile's network.link_efficiency applies per link class: half the nic rate, twice the
+    All-to-All transfer time."""
+    import yaml
+    raw = yaml.safe_load(open(find_profile("h100-sxm").path))
+    raw["network"] = {"latency_per_message_s": 0.0, "collective_overhead_s": 0.0, "link_efficiency": {"nic": 0.5}}
+    half = tmp_path / "half.yaml"
+    half.write_text(yaml.safe_dump(raw))
+    raw["network"]["link_efficiency"] = {}
+    full = tmp_path / "full.yaml"
+    full.write_text(yaml.safe_dump(raw))
+    cfg = small(parallel__ep=2, run__mode="prefill")
+    topo = pair_topology(1e9, 0.0)
+    a, b = simulate(cfg, topo, str(full)), simulate(cfg, topo, str(half))
+    busy = lambda r: r.comm_by_phase()["dispatch"]["busy_s"]  # noqa: E731
+    assert busy(b) == pytest.approx(2 * busy(a), rel=1e-9)
+    assert (b.links()["capacity"] == 0.5e9).all()

@@ -64,8 +64,11 @@ class Simulation:
         if cfg.world_size != topology.num_gpus:
             raise MoesimError(f"the config needs {cfg.world_size} GPUs (dp*tp = {cfg.parallel.dp_size}*"
                               f"{cfg.parallel.tp}) but the topology has {topology.num_gpus}")
-        self.cfg, self.topology, self.options = cfg, topology, options
+        from moesim.calibrate.netmodel import apply_profile_network
+        self.cfg, self.options = cfg, options
         self.models, self.device_of_rank, self.profile = _resolve_profiles(topology, profile)
+        # calibrated link rates/latencies and link efficiencies of the profile, per link class
+        self.topology = apply_profile_network(topology, self.profile)
         self.program: Program = build_program(cfg, options.bucket_bytes)
         self.classes: RankClasses = price_program(self.program, self.models, self.device_of_rank)
 

@@ -1,0 +1,286 @@
+"""The calibration and validation campaign on the on-one-machine testbed, as one command:
+
+    sudo python -m moesim.calibrate.campaign --out calibration/
+
+It needs root, iproute2 (ip, tc) and torch, and takes about half an hour on 2 cores. Steps:
+
+1. measurements (``<out>/measurements/``): GEMMs and memory ops on one process, GEMMs on 4
+   processes at once (the core share), single-process training steps of the campaign model
+   (framework overhead), All-to-All and all-reduce microbenchmarks on every testbed (2 hosts x 2
+   ranks and 4 hosts x 1 rank at each rate); ``manifest.json`` records commands and load;
+2. validation runs (``<out>/validation/``): the campaign model on every testbed, CDAC and DCCA,
+   top-k 2, 4 and 8, with each run's topology; the runs whose top-k is in ``--fit-top-k`` are the
+   fit configurations (they calibrate the in-step message latency, see ``moesim.calibrate.insitu``),
+   the others are held out;
+3. ``moesim calibrate`` -> ``<out>/<name>.yaml``; the in-situ fit on the fit runs; the manifest
+   ``<out>/validation/manifest.json`` naming the profile, topologies and roles;
+4. ``moesim validate <out>/validation`` prints the result.
+
+Before every measurement it waits until the machine is quiet (1-minute load below ``--max-load``
+and no other torchrun / pytest processes), because other jobs on a 2-core machine distort every
+number; the load before each measurement is recorded. ``--only calibrate`` re-fits from the
+committed tables without measuring anything.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from moesim.calibrate.profile_io import machine_info, now_iso
+
+PROG = "moesim.calibrate.campaign"
+MODEL = "real_backend/configs/small-gpt.yaml"
+#: the campaign model: small-gpt sized so that one training step takes 0.1-2 s on 4 ranks / 2 cores
+MODEL_SETS = ["moe.experts=16", "model.vocab=2048", "model.seq_len=64", "run.global_batch_tokens=768",
+              "run.batch_size=8"]
+SHAPES = ((2, 2), (4, 1))
+RATES = ("150mbit", "400mbit", "none")
+STRUCTURES = ("cdac", "dcca")
+TOP_KS = (2, 4, 8)
+GEMM_CONTENDED = ["1024,1024,1024", "2048,512,512", "1024,512,1024", "768,768,768"]
+NET_SIZES = "16KiB,64KiB,256KiB,1MiB,4MiB"
+TARGETS = {"mape": 0.10, "speedup_error": 0.10, "goal_mape": 0.05}
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def loadavg() -> list[float]:
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except (OSError, ValueError):
+        return [0.0, 0.0, 0.0]
+
+
+def busy_processes() -> list[str]:
+    """Other torchrun / pytest / real_backend processes (not ours) that would share the cores."""
+    me = os.getpid()
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == me:
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            stat = (d / "stat").read_text().split()
+        except OSError:
+            continue
+        if any(k in cmd for k in ("torch.distributed.run", "torchrun", "pytest", "real_backend.")) and stat[2] in "RD":
+            out.append(f"{d.name}: {cmd[:100]}")
+    return out
+
+
+def cpu_busy(window_s: float = 3.0) -> float:
+    """Fraction of all cores busy over the next ``window_s`` seconds (from /proc/stat)."""
+    def sample():
+        f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        idle = f[3] + (f[4] if len(f) > 4 else 0)
+        return sum(f), idle
+    try:
+        t0, i0 = sample()
+        time.sleep(window_s)
+        t1, i1 = sample()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return 1.0 - (i1 - i0) / max(1, t1 - t0)
+
+
+_STARTED = {"quiet": False}
+
+
+def wait_quiet(max_load: float, timeout_s: float, log, max_busy: float = 0.15) -> list[float]:
+    """Wait until nothing else runs: before the first measurement the 1-minute load must be below
+    ``max_load``; between measurements (when our own previous run still lifts the load average)
+    the cores must be idle (< ``max_busy`` busy over 3 s) and no other torchrun / pytest runs.
+    Returns [load1, load5, load15, busy fraction]."""
+    t0 = time.monotonic()
+    while True:
+        busy_procs = busy_processes()
+        util = cpu_busy()
+        la = loadavg()
+        first_ok = _STARTED["quiet"] or la[0] < max_load
+        if first_ok and util < max_busy and not busy_procs:
+            _STARTED["quiet"] = True
+            return la + [round(util, 3)]
+        if time.monotonic() - t0 > timeout_s:
+            raise SystemExit(f"{PROG}: the machine stayed busy for {timeout_s:.0f} s (load {la[0]:.2f}, cores "
+                             f"{100 * util:.0f}% busy, other jobs: {busy_procs[:3]}); measurements taken now would "
+                             "be distorted, so the campaign stops (re-run it when the machine is quiet)")
+        time.sleep(2)
+
+
+class Runner:
+    def __init__(self, args, log):
+        self.args, self.log = args, log
+        self.py = sys.executable
+        self.records: list[dict] = []
+
+    def run(self, cmd: list[str], out: Path, extra_env: dict | None = None, tries: int = 3) -> dict:
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(extra_env or {}))
+        for attempt in range(1, tries + 1):
+            la = wait_quiet(self.args.max_load, self.args.wait_timeout, self.log)
+            t0 = time.monotonic()
+            res = subprocess.run(cmd, cwd=repo_root(), env=env, capture_output=True, text=True)
+            wall = time.monotonic() - t0
+            if res.returncode == 0 and out.is_file():
+                rec = {"file": out.name, "command": " ".join(shlex.quote(c) for c in cmd), "loadavg_before": la,
+                       "loadavg_after": loadavg(), "wall_s": round(wall, 1), "attempts": attempt, "finished": now_iso()}
+                self.records.append(rec)
+                self.log(f"  {out.name}: {wall:.0f} s (load before {la[0]:.2f})")
+                return rec
+            self.log(f"  {out.name}: attempt {attempt} failed (exit {res.returncode}): "
+                     f"{(res.stderr or res.stdout).strip().splitlines()[-1:] or ''}")
+            for p in (out, out.with_suffix("").with_name(out.stem + ".topology.json")):
+                if p.exists():
+                    p.unlink()
+            time.sleep(3)
+        raise SystemExit(f"{PROG}: {out.name} failed {tries} times; see the messages above")
+
+    def testbed(self, hosts: int, rph: int, rate: str, module: str, args: list[str], out: Path) -> dict:
+        cmd = [self.py, "-m", "real_backend.testbed", "--hosts", str(hosts), "--ranks-per-host", str(rph),
+               "--rate", rate, "--deadline", "600", "--", module, *args, "--out", str(out), "--quiet"]
+        return self.run(cmd, out)
+
+
+def model_args(structure: str, top_k: int, extra: list[str] = ()) -> list[str]:
+    out = ["--model", MODEL]
+    for s in [*MODEL_SETS, f"moe.structure={structure}", f"moe.top_k={top_k}", *extra]:
+        out += ["--set", s]
+    return out
+
+
+def measure(args, log, mdir: Path) -> None:
+    r = Runner(args, log)
+    mdir.mkdir(parents=True, exist_ok=True)
+    py = sys.executable
+    reps = ["--reps", str(args.reps), "--warmup", "2"]
+    log("measurements: compute")
+    gemm_model = ["--model", MODEL, *sum((["--set", s] for s in [*MODEL_SETS, "parallel.ep=1",
+                                                                    f"run.global_batch_tokens={args.rank_tokens}"]), [])]
+    r.run([py, "-m", "real_backend.microbench", "--kinds", "gemm", "--threads", "1", *gemm_model,
+           *sum((["--gemm", g] for g in GEMM_CONTENDED), []), *reps, "--out", str(mdir / "gemm-w1.csv"), "--quiet"],
+          mdir / "gemm-w1.csv")
+    r.run([py, "-m", "torch.distributed.run", "--nproc_per_node", "4", "--master_port", "29611", "-m",
+           "real_backend.microbench", "--kinds", "gemm", "--threads", "1",
+           *sum((["--gemm", g] for g in GEMM_CONTENDED), []), *reps, "--out", str(mdir / "gemm-w4.csv"), "--quiet"],
+          mdir / "gemm-w4.csv")
+    r.run([py, "-m", "moesim.calibrate.membench", "--reps", str(args.reps), "--out", str(mdir / "memory-w1.csv")],
+          mdir / "memory-w1.csv")
+    log("measurements: single-process steps (framework overhead)")
+    for s in STRUCTURES:
+        for k in TOP_KS:
+            out = mdir / f"framework-w1-{s}-k{k}.csv"
+            r.run([py, "-m", "real_backend.run", *model_args(s, k, ["parallel.ep=1",
+                                                                    f"run.global_batch_tokens={args.rank_tokens}"]),
+                   "--threads", "1", "--steps", str(args.steps), "--warmup", str(args.warmup), "--out", str(out),
+                   "--quiet"], out)
+    log("measurements: network microbenchmarks on the testbed")
+    for hosts, rph in SHAPES:
+        for rate in args.rates:
+            out = mdir / f"net-{hosts}x{rph}-{rate}.csv"
+            r.testbed(hosts, rph, rate, "microbench", ["--kinds", "all_to_all,all_reduce", "--a2a-sizes", NET_SIZES,
+                                                       "--allreduce-sizes", NET_SIZES, *reps], out)
+    write_manifest(mdir / "manifest.json", {"kind": "measurements", "campaign": campaign_info(args),
+                                            "measurements": r.records})
+
+
+def validation_runs(args, log, vdir: Path) -> list[dict]:
+    r = Runner(args, log)
+    vdir.mkdir(parents=True, exist_ok=True)
+    log("validation runs on the testbed")
+    runs = []
+    for hosts, rph in SHAPES:
+        for rate in args.rates:
+            for k in args.top_k:
+                for s in STRUCTURES:
+                    name = f"{hosts}x{rph}-{rate}-{s}-k{k}"
+                    out = vdir / f"{name}.csv"
+                    rec = r.testbed(hosts, rph, rate, "run", [*model_args(s, k), "--steps", str(args.steps),
+                                                              "--warmup", str(args.warmup)], out)
+                    runs.append({"file": out.name, "topology": f"{name}.topology.json",
+                                 "role": "fit" if k in args.fit_top_k else "heldout",
+                                 "testbed": {"hosts": hosts, "ranks_per_host": rph, "rate": rate},
+                                 "structure": s, "top_k": k, "command": rec["command"],
+                                 "loadavg_before": rec["loadavg_before"], "loadavg_after": rec["loadavg_after"]})
+    return runs
+
+
+def campaign_info(args) -> dict:
+    return {"command": " ".join(["python -m", PROG, *map(shlex.quote, args.argv)]), "date": now_iso(),
+            "machine": machine_info(), "model": MODEL, "model_overrides": MODEL_SETS, "steps": args.steps,
+            "warmup": args.warmup, "rates": list(args.rates), "shapes": [f"{h}x{r}" for h, r in SHAPES],
+            "top_k": list(args.top_k), "max_load": args.max_load}
+
+
+def write_manifest(path: Path, data: dict) -> None:
+    from moesim.io import write_json_atomic
+    write_json_atomic(path, data)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog=f"python -m {PROG}", description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="calibration", help="calibration directory (default: calibration)")
+    ap.add_argument("--name", default="cpu-testbed", help="profile name (default cpu-testbed)")
+    ap.add_argument("--only", choices=("all", "measure", "validation", "calibrate"), default="all",
+                    help="calibrate: re-fit from the tables already in --out, measure nothing")
+    ap.add_argument("--rates", default=",".join(RATES))
+    ap.add_argument("--top-k", default=",".join(map(str, TOP_KS)))
+    ap.add_argument("--fit-top-k", default="4", help="top-k values whose testbed runs are fit configurations")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=7, help="microbenchmark repetitions")
+    ap.add_argument("--rank-tokens", type=int, default=192, help="tokens per rank of the campaign model (single-process runs)")
+    ap.add_argument("--max-load", type=float, default=0.5, help="wait for a 1-minute load below this before measuring")
+    ap.add_argument("--wait-timeout", type=float, default=3600.0,
+                    help="give up (exit non-zero) when the machine stays busy this long (s)")
+    args = ap.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
+    args.rates = [x for x in args.rates.split(",") if x]
+    args.top_k = [int(x) for x in args.top_k.split(",") if x]
+    args.fit_top_k = {int(x) for x in args.fit_top_k.split(",") if x}
+    out = Path(args.out).resolve()
+    mdir, vdir = out / "measurements", out / "validation"
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    if args.only in ("all", "measure") or args.only == "validation":
+        if os.geteuid() != 0:
+            print(f"{PROG}: error: the testbed needs root", file=sys.stderr)
+            return 2
+    if args.only in ("all", "measure"):
+        measure(args, log, mdir)
+    if args.only in ("all", "validation"):
+        runs = validation_runs(args, log, vdir)
+        write_manifest(vdir / "runs.json", {"runs": runs, "campaign": campaign_info(args)})
+    return finish(args, log, out, mdir, vdir)
+
+
+def finish(args, log, out: Path, mdir: Path, vdir: Path) -> int:
+    """Fit the profile from the measurements (+ the in-situ latency from the fit runs) and write the
+    validation manifest; then print the validation."""
+    from moesim.calibrate import calibrate, write_profile
+    from moesim.calibrate.insitu import fit_insitu
+    prof_path = out / f"{args.name}.yaml"
+    log("fitting the profile")
+    cal = calibrate([mdir], name=args.name)
+    runs = json.loads((vdir / "runs.json").read_text())["runs"]
+    fit_runs = [vdir / r["file"] for r in runs if r["role"] == "fit"]
+    if fit_runs:
+        cal = fit_insitu(cal, fit_runs)
+    cal.profile["provenance"]["command"] = (f"python -m {PROG} --out {args.out}  (this fit alone: "
+                                            f"python -m {PROG} --out {args.out} --only calibrate)")
+    write_profile(prof_path, cal.profile)
+    manifest = {"kind": "validation", "profile": os.path.relpath(prof_path, vdir), "targets": TARGETS,
+                "runs": runs, "campaign": json.loads((vdir / "runs.json").read_text()).get("campaign"),
+                "note": "role 'fit': the runs the in-situ message latency was fitted on; 'heldout': judged only"}
+    write_manifest(vdir / "manifest.json", manifest)
+    res = subprocess.run([sys.executable, "-m", "moesim", "validate", str(vdir)], cwd=repo_root())
+    return res.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())

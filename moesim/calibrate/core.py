@@ -1,0 +1,303 @@
+"""``calibrate(paths) -> Calibration``: read microbenchmark tables, fit, assemble a measured profile.
+
+Which rows feed which fit:
+
+* GEMM and memory rows of single-process tables (world size 1): the per-core efficiency curve,
+  memory bandwidth and per-op overhead (:func:`moesim.calibrate.fit.fit_compute`);
+* GEMM rows of tables at the target world size (``ranks``, default: the largest world measured):
+  the contention factor, the share of a core each rank gets (``fit_contention``); when there are
+  no single-process GEMMs the curve is fitted on these rows directly (factor 1);
+* All-to-All and all-reduce rows of any table: the network (``fit_network``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from moesim.calibrate import fit as F
+from moesim.calibrate.profile_io import command_line, cpu_peak_flops_per_core, machine_info, now_iso
+from moesim.calibrate.tables import Table, collective_medians, gemm_medians, memory_medians, read_table
+from moesim.errors import InputFileError, MoesimError
+
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class Calibration:
+    profile: dict
+    compute: F.ComputeFit | None
+    contention: F.ContentionFit | None
+    network: F.NetworkFit | None
+    tables: list = field(default_factory=list)
+    residuals: dict = field(default_factory=dict)
+    framework: F.FrameworkFit | None = None
+
+    def residual_lines(self) -> list[str]:
+        out = [f"{'fit':28s} {'rows':>5s} {'MAPE':>8s} {'max err':>8s}"]
+        for key, r in self.residuals.items():
+            if isinstance(r, dict) and "mape" in r:
+                out.append(f"{key:28s} {r['rows']:5d} {100 * r['mape']:7.1f}% {100 * r['max_error']:7.1f}%")
+        return out
+
+
+def expand_paths(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """Files as given; a directory stands for its ``*.csv`` files (sorted)."""
+    out: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            found = sorted(x for x in p.glob("*.csv") if x.is_file())
+            if not found:
+                raise MoesimError(f"{p}: no *.csv measurement tables in this directory")
+            out.extend(found)
+        else:
+            out.append(p)
+    if not out:
+        raise MoesimError("no measurement files given")
+    return out
+
+
+def _load_notes(files: list[Path]) -> dict:
+    """Per-file notes (e.g. the load average at measurement time) from a campaign manifest next to the files."""
+    notes: dict = {}
+    for d in sorted({f.parent for f in files}):
+        m = d / MANIFEST
+        if m.is_file():
+            try:
+                data = json.loads(m.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            for entry in data.get("measurements", []) if isinstance(data, dict) else []:
+                if isinstance(entry, dict) and "file" in entry:
+                    notes[(d / entry["file"]).resolve()] = entry
+    return notes
+
+
+def calibrate(paths: Sequence[str | os.PathLike], name: str = "cpu-testbed", peak_flops: float | None = None,
+              ranks: int | None = None, min_contended_s: float = 5e-3, description: str | None = None,
+              topology: str | None = None) -> Calibration:
+    """Fit a measured profile from microbenchmark tables (and single-process run tables for the
+    framework overhead). ``topology``: the machines the measurements ran on, for tables without
+    testbed metadata (hosts and ranks per host; a ``tc_rate_bits`` graph attribute for the rate)."""
+    files = expand_paths(paths)
+    all_tables: list[Table] = [read_table(f) for f in files]
+    tables = [t for t in all_tables if t.kind == "microbench"]
+    runs = [t for t in all_tables if t.kind == "run"]
+    for t in runs:
+        if t.world_size != 1:
+            raise InputFileError(t.path, f"a run table of {t.world_size} ranks: calibrate takes single-process "
+                                         "run tables (the framework overhead); judge multi-rank runs with "
+                                         "`moesim validate`")
+    if topology:
+        _apply_topology(tables, topology)
+    notes = _load_notes(files)
+    gemm = gemm_medians(tables)
+    mem = memory_medians(tables)
+    coll = collective_medians(tables)
+    worlds = sorted({t.world_size for t in tables})
+    target = int(ranks or max(worlds))
+    cores = next((int(t.meta["cpu_count"]) for t in tables if t.meta.get("cpu_count")), os.cpu_count() or 1)
+    peak_note = "given with --peak-flops"
+    if peak_flops is None:
+        peak_flops, peak_note = cpu_peak_flops_per_core()
+    residuals: dict = {}
+
+    compute = contention = None
+    g1 = gemm[gemm["world_size"] == 1]
+    m1 = mem[mem["world_size"] == 1]
+    if len(g1):
+        compute = F.fit_compute(g1, m1, peak_flops)
+        contention = F.fit_contention(gemm, cores, target, min_contended_s) if target > 1 else None
+    elif len(gemm):
+        gt = gemm[gemm["world_size"] == target]
+        mt = mem[mem["world_size"] == target]
+        compute = F.fit_compute(gt, mt, peak_flops)
+    network = F.fit_network(coll) if len(coll) else None
+    framework = None
+    if runs:
+        if compute is None:
+            raise MoesimError("single-process run tables need GEMM microbenchmarks too (the framework fit "
+                              "starts from the GEMM curve)")
+        from moesim.config import load_config
+        from moesim.validate.core import REAL_BACKEND_BUCKET_BYTES, measured_times
+        fw_runs = []
+        for t in runs:
+            try:
+                cfg = load_config(t.meta["config"])
+            except MoesimError as exc:
+                raise InputFileError(t.path, f"the config in '# meta' is not valid: {exc}") from None
+            fw_runs.append((cfg, measured_times(t)[1]))
+        framework = F.fit_framework(fw_runs, compute, REAL_BACKEND_BUCKET_BYTES)
+    if compute is None and network is None:
+        raise MoesimError("the measurement tables hold neither GEMM nor collective rows: nothing to fit")
+    factor = contention.factor if contention else 1.0
+
+    if compute:
+        residuals.update({k: v for k, v in compute.residuals.items() if isinstance(v, dict)})
+        if contention and contention.rows_used:
+            # the contended GEMMs predicted with the shared-core profile
+            shared = gemm[(gemm["world_size"] == target)]
+            long = shared.merge(g1[["m", "n", "k", "seconds"]].rename(columns={"seconds": "alone"}), on=["m", "n", "k"])
+            long = long[long["alone"] >= min_contended_s]
+            if len(long):
+                pred = compute.gemm_seconds(long["m"], long["n"], long["k"]) / factor
+                residuals["gemm_shared"] = F.residual_summary(pred, long["seconds"])
+    if framework:
+        residuals.update(framework.residuals)
+    if network:
+        residuals.update(network.residuals)
+
+    machine = machine_info()
+    mem_total = _mem_total()
+    sources = []
+    for t in all_tables:
+        n = notes.get(t.path.resolve(), {})
+        sources.append({k: v for k, v in {
+            "file": t.path.name, "sha256": t.sha256, "world_size": t.world_size,
+            "testbed": ({k2: t.testbed[k2] for k2 in ("hosts", "ranks_per_host", "rate_bits")} if t.testbed else None),
+            "created": t.meta.get("created"), "host": t.meta.get("host"), "rows": int(len(t.df)),
+            "table": t.kind, "kinds": sorted(set(t.df["kind"])) if t.kind == "microbench" else None,
+            "config": (f"{t.meta['config']['moe']['structure']} top-{t.meta['config']['moe']['top_k']}"
+                       if t.kind == "run" else None),
+            "loadavg": n.get("loadavg_before"),
+        }.items() if v is not None})
+    torch_versions = sorted({str(t.meta["torch_version"]) for t in all_tables if t.meta.get("torch_version")})
+    prov = {
+        "source": description or ("moesim calibrate: fitted from real_backend microbenchmarks (GEMM, memory, "
+                                  "All-to-All, all-reduce) on the on-one-machine testbed"),
+        "date": now_iso(),
+        "machine": {k: machine[k] for k in ("hostname", "cpu_model", "cores", "platform")},
+        "measured_on": sorted({str(t.meta.get("host")) for t in all_tables if t.meta.get("host")}),
+        "torch_version": torch_versions[0] if len(torch_versions) == 1 else torch_versions,
+        "command": command_line(),
+        "sources": sources,
+        "note": (f"one rank of {target} processes sharing {cores} cores: peak, memory bandwidth and per-op "
+                 f"overhead are the single-core fit scaled by the measured core share {factor:.3g} "
+                 f"(nominal cores/ranks = {min(1.0, cores / target):.3g})"),
+    }
+    device: dict = {}
+    if compute:
+        eff = compute.efficiency_max
+        bw = compute.memory_bandwidth or compute.peak_flops / 4.0
+        overhead = compute.op_overhead_s
+        if framework:
+            # what the real step's ops cost, per modelled op and byte (see fit.fit_framework)
+            eff, overhead, bw = eff / framework.gemm_scale, framework.op_overhead_s, framework.memory_bandwidth
+        dtype = str(g1["dtype"].mode().iloc[0]) if len(g1) and "dtype" in g1 else "fp32"
+        peaks = {dtype: compute.peak_flops * factor}
+        if dtype in ("bf16", "fp16"):
+            peaks = {"bf16": peaks[dtype], "fp16": peaks[dtype]}
+        device = {
+            "peak_flops": peaks,
+            "memory_bandwidth": bw * factor,
+            "memory_bytes": (mem_total / max(1, target)) if mem_total else 0,
+            "gemm": {"efficiency_max": min(1.0, eff), "half_size": compute.half_size},
+            "memory_efficiency": 1.0,
+            "op_overhead_s": overhead / factor,
+        }
+    else:
+        raise MoesimError("no GEMM measurements: a profile needs the device section (add a GEMM microbench table)")
+    net: dict = {}
+    cal: dict = {"ranks_per_machine": target, "cores": cores,
+                 "per_core": {"peak_flops": compute.peak_flops, "peak_flops_from": peak_note,
+                              "efficiency_max": compute.efficiency_max, "half_size": compute.half_size,
+                              "memory_bandwidth": compute.memory_bandwidth, "op_overhead_s": compute.op_overhead_s}}
+    if framework:
+        cal["framework"] = {"gemm_scale": framework.gemm_scale, "op_overhead_s": framework.op_overhead_s,
+                            "memory_bandwidth": framework.memory_bandwidth, "runs": len(runs),
+                            "meaning": "single-process steps of the model: real GEMM phases are gemm_scale x the "
+                                       "torch.mm curve; each modelled op costs op_overhead_s more (dispatch, "
+                                       "autograd, element-wise kernels); memory-bound work moves bytes at "
+                                       "memory_bandwidth per modelled byte"}
+    if contention:
+        cal["contention"] = {"core_share": contention.factor, "nominal_cores_per_rank": contention.nominal,
+                             "gemm_rows_used": contention.rows_used, "min_seconds_alone": min_contended_s,
+                             "detail": contention.detail}
+    if network:
+        nic = network.links.get("nic")
+        net = {"latency_per_message_s": network.latency_per_message_s,
+               "collective_overhead_s": network.collective_overhead_s}
+        if nic and nic.efficiency is not None:
+            net["link_efficiency"] = {"nic": nic.efficiency}
+        # unshaped veth and loopback move bytes with the kernel's TCP copies on the ranks' own cores: in a
+        # step each rank has the core share `factor`, so their (CPU-bound) throughput is scaled by it
+        in_step = {k: replace(v, max_bandwidth=v.max_bandwidth * factor) for k, v in network.links.items()}
+        cal["links"] = {k: v.to_dict() for k, v in in_step.items()}
+        cal["links_isolated"] = {k: v.to_dict() for k, v in network.links.items()}
+        cal["links_note"] = ("links: what a step sees (max_bandwidth = isolated microbenchmark x core share); "
+                             "links_isolated: the microbenchmark fit itself")
+        cal["alpha_beta"] = _alpha_beta(network)
+    cal["residuals"] = residuals
+    profile = {"name": name, "status": "measured", "provenance": prov, "device": device}
+    if net:
+        profile["network"] = net
+    profile["calibration"] = cal
+    out = Calibration(profile, compute, contention, network, all_tables, residuals)
+    out.framework = framework
+    return out
+
+
+def _apply_topology(tables: list, path: str) -> None:
+    """Give tables without testbed metadata the layout of ``path`` (hosts, ranks per host, tc rate)."""
+    from moesim.topology import load_topology
+    topo = load_topology(path)
+    hosts = topo.hosts
+    rph = {len(topo.ranks_of_host(h)) for h in hosts}
+    if len(rph) != 1:
+        raise InputFileError(path, "calibration needs the same number of ranks on every host")
+    rate = float(topo.graph.graph.get("tc_rate_bits") or 0.0)
+    for t in tables:
+        if not t.testbed:
+            if t.world_size not in (1, topo.num_gpus):
+                raise InputFileError(t.path, f"measured with {t.world_size} ranks but the topology {path} has "
+                                             f"{topo.num_gpus} GPUs")
+            if t.world_size > 1:
+                t.meta["testbed"] = {"hosts": len(hosts), "ranks_per_host": rph.pop() if len(rph) == 1 else 1,
+                                     "rate_bits": rate}
+                rph = {t.meta["testbed"]["ranks_per_host"]}
+
+
+def _alpha_beta(nf: F.NetworkFit) -> dict:
+    """Human summary per link class: alpha = latency of one message, beta = effective bandwidth."""
+    out = {}
+    for cls, lp in nf.links.items():
+        hops = 2 if cls == "nic" else 0
+        out[cls] = {"alpha_s": nf.latency_per_message_s + hops * lp.latency_s,
+                    "beta": ("min(efficiency * tc_rate, max_bandwidth)" if lp.efficiency is not None
+                             else "max_bandwidth"),
+                    "beta_unshaped_bytes_per_s": None if math.isinf(lp.max_bandwidth) else lp.max_bandwidth}
+        if lp.efficiency is not None:
+            out[cls]["beta_at_100mbit_bytes_per_s"] = lp.bandwidth(100e6 / 8)
+            out[cls]["beta_at_300mbit_bytes_per_s"] = lp.bandwidth(300e6 / 8)
+    return out
+
+
+def _mem_total() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return float(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0.0
+
+
+def fit_tables_frame(c: Calibration) -> pd.DataFrame:
+    """All fitted rows (compute and network) with measured and fitted seconds, for reports."""
+    frames = []
+    if c.compute is not None and c.compute.table is not None:
+        frames.append(c.compute.table)
+    if c.network is not None and c.network.table is not None:
+        t = c.network.table
+        frames.append(pd.DataFrame({"kind": t["kind"] + ":" + t["group"],
+                                    "shape": [f"{int(h)}x{int(r)} {('%gMbit' % (b / 1e6)) if b else 'unshaped'} {int(s)}B"
+                                              for h, r, b, s in zip(t["hosts"], t["ranks_per_host"], t["rate_bits"],
+                                                                    t["size_bytes"])],
+                                    "measured_s": t["seconds"], "fitted_s": t["fitted_s"]}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

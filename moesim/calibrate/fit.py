@@ -1,0 +1,309 @@
+"""Fit the cost model's parameters from microbenchmark medians.
+
+Compute (one rank alone on the machine, then shared): the cost model prices a GEMM as
+``op_overhead + 2mnk / (peak * eff_max * g(m) g(n) g(k))`` with ``g(x) = x / (x + half_size)`` and a
+memory-bound op as ``op_overhead + bytes / memory_bandwidth``. :func:`fit_compute` fits ``eff_max``,
+``half_size``, ``memory_bandwidth`` and ``op_overhead`` jointly on single-process rows (relative
+least squares; ``half_size`` by a zooming grid, the others exactly by non-negative least squares).
+
+Contention: R ranks on C cores. The ranks of an SPMD step compute at the same time, so each gets a
+share ``f`` of a core (``C/R`` when R > C). :func:`fit_contention` measures ``f`` as the median
+ratio single/shared time of GEMMs long enough (>= ``min_seconds`` alone) for the scheduler to
+time-slice them fairly; shorter ones finish inside one slice and would hide the sharing. The
+profile for a rank of the shared machine has ``peak * f``, ``memory_bandwidth * f`` and
+``op_overhead / f``.
+
+Network: :func:`fit_network` fits, per link class, ``efficiency`` (of the tc rate) and
+``max_bandwidth`` (TCP over veth / loopback), the ``nic`` link latency, the per-message latency and
+the per-collective overhead, so that the simulator's own collective model
+(:mod:`moesim.calibrate.netmodel`) reproduces the measured All-to-All and all-reduce times.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from moesim.calibrate.linfit import nnls_relative, refine_grid
+from moesim.calibrate.netmodel import CLASSES, LinkParams, collective_features
+from moesim.errors import MoesimError
+
+
+def _mape(pred: np.ndarray, meas: np.ndarray) -> float:
+    return float(np.mean(np.abs(pred - meas) / meas)) if len(meas) else float("nan")
+
+
+def _maxape(pred: np.ndarray, meas: np.ndarray) -> float:
+    return float(np.max(np.abs(pred - meas) / meas)) if len(meas) else float("nan")
+
+
+def residual_summary(pred, meas) -> dict:
+    pred, meas = np.asarray(pred, dtype=float), np.asarray(meas, dtype=float)
+    return {"rows": int(len(meas)), "mape": _mape(pred, meas), "max_error": _maxape(pred, meas)}
+
+
+# ---------------------------------------------------------------------------------------------
+# compute
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class ComputeFit:
+    peak_flops: float              # FLOP/s of one core (the reference the efficiency is relative to)
+    efficiency_max: float
+    half_size: float
+    memory_bandwidth: float | None  # bytes/s (None: no memory rows)
+    op_overhead_s: float
+    residuals: dict = field(default_factory=dict)
+    table: pd.DataFrame | None = None
+
+    def gemm_seconds(self, m, n, k) -> np.ndarray:
+        m, n, k = (np.asarray(x, dtype=float) for x in (m, n, k))
+        g = lambda x: x / (x + self.half_size)  # noqa: E731
+        return self.op_overhead_s + 2 * m * n * k / (self.peak_flops * self.efficiency_max * g(m) * g(n) * g(k))
+
+    def memory_seconds(self, nbytes) -> np.ndarray:
+        return self.op_overhead_s + np.asarray(nbytes, dtype=float) / self.memory_bandwidth
+
+
+def fit_compute(gemm: pd.DataFrame, memory: pd.DataFrame, peak_flops: float,
+                half_range: tuple[float, float] = (1e-2, 1e5)) -> ComputeFit:
+    """``gemm``: columns m, n, k, seconds (medians, one process); ``memory``: size_bytes, seconds."""
+    if gemm is None or not len(gemm):
+        raise MoesimError("no GEMM measurements to fit the compute efficiency (run real_backend.microbench "
+                          "with --kinds gemm)")
+    if not peak_flops > 0:
+        raise MoesimError("the reference peak FLOP/s must be positive")
+    m, n, k = (gemm[c].to_numpy(dtype=float) for c in ("m", "n", "k"))
+    tg = gemm["seconds"].to_numpy(dtype=float)
+    mb = memory["size_bytes"].to_numpy(dtype=float) if memory is not None and len(memory) else np.zeros(0)
+    tm = memory["seconds"].to_numpy(dtype=float) if memory is not None and len(memory) else np.zeros(0)
+    meas = np.concatenate([tg, tm])
+    flop = 2 * m * n * k
+
+    def design(half: np.ndarray) -> np.ndarray:
+        """(cand, rows, 3): columns overhead, 1/eff_max, 1/memory_bandwidth; rows scaled by 1/meas."""
+        h = half[:, None]
+        ggg = (m / (m + h)) * (n / (n + h)) * (k / (k + h))
+        cols_g = np.stack([np.ones_like(ggg), flop / (peak_flops * ggg), np.zeros_like(ggg)], axis=-1)
+        cols_m = np.broadcast_to(np.stack([np.ones_like(mb), np.zeros_like(mb), mb], axis=-1), (len(half), len(mb), 3))
+        X = np.concatenate([cols_g, cols_m], axis=1)
+        return X / meas[None, :, None]
+
+    def objective(cands: np.ndarray) -> np.ndarray:
+        _, sse = nnls_relative(design(cands[:, 0]), np.ones((len(cands), len(meas))))
+        return sse
+
+    (half,), _ = refine_grid(objective, np.array([half_range[0]]), np.array([half_range[1]]),
+                             points=41, rounds=8, log=np.array([True]))
+    coef, _ = nnls_relative(design(np.array([half])), np.ones((1, len(meas))))
+    overhead, inv_eff, inv_bw = coef[0]
+    if inv_eff <= 0:
+        raise MoesimError("the GEMM fit degenerated (no time is explained by FLOPs); check the GEMM table")
+    eff = 1.0 / inv_eff
+    bw = (1.0 / inv_bw) if (len(mb) and inv_bw > 0) else None
+    fit = ComputeFit(peak_flops, eff, half, bw, overhead)
+    if eff > 1.0:
+        # the reference peak is below what was measured: cap at 1 and say so (profiles need <= 1)
+        fit.residuals["note"] = (f"measured GEMMs beat the reference peak by {eff:.2f}x; raise --peak-flops")
+    pg = fit.gemm_seconds(m, n, k)
+    fit.residuals["gemm"] = residual_summary(pg, tg)
+    rows = [pd.DataFrame({"kind": "gemm", "shape": [f"{int(a)}x{int(b)}x{int(c)}" for a, b, c in zip(m, n, k)],
+                          "measured_s": tg, "fitted_s": pg})]
+    if len(mb) and bw:
+        pm = fit.memory_seconds(mb)
+        fit.residuals["memory"] = residual_summary(pm, tm)
+        rows.append(pd.DataFrame({"kind": "memory", "shape": [f"{int(b)}B" for b in mb], "measured_s": tm, "fitted_s": pm}))
+    fit.table = pd.concat(rows, ignore_index=True)
+    return fit
+
+
+@dataclass
+class ContentionFit:
+    factor: float            # share of a core each rank gets (measured)
+    nominal: float           # cores / ranks (capped at 1)
+    ranks: int
+    cores: int
+    rows_used: int
+    detail: list = field(default_factory=list)
+
+
+def fit_contention(gemm_all: pd.DataFrame, cores: int, ranks: int, min_seconds: float = 5e-3) -> ContentionFit:
+    """Share of a core per rank when ``ranks`` processes compute on ``cores`` cores.
+
+    ``gemm_all``: GEMM medians with a ``world_size`` column (1 = alone; ``ranks`` = shared)."""
+    nominal = min(1.0, cores / ranks) if ranks > 0 else 1.0
+    alone = gemm_all[gemm_all["world_size"] == 1].set_index(["m", "n", "k"])["seconds"]
+    shared = gemm_all[gemm_all["world_size"] == ranks].set_index(["m", "n", "k"])["seconds"]
+    common = alone.index.intersection(shared.index)
+    ratios, detail = [], []
+    for key in common:
+        if alone[key] >= min_seconds:
+            ratios.append(alone[key] / shared[key])
+            detail.append({"shape": "x".join(str(int(v)) for v in key), "alone_s": float(alone[key]),
+                           "shared_s": float(shared[key]), "share": float(alone[key] / shared[key])})
+    if ratios:
+        factor = float(np.median(ratios))
+    else:
+        factor = nominal
+    return ContentionFit(min(1.0, factor), nominal, ranks, cores, len(ratios), detail)
+
+
+# ---------------------------------------------------------------------------------------------
+# network
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class NetworkFit:
+    links: dict                   # class -> LinkParams
+    latency_per_message_s: float
+    collective_overhead_s: float
+    residuals: dict = field(default_factory=dict)
+    table: pd.DataFrame | None = None
+
+
+def _rows_features(coll: pd.DataFrame) -> list:
+    cache: dict = {}
+    feats = []
+    for r in coll.itertuples(index=False):
+        key = (r.kind, r.group, int(r.hosts), int(r.ranks_per_host), float(r.size_bytes))
+        if key not in cache:
+            cache[key] = collective_features(*key)
+        feats.append(cache[key])
+    return feats
+
+
+def fit_network(coll: pd.DataFrame, min_bandwidth: float = 1e5, max_bandwidth: float = 1e11) -> NetworkFit:
+    """``coll``: collective medians (``tables.collective_medians``) from one or more testbeds."""
+    if coll is None or not len(coll):
+        raise MoesimError("no All-to-All / all-reduce measurements to fit the network (run "
+                          "real_backend.microbench on the testbed)")
+    coll = coll.reset_index(drop=True)
+    feats = _rows_features(coll)
+    meas = coll["seconds"].to_numpy(dtype=float)
+    rate = coll["rate_bits"].to_numpy(dtype=float) / 8.0          # bytes/s, 0 = unshaped
+    shaped = rate > 0
+    S = max(len(f.messages) for f in feats)
+    n = len(feats)
+    msgs = np.zeros((n, S))
+    unit = {c: np.zeros((n, S)) for c in CLASSES}
+    hops = np.zeros((n, S))
+    for i, f in enumerate(feats):
+        s = len(f.messages)
+        msgs[i, :s] = f.messages
+        hops[i, :s] = f.nic_hops
+        for c in CLASSES:
+            unit[c][i, :s] = f.unit_time.get(c, np.zeros(s))
+    uses = {c: bool((unit[c] > 0).any()) for c in CLASSES}
+    have_shaped, have_unshaped = bool(shaped.any()), bool((~shaped & (unit["nic"] > 0).any(axis=1)).any())
+    # linear unknowns: overhead, per-message latency, nic link latency
+    X = np.stack([np.ones(n), msgs.sum(axis=1), hops.sum(axis=1)], axis=1)
+    if not (hops > 0).any():
+        X[:, 2] = 0.0
+    Xw = X / meas[:, None]
+
+    def transfer(c: np.ndarray) -> np.ndarray:
+        """(cand, rows) transfer seconds for candidates (efficiency, veth max, loopback max)."""
+        e, bmax, blo = c[:, 0:1], c[:, 1:2], c[:, 2:3]
+        bw_nic = np.where(shaped[None, :], np.minimum(e * rate[None, :], bmax), bmax)     # (cand, rows)
+        t = np.zeros((len(c), n))
+        per = np.maximum(unit["nic"][None] / bw_nic[..., None], unit["loopback"][None] / blo[..., None])
+        t += per.sum(axis=2)
+        return t
+
+    def objective(c: np.ndarray) -> np.ndarray:
+        y = 1.0 - transfer(c) / meas[None, :]
+        _, sse = nnls_relative(Xw, y)
+        return sse
+
+    lo = np.array([0.2 if have_shaped else 1.0, min_bandwidth if have_unshaped else max_bandwidth,
+                   min_bandwidth if uses["loopback"] else max_bandwidth])
+    hi = np.array([1.0, max_bandwidth, max_bandwidth])
+    best, _ = refine_grid(objective, lo, hi, points=25, rounds=7, log=np.array([False, True, True]))
+    best = best[None, :]
+    coef, _ = nnls_relative(Xw, 1.0 - transfer(best) / meas[None, :])
+    overhead, lat_msg, lat_nic = (float(x) for x in coef[0])
+    e, bmax, blo = (float(x) for x in best[0])
+    links = {"nic": LinkParams(efficiency=e if have_shaped else None,
+                               max_bandwidth=bmax if have_unshaped else math.inf, latency_s=lat_nic),
+             "loopback": LinkParams(efficiency=None, max_bandwidth=blo if uses["loopback"] else math.inf, latency_s=0.0)}
+    pred = transfer(best)[0] + X @ coef[0]
+    fit = NetworkFit(links, lat_msg, overhead)
+    table = coll.assign(fitted_s=pred, ape=np.abs(pred - meas) / meas)
+    fit.table = table
+    fit.residuals["network"] = residual_summary(pred, meas)
+    for (kind, group), d in table.groupby(["kind", "group"]):
+        fit.residuals[f"{kind}:{group}"] = residual_summary(d["fitted_s"], d["seconds"])
+    big = table["size_bytes"] >= 1 << 20
+    if big.any():
+        fit.residuals["network_ge_1MiB"] = residual_summary(table.loc[big, "fitted_s"], table.loc[big, "seconds"])
+    return fit
+
+
+# ---------------------------------------------------------------------------------------------
+# framework: the real step's compute on one process
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class FrameworkFit:
+    gemm_scale: float          # real GEMM-phase time / the microbench GEMM curve (>= 1: bias, GELU fusion, autograd)
+    op_overhead_s: float       # per modelled op (framework dispatch, autograd, small kernels)
+    memory_bandwidth: float    # bytes/s per modelled byte of memory-bound work
+    residuals: dict = field(default_factory=dict)
+    table: pd.DataFrame | None = None
+
+
+def phase_features(cfg, compute: ComputeFit, bucket_bytes: float) -> pd.DataFrame:
+    """Per phase of one step of ``cfg`` on one rank (rank 0): GEMM seconds under the fitted curve
+    (no overhead), modelled op launches, and memory-bound bytes, from the simulator's own workload."""
+    from moesim.workload import build_program
+    from moesim.workload.ops import Compute
+    prog = build_program(cfg, bucket_bytes)
+    g = lambda x: x / (x + compute.half_size)  # noqa: E731
+    out: dict = {}
+    for it in prog.items:
+        if not isinstance(it, Compute):
+            continue
+        f = out.setdefault(it.phase, {"gemm_s": 0.0, "ops": 0.0, "bytes": 0.0})
+        if it.kind == "gemm":
+            m = np.asarray(it.m, dtype=float)
+            m = m[0] if m.ndim >= 1 else m            # rank 0
+            m = np.atleast_1d(m)
+            live = m > 0
+            t = 2 * m * it.n * it.k / (compute.peak_flops * compute.efficiency_max * g(m) * g(it.n) * g(it.k))
+            f["gemm_s"] += float(np.where(live, t, 0.0).sum() * it.count)
+            f["ops"] += float(live.sum() * it.count)
+        else:
+            nb = np.asarray(it.nbytes, dtype=float)
+            nb = float(nb[0]) if nb.ndim >= 1 else float(nb)
+            if nb > 0:
+                f["bytes"] += nb * it.count
+                f["ops"] += it.count
+    return pd.DataFrame([{"phase": k, **v} for k, v in out.items()])
+
+
+def fit_framework(runs: list, compute: ComputeFit, bucket_bytes: float) -> FrameworkFit:
+    """``runs``: [(cfg, {phase: measured seconds})] of single-process steps. Fits, per modelled op
+    and phase, ``measured = gemm_scale * gemm_s + op_overhead * ops + bytes / memory_bandwidth``
+    (relative non-negative least squares over every phase of every run)."""
+    rows = []
+    for i, (cfg, phases) in enumerate(runs):
+        feats = phase_features(cfg, compute, bucket_bytes)
+        for r in feats.itertuples(index=False):
+            m = phases.get(r.phase, 0.0)
+            if m > 0 and (r.gemm_s > 0 or r.bytes > 0):
+                rows.append({"run": i, "label": f"{cfg.moe.structure} k{cfg.moe.top_k} ep{cfg.parallel.ep}",
+                             "phase": r.phase, "gemm_s": r.gemm_s, "ops": r.ops, "bytes": r.bytes, "measured_s": m})
+    if not rows:
+        raise MoesimError("no phase times in the single-process run tables to fit the framework overhead")
+    d = pd.DataFrame(rows)
+    meas = d["measured_s"].to_numpy()
+    X = np.stack([d["gemm_s"], d["ops"], d["bytes"]], axis=1) / meas[:, None]
+    coef, _ = nnls_relative(X, np.ones((1, len(d))))
+    a, o, inv_bw = (float(x) for x in coef[0])
+    pred = d["gemm_s"] * a + d["ops"] * o + d["bytes"] * inv_bw
+    d["fitted_s"] = pred
+    fit = FrameworkFit(a if a > 0 else 1.0, o, (1.0 / inv_bw) if inv_bw > 0 else compute.memory_bandwidth or 1e12, table=d)
+    fit.residuals["framework_phases"] = residual_summary(pred, meas)
+    step_p = d.groupby("run")["fitted_s"].sum()
+    step_m = d.groupby("run")["measured_s"].sum()
+    fit.residuals["framework_steps"] = residual_summary(step_p, step_m)
+    return fit

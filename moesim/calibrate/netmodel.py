@@ -1,0 +1,209 @@
+"""The testbed's network as the simulator sees it, and the calibrated link parameters.
+
+Link model (per link class, fitted by :func:`moesim.calibrate.fit.fit_network`)::
+
+    effective bandwidth = min(efficiency * tc_rate, max_bandwidth)     shaped link (tc tbf)
+                        = max_bandwidth                                unshaped veth, loopback
+
+``efficiency`` is what tbf lets through of its nominal rate (it counts Ethernet/IP/TCP headers,
+so payload goodput is below the rate); ``max_bandwidth`` is the throughput of the kernel's TCP
+path itself (copies on the CPU, shared with the ranks' compute), which is what bounds a veth or
+the loopback when nothing shapes them. ``latency_s`` is added per link on a route (a message
+across the bridge crosses two ``nic`` links); the profile's ``network.latency_per_message_s`` is
+the software cost of one message (gloo, syscalls), paid once per flow.
+
+Collective times for fitting are computed with the simulator's own network model
+(:mod:`moesim.network`): per stage, the fluid time with one link class at unit capacity (bytes on
+its bottleneck), so that fitted parameters mean the same thing in validation.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping
+
+import networkx as nx
+import numpy as np
+
+from moesim.network import FluidNetwork, NetworkParams
+from moesim.network import collectives as C
+from moesim.network.stages import Collective
+from moesim.topology.generators import emulated_testbed
+from moesim.topology.model import Topology
+
+CLASSES = ("nic", "loopback")
+BIG = 1e30
+
+
+@dataclass(frozen=True)
+class LinkParams:
+    """Calibrated parameters of one link class (SI units; ``efficiency`` None = not rate-limited)."""
+
+    efficiency: float | None = None
+    max_bandwidth: float = math.inf
+    latency_s: float = 0.0
+
+    def bandwidth(self, nominal: float | None) -> float:
+        """Effective bytes/s for a link with tc rate ``nominal`` (bytes/s; None = unshaped)."""
+        shaped = math.inf if nominal is None or self.efficiency is None else self.efficiency * nominal
+        return min(shaped, self.max_bandwidth)
+
+    def to_dict(self) -> dict:
+        out = {"max_bandwidth": None if math.isinf(self.max_bandwidth) else float(self.max_bandwidth),
+               "latency_s": float(self.latency_s)}
+        if self.efficiency is not None:
+            out = {"efficiency": float(self.efficiency), **out}
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "LinkParams":
+        mb = d.get("max_bandwidth")
+        return cls(efficiency=None if d.get("efficiency") is None else float(d["efficiency"]),
+                   max_bandwidth=math.inf if mb is None else float(mb), latency_s=float(d.get("latency_s", 0.0)))
+
+
+def testbed_graph(hosts: int, ranks_per_host: int, rate_bits: float | None) -> nx.Graph:
+    """The graph ``real_backend.testbed`` writes (nominal: tc rate for ``nic``, 2 GB/s loopback)."""
+    nic = (rate_bits / 8.0) if rate_bits else 10e9
+    g = emulated_testbed(hosts, ranks_per_host, link_bandwidth=nic, loopback_bandwidth=2e9).graph.copy()
+    g.graph["tc_rate_bits"] = float(rate_bits or 0.0)
+    g.graph["source"] = "real_backend.testbed"
+    return g
+
+
+def nominal_rate(topology: Topology, link_class: str, bandwidth: float) -> float | None:
+    """The tc rate (bytes/s) behind a link of a testbed topology, None when unshaped; for other
+    topologies the link's own bandwidth."""
+    gattr = topology.graph.graph
+    if "tc_rate_bits" in gattr:
+        if link_class == "nic":
+            rate = float(gattr.get("tc_rate_bits") or 0.0)
+            return rate / 8.0 if rate > 0 else None
+        return None  # loopback: not shaped
+    return bandwidth
+
+
+def effective_topology(topology: Topology, links: Mapping[str, LinkParams],
+                       link_efficiency: Mapping[str, float] | None = None) -> Topology:
+    """A copy of ``topology`` with calibrated bandwidth and latency per link class. Classes without
+    calibrated parameters keep their bandwidth (times ``link_efficiency`` if given)."""
+    g = topology.graph.copy()
+    eff = dict(link_efficiency or {})
+    for u, v, a in g.edges(data=True):
+        cls = a.get("link_class")
+        if cls in links:
+            lp = links[cls]
+            a["bandwidth"] = float(lp.bandwidth(nominal_rate(topology, cls, float(a["bandwidth"]))))
+            a["latency"] = float(a.get("latency", 0.0)) + lp.latency_s
+        elif cls in eff:
+            a["bandwidth"] = float(a["bandwidth"]) * eff[cls]
+    g.graph["calibrated"] = True
+    return Topology(g, source=topology.source + " (calibrated)")
+
+
+def apply_profile_network(topology: Topology, profile) -> Topology:
+    """The topology as a profile's network calibration sees it: calibrated per-class links
+    (``calibration.links`` of a measured profile) and ``network.link_efficiency``; the topology
+    itself when the profile calibrates no link."""
+    from moesim.calibrate.profile_io import link_params, raw_profile
+    _, raw = raw_profile(profile)
+    links = link_params(raw)
+    eff = dict(profile.network.link_efficiency)
+    if not links and not eff:
+        return topology
+    return effective_topology(topology, links, eff)
+
+
+# ---------------------------------------------------------------------------------------------
+# features of a measured collective
+# ---------------------------------------------------------------------------------------------
+def group_members(group: str, hosts: int, rph: int) -> list[list[int]]:
+    """Rank lists of every group of a microbench measurement (all run at once)."""
+    world = hosts * rph
+    if group == "world":
+        return [list(range(world))]
+    if group == "intra_node":
+        return [list(range(h * rph, (h + 1) * rph)) for h in range(hosts)]
+    if group == "inter_node":
+        return [list(range(i, world, rph)) for i in range(rph)]
+    raise ValueError(f"unknown microbench group {group!r}")
+
+
+def build_collectives(kind: str, groups: list[list[int]], size_bytes: float, topo: Topology) -> list[Collective]:
+    if kind == "all_to_all":
+        return [C.all_to_all(g, size_bytes, topo, algorithm="direct") for g in groups]
+    if kind == "all_reduce":
+        return [C.all_reduce(g, size_bytes, topo, algorithm="ring") for g in groups]
+    raise ValueError(f"unknown collective kind {kind!r}")
+
+
+def _unit_topology(hosts: int, rph: int, nic_bw: float, lo_bw: float, nic_lat: float = 0.0) -> Topology:
+    g = emulated_testbed(hosts, rph, link_bandwidth=nic_bw, loopback_bandwidth=lo_bw).graph.copy()
+    for _, _, a in g.edges(data=True):
+        if a["link_class"] == "nic":
+            a["latency"] = nic_lat
+    return Topology(g, source="<unit>")
+
+
+def _run_together(topo: Topology, colls: list[Collective], params: NetworkParams | None = None) -> float:
+    net = FluidNetwork(topo, params or NetworkParams(0.0, 0.0))
+    for i, c in enumerate(colls):
+        net.start(c, i, 0.0)
+    net.run_until_idle()
+    return max((net.timings[i].end_s for i in range(len(colls))), default=0.0)
+
+
+@dataclass
+class CollectiveFeatures:
+    """What the fit needs about one measured collective, per stage of the simulator's decomposition
+    (measured with the simulator itself, so any change of its collective algorithms carries over):
+    the fluid time with one link class at 1 byte/s and the others unlimited (the bytes on that
+    class's bottleneck), how many per-message latencies it pays, and how many ``nic`` link
+    latencies its slowest route adds."""
+
+    unit_time: dict              # class -> (stages,) seconds at 1 B/s
+    messages: np.ndarray         # (stages,) per-message latencies paid
+    nic_hops: np.ndarray         # (stages,) nic link latencies paid
+
+    def transfer_time(self, bandwidth: Mapping[str, float]) -> float:
+        per = np.zeros_like(self.messages, dtype=float)
+        for cls, t in self.unit_time.items():
+            per = np.maximum(per, t / bandwidth[cls])
+        return float(per.sum())
+
+    def predict(self, bandwidth: Mapping[str, float], latency_per_message: float, overhead: float,
+                nic_latency: float) -> float:
+        lat = float((self.messages * latency_per_message + self.nic_hops * nic_latency).sum())
+        return overhead + lat + self.transfer_time(bandwidth)
+
+
+def collective_features(kind: str, group: str, hosts: int, rph: int, size_bytes: float) -> CollectiveFeatures:
+    groups = group_members(group, hosts, rph)
+    base = build_collectives(kind, groups, size_bytes, _unit_topology(hosts, rph, 1.0, 1.0))
+    n_stages = len(base[0].stages)
+    unit = {c: np.zeros(n_stages) for c in CLASSES}
+    msgs, hops = np.zeros(n_stages), np.zeros(n_stages)
+    topos = {"nic": _unit_topology(hosts, rph, 1.0, BIG), "loopback": _unit_topology(hosts, rph, BIG, 1.0)}
+    free = _unit_topology(hosts, rph, BIG, BIG)
+    lat_topo = _unit_topology(hosts, rph, BIG, BIG, nic_lat=1.0)
+    for s in range(n_stages):
+        colls = [Collective(c.op, c.algorithm, c.ranks, [c.stages[s]], c.bytes_per_rank) for c in base]
+        for cls, topo in topos.items():
+            unit[cls][s] = _run_together(topo, colls)
+        msgs[s] = round(_run_together(free, colls, NetworkParams(1.0, 0.0)))
+        hops[s] = round(_run_together(lat_topo, colls))
+    # a class whose links no flow crosses has unit time ~ 1/BIG: drop it
+    unit = {c: np.where(t > 1e-12, t, 0.0) for c, t in unit.items()}
+    return CollectiveFeatures(unit, msgs, hops)
+
+
+def simulate_measured(kind: str, group: str, hosts: int, rph: int, size_bytes: float, rate_bits: float | None,
+                      links: Mapping[str, LinkParams], latency_per_message: float, overhead: float) -> float:
+    """The simulator's time for a measured collective with calibrated links (for checks and tests)."""
+    topo = effective_topology(Topology(testbed_graph(hosts, rph, rate_bits), source="<testbed>"), links)
+    colls = build_collectives(kind, group_members(group, hosts, rph), size_bytes, topo)
+    net = FluidNetwork(topo, NetworkParams(latency_per_message, overhead))
+    for i, c in enumerate(colls):
+        net.start(c, i, 0.0)
+    net.run_until_idle()
+    return max(net.timings[i].end_s for i in range(len(colls)))

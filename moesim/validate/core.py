@@ -1,0 +1,207 @@
+"""Predicted vs measured: simulate every measured run (its config from the table's metadata, its
+testbed topology with the profile's calibrated links) and compare step and phase times.
+
+Measured numbers from a ``real_backend.run`` table: the step time is the median over steps of the
+mean over ranks of the ``step`` rows; a phase's time is the median over steps of the mean over
+ranks of the phase's seconds (forward and backward summed). Predicted: ``SimResult.step_time_s``
+and ``SimResult.breakdown_s`` (the critical rank; waits count to the collective's phase).
+
+A directory argument stands for a committed campaign: its ``manifest.json`` names the profile, each
+run's topology and its role (``fit`` or ``heldout``); the headline MAPE and max error are over the
+held-out runs.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from moesim.calibrate.netmodel import testbed_graph
+from moesim.calibrate.profile_io import raw_profile
+from moesim.calibrate.tables import Table, read_table, testbed_of
+from moesim.config import load_config
+from moesim.errors import InputFileError, MoesimError
+from moesim.workload.ops import PHASES
+
+MANIFEST = "manifest.json"
+#: real_backend.comm.sync_gradients reduces gradients after the backward pass in buckets of this size
+REAL_BACKEND_BUCKET_BYTES = float(64 << 20)
+
+
+@dataclass
+class RunSpec:
+    path: Path
+    topology: Path | None = None
+    role: str = "heldout"
+
+
+@dataclass
+class Campaign:
+    runs: list
+    profile: str | None = None
+    manifest: dict = field(default_factory=dict)
+    directory: Path | None = None
+
+
+def load_manifest(directory: Path) -> Campaign:
+    m = directory / MANIFEST
+    try:
+        data = json.loads(m.read_text())
+    except FileNotFoundError:
+        raise InputFileError(m, "no manifest: a campaign directory needs manifest.json (written by "
+                                "moesim.calibrate.campaign), or pass the run CSV files themselves") from None
+    except json.JSONDecodeError as exc:
+        raise InputFileError(m, f"malformed JSON: {exc.msg} at line {exc.lineno}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("runs"), list) or not data["runs"]:
+        raise InputFileError(m, "expected an object with a non-empty 'runs' list")
+    runs = []
+    for i, r in enumerate(data["runs"]):
+        if not isinstance(r, dict) or "file" not in r:
+            raise InputFileError(m, f"runs[{i}] needs a 'file'")
+        role = r.get("role", "heldout")
+        if role not in ("fit", "heldout"):
+            raise InputFileError(m, f"runs[{i}].role must be 'fit' or 'heldout', got {role!r}")
+        runs.append(RunSpec(directory / r["file"], (directory / r["topology"]) if r.get("topology") else None, role))
+    prof = data.get("profile")
+    return Campaign(runs, str((directory / prof).resolve()) if prof else None, data, directory)
+
+
+def resolve_inputs(paths: Sequence[str | os.PathLike]) -> Campaign:
+    """Run files, or one campaign directory (with manifest.json), or a mix of files and directories
+    of CSVs (every run then counts as held-out)."""
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise MoesimError("give run tables (CSV from real_backend.run) or a campaign directory")
+    if len(paths) == 1 and paths[0].is_dir() and (paths[0] / MANIFEST).is_file():
+        return load_manifest(paths[0])
+    runs = []
+    for p in paths:
+        if p.is_dir():
+            found = sorted(x for x in p.glob("*.csv"))
+            if not found:
+                raise MoesimError(f"{p}: no manifest.json and no *.csv run tables")
+            runs.extend(RunSpec(x) for x in found)
+        else:
+            runs.append(RunSpec(p))
+    return Campaign(runs)
+
+
+def measured_times(table: Table) -> tuple[float, dict, int]:
+    """(step seconds, {phase: seconds}, steps) of a run table (see the module docstring)."""
+    df = table.df
+    per_rank = df.groupby(["step", "rank", "phase"])["seconds"].sum()
+    per_step = per_rank.groupby(level=["step", "phase"]).mean()
+    med = per_step.groupby(level="phase").median()
+    step = float(med.get("step", float("nan")))
+    phases = {p: float(med[p]) for p in med.index if p != "step"}
+    return step, phases, int(df["step"].nunique())
+
+
+def topology_for(spec: RunSpec, table: Table, override: str | None = None):
+    from moesim.topology import Topology, load_topology
+    if override:
+        return load_topology(override), str(override)
+    cand = spec.topology
+    if cand is None:
+        sib = spec.path.with_suffix("").as_posix() + ".topology.json"
+        cand = Path(sib) if Path(sib).is_file() else None
+    if cand is not None:
+        return load_topology(cand), str(cand)
+    tb = testbed_of(table.meta)
+    return Topology(testbed_graph(tb["hosts"], tb["ranks_per_host"], tb["rate_bits"] or None),
+                    source="<testbed from table meta>"), "(generated from the table's testbed meta)"
+
+
+def _label(cfg, tb: dict) -> str:
+    rate = f"{tb['rate_bits'] / 1e6:g}Mbit" if tb["rate_bits"] else "unshaped"
+    return f"{tb['hosts']}x{tb['ranks_per_host']} {rate} {cfg.moe.structure} k{cfg.moe.top_k}"
+
+
+def validate(paths: Sequence[str | os.PathLike], profile: str | None = None, topology: str | None = None,
+             bucket_bytes: float = REAL_BACKEND_BUCKET_BYTES) -> dict:
+    """Simulate every run and compare. Returns a JSON-able report (see :func:`summarise`)."""
+    from moesim.engine import SimOptions, simulate
+    camp = resolve_inputs(paths)
+    prof_ref = profile or camp.profile
+    if not prof_ref:
+        raise MoesimError("no profile: pass --profile NAME|FILE (a campaign directory's manifest.json names one)")
+    prof, _ = raw_profile(prof_ref)  # the engine applies its calibrated links to each topology
+    rows = []
+    for spec in camp.runs:
+        table = read_table(spec.path, expect="run")
+        try:
+            cfg = load_config(table.meta["config"])
+        except MoesimError as exc:
+            raise InputFileError(spec.path, f"the config in '# meta' is not valid: {exc}") from None
+        topo, topo_src = topology_for(spec, table, topology)
+        if cfg.world_size != topo.num_gpus:
+            raise InputFileError(spec.path, f"the run used {cfg.world_size} ranks but its topology "
+                                            f"({topo_src}) has {topo.num_gpus} GPUs")
+        res = simulate(cfg, topo, prof, SimOptions(bucket_bytes=bucket_bytes))
+        meas_step, meas_ph, steps = measured_times(table)
+        pred_ph = res.breakdown_s
+        phases = {}
+        for ph in PHASES:
+            m, p = meas_ph.get(ph, 0.0), float(pred_ph.get(ph, 0.0))
+            if m > 0 or p > 0:
+                phases[ph] = {"measured_s": m, "predicted_s": p}
+        tb = testbed_of(table.meta)
+        pred = res.step_time_s
+        rows.append({
+            "file": spec.path.name, "role": spec.role, "label": _label(cfg, tb),
+            "structure": cfg.moe.structure, "top_k": cfg.moe.top_k, "hosts": tb["hosts"],
+            "ranks_per_host": tb["ranks_per_host"], "rate_bits": tb["rate_bits"], "steps": steps,
+            "measured_s": meas_step, "predicted_s": pred, "ape": abs(pred - meas_step) / meas_step,
+            "phases": phases, "topology": topo_src,
+            "_key": (tb["hosts"], tb["ranks_per_host"], tb["rate_bits"],
+                     json.dumps({k: v for k, v in cfg.to_dict().items() if k != "moe"}, sort_keys=True),
+                     json.dumps({k: v for k, v in cfg.to_dict()["moe"].items() if k != "structure"}, sort_keys=True)),
+        })
+    return summarise(rows, prof, camp)
+
+
+def summarise(rows: list, prof, camp: Campaign) -> dict:
+    held = [r for r in rows if r["role"] == "heldout"]
+    fit = [r for r in rows if r["role"] == "fit"]
+    judged = held or rows
+
+    def stats(rs):
+        if not rs:
+            return {"rows": 0, "mape": None, "max_error": None}
+        a = np.array([r["ape"] for r in rs])
+        return {"rows": len(rs), "mape": float(a.mean()), "max_error": float(a.max())}
+
+    pairs = []
+    by_key: dict = {}
+    for r in rows:
+        by_key.setdefault(r["_key"], {})[r["structure"]] = r
+    for key, d in by_key.items():
+        if "cdac" in d and "dcca" in d:
+            c, x = d["cdac"], d["dcca"]
+            ms, ps = c["measured_s"] / x["measured_s"], c["predicted_s"] / x["predicted_s"]
+            pairs.append({"label": c["label"].replace(" cdac", ""), "role": "heldout" if (c["role"] == x["role"] == "heldout")
+                          else "fit", "cdac_file": c["file"], "dcca_file": x["file"], "measured_speedup": ms,
+                          "predicted_speedup": ps, "error": abs(ps - ms) / ms})
+    for r in rows:
+        r.pop("_key", None)
+    held_pairs = [p for p in pairs if p["role"] == "heldout"] if held else pairs
+    s = stats(judged)
+    out = {
+        "mape": s["mape"], "max_error": s["max_error"], "judged_on": "heldout" if held else "all",
+        "heldout": stats(held), "fit": stats(fit), "all": stats(rows),
+        "speedup_max_error": max((p["error"] for p in held_pairs), default=None),
+        "pairs": pairs, "rows": rows,
+        "profile": {"name": prof.name, "status": prof.status, "path": prof.path},
+    }
+    targets = camp.manifest.get("targets") if camp.manifest else None
+    if isinstance(targets, dict):
+        out["targets"] = targets
+        ok = (out["mape"] is not None and out["mape"] <= targets.get("mape", math.inf)
+              and (out["speedup_max_error"] or 0.0) <= targets.get("speedup_error", math.inf))
+        out["targets_met"] = bool(ok)
+    return out

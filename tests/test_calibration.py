@@ -1,0 +1,271 @@
+"""Calibration: fits recover known parameters from tables made by the cost model's own formulas,
+bad measurement files fail with one clear message and write nothing, a real tiny microbenchmark
+calibrates, and the CLI works through the installed entry point."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from moesim.calibrate import calibrate, read_table
+from moesim.calibrate.fit import fit_compute, fit_network
+from moesim.calibrate.netmodel import LinkParams, collective_features, simulate_measured
+from moesim.calibrate.tables import collective_medians, gemm_medians, memory_medians
+from moesim.cli import main
+from moesim.cost import load_profile
+from moesim.errors import InputFileError
+
+COLUMNS = ("kind", "group", "group_size", "m", "n", "k", "size_bytes", "dtype", "rank", "rep", "seconds", "bytes",
+           "bytes_remote", "flop", "run_id", "host", "backend", "world_size")
+
+# ground truth of the synthetic tables (one core)
+PEAK = 100e9
+TRUE = {"efficiency_max": 0.8, "half_size": 24.0, "memory_bandwidth": 20e9, "op_overhead_s": 4e-6}
+SHAPES = [(m, n, k) for m in (8, 64, 256, 1024) for n in (16, 256, 1024) for k in (32, 256, 1024)]
+MEM_SIZES = [2 ** p for p in range(14, 28, 2)]
+
+
+def write_table(path: Path, rows: list[dict], meta: dict, columns=COLUMNS, kind="microbench") -> Path:
+    buf = io.StringIO()
+    buf.write(f"# moesim-real-backend v1 {kind}\n# meta {json.dumps(meta)}\n")
+    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)
+    path.write_text(buf.getvalue())
+    return path
+
+
+def gemm_seconds(m, n, k, p=TRUE, peak=PEAK):
+    g = lambda x: x / (x + p["half_size"])  # noqa: E731
+    return p["op_overhead_s"] + 2 * m * n * k / (peak * p["efficiency_max"] * g(m) * g(n) * g(k))
+
+
+def synthetic_compute(tmp: Path, world: int = 1, share: float = 1.0, shapes=SHAPES, name="gemm.csv") -> Path:
+    rows = []
+    for (m, n, k) in shapes:
+        for rank in range(world):
+            rows.append({"kind": "gemm", "group": "local", "group_size": 1, "m": m, "n": n, "k": k, "dtype": "fp32",
+                         "rank": rank, "rep": 0, "seconds": gemm_seconds(m, n, k) / share,
+                         "bytes": 4 * (m * k + k * n + m * n), "flop": 2 * m * n * k, "world_size": world})
+    if world == 1:
+        for s in MEM_SIZES:
+            rows.append({"kind": "memory", "group": "local", "group_size": 1, "size_bytes": s, "dtype": "fp32", "rank": 0,
+                         "rep": 0, "seconds": TRUE["op_overhead_s"] + s / TRUE["memory_bandwidth"], "bytes": s,
+                         "flop": 0, "world_size": 1})
+    return write_table(tmp / name, rows, {"kind": "microbench", "world_size": world, "cpu_count": 2,
+                                          "host": "synthetic", "torch_version": "synthetic"})
+
+
+NET_TRUE = {"links": {"nic": LinkParams(efficiency=0.9, max_bandwidth=8e8, latency_s=40e-6),
+                      "loopback": LinkParams(efficiency=None, max_bandwidth=2.5e9, latency_s=0.0)},
+            "latency_per_message_s": 60e-6, "collective_overhead_s": 150e-6}
+NET_SIZES = [16 << 10, 256 << 10, 1 << 20, 4 << 20]
+
+
+def synthetic_network(tmp: Path, hosts: int, rph: int, rate_bits: float, use_simulator: bool = False) -> Path:
+    rows = []
+    nominal = rate_bits / 8 if rate_bits else None
+    bw = {"nic": NET_TRUE["links"]["nic"].bandwidth(nominal), "loopback": NET_TRUE["links"]["loopback"].bandwidth(None)}
+    groups = ["world"] + (["intra_node", "inter_node"] if hosts > 1 and rph > 1 else [])
+    for kind in ("all_to_all", "all_reduce"):
+        for group in groups:
+            gsize = hosts * rph if group == "world" else rph if group == "intra_node" else hosts
+            for size in NET_SIZES:
+                if use_simulator:
+                    t = simulate_measured(kind, group, hosts, rph, size, rate_bits or None, NET_TRUE["links"],
+                                          NET_TRUE["latency_per_message_s"], NET_TRUE["collective_overhead_s"])
+                else:
+                    t = collective_features(kind, group, hosts, rph, size).predict(
+                        bw, NET_TRUE["latency_per_message_s"], NET_TRUE["collective_overhead_s"],
+                        NET_TRUE["links"]["nic"].latency_s)
+                for rank in range(hosts * rph):
+                    rows.append({"kind": kind, "group": group, "group_size": gsize, "size_bytes": size, "dtype": "fp32",
+                                 "rank": rank, "rep": 0, "seconds": t, "bytes": size, "flop": 0})
+    meta = {"kind": "microbench", "world_size": hosts * rph, "cpu_count": 2, "host": "synthetic",
+            "testbed": {"hosts": hosts, "ranks_per_host": rph, "rate_bits": rate_bits}}
+    return write_table(tmp / f"net-{hosts}x{rph}-{int(rate_bits / 1e6)}.csv", rows, meta)
+
+
+# ---------------------------------------------------------------------------------------------
+# recovery of known parameters
+# ---------------------------------------------------------------------------------------------
+def test_compute_fit_recovers_cost_model_parameters(tmp_path):
+    t = read_table(synthetic_compute(tmp_path))
+    fit = fit_compute(gemm_medians([t]), memory_medians([t]), PEAK)
+    assert fit.efficiency_max == pytest.approx(TRUE["efficiency_max"], rel=1e-3)
+    assert fit.half_size == pytest.approx(TRUE["half_size"], rel=1e-3)
+    assert fit.memory_bandwidth == pytest.approx(TRUE["memory_bandwidth"], rel=1e-3)
+    assert fit.op_overhead_s == pytest.approx(TRUE["op_overhead_s"], rel=1e-2)
+    assert fit.residuals["gemm"]["mape"] < 1e-3 and fit.residuals["memory"]["mape"] < 1e-3
+
+
+def test_contention_and_profile_scaling(tmp_path):
+    """4 ranks on 2 cores: GEMMs long enough to be time-sliced run at the measured share of a core,
+    and the profile scales peak, bandwidth and overhead by it."""
+    big = [(1024, 1024, 1024), (2048, 512, 512), (512, 1024, 1024)]
+    synthetic_compute(tmp_path, 1, shapes=SHAPES + big[1:])
+    synthetic_compute(tmp_path, 4, share=0.45, shapes=big + [(64, 256, 256)], name="gemm4.csv")
+    cal = calibrate([tmp_path], name="syn", peak_flops=PEAK)
+    assert cal.contention.factor == pytest.approx(0.45, rel=1e-6)
+    assert cal.contention.rows_used == 3          # the short GEMM is not used
+    d = cal.profile["device"]
+    assert d["peak_flops"]["fp32"] == pytest.approx(0.45 * PEAK)
+    assert d["memory_bandwidth"] == pytest.approx(0.45 * TRUE["memory_bandwidth"], rel=1e-3)
+    assert d["op_overhead_s"] == pytest.approx(TRUE["op_overhead_s"] / 0.45, rel=1e-2)
+    assert d["gemm"]["efficiency_max"] == pytest.approx(0.8, rel=1e-3)
+
+
+@pytest.mark.parametrize("use_simulator", [False, True])
+def test_network_fit_recovers_alpha_beta(tmp_path, use_simulator):
+    """Tables from the closed form (and from the simulator's fluid network itself) at two rates and
+    unshaped, two testbed shapes: per-class bandwidths, latencies and overhead come back."""
+    for hosts, rph in ((2, 2), (4, 1)):
+        for rate in (100e6, 300e6, 0.0):
+            synthetic_network(tmp_path, hosts, rph, rate, use_simulator)
+    tables = [read_table(p) for p in sorted(tmp_path.glob("net-*.csv"))]
+    fit = fit_network(collective_medians(tables))
+    nic, lo = fit.links["nic"], fit.links["loopback"]
+    tn, tl = NET_TRUE["links"]["nic"], NET_TRUE["links"]["loopback"]
+    assert nic.efficiency == pytest.approx(tn.efficiency, rel=0.02)
+    assert nic.max_bandwidth == pytest.approx(tn.max_bandwidth, rel=0.05)
+    assert lo.max_bandwidth == pytest.approx(tl.max_bandwidth, rel=0.05)
+    assert fit.latency_per_message_s == pytest.approx(NET_TRUE["latency_per_message_s"], rel=0.1, abs=3e-6)
+    assert nic.latency_s == pytest.approx(tn.latency_s, rel=0.1, abs=3e-6)
+    assert fit.collective_overhead_s == pytest.approx(NET_TRUE["collective_overhead_s"], rel=0.1, abs=5e-6)
+    assert fit.residuals["network"]["mape"] < 0.01
+
+
+def test_closed_form_matches_simulator():
+    for kind in ("all_to_all", "all_reduce"):
+        for group in ("world", "intra_node", "inter_node"):
+            f = collective_features(kind, group, 2, 2, 3 << 20)
+            bw = {"nic": NET_TRUE["links"]["nic"].bandwidth(100e6 / 8), "loopback": 2.5e9}
+            a = f.predict(bw, 60e-6, 150e-6, 40e-6)
+            b = simulate_measured(kind, group, 2, 2, 3 << 20, 100e6, NET_TRUE["links"], 60e-6, 150e-6)
+            assert a == pytest.approx(b, rel=1e-9)
+
+
+def test_calibrate_cli_writes_measured_profile_with_provenance(tmp_path, capsys):
+    d = tmp_path / "m"
+    d.mkdir()
+    synthetic_compute(d, 1)
+    for hosts, rph in ((2, 2), (4, 1)):
+        for rate in (100e6, 0.0):
+            synthetic_network(d, hosts, rph, rate)
+    out = tmp_path / "prof" / "syn.yaml"
+    assert main(["calibrate", str(d), "--out", str(out), "--peak-flops", str(PEAK)]) == 0
+    text = capsys.readouterr().out
+    assert "residuals" in text and "gemm" in text and "all_to_all:world" in text and "MAPE" in text
+    prof = load_profile(out)
+    assert prof.status == "measured" and prof.name == "syn"
+    assert prof.device.gemm_half_size == pytest.approx(TRUE["half_size"], rel=1e-3)
+    raw = yaml.safe_load(out.read_text())
+    srcs = raw["provenance"]["sources"]
+    assert {s["file"] for s in srcs} == {p.name for p in d.glob("*.csv")}
+    assert all(len(s["sha256"]) == 64 for s in srcs)
+    for key in ("machine", "date", "torch_version", "command"):
+        assert key in raw["provenance"]
+    assert {"hostname", "cpu_model", "cores"} <= set(raw["provenance"]["machine"])
+    assert raw["calibration"]["residuals"]["gemm"]["mape"] < 1e-3
+    assert raw["calibration"]["links"]["nic"]["efficiency"] == pytest.approx(0.9, rel=0.02)
+    # the profile drives the simulator
+    from moesim.config import load_config
+    from moesim.engine import simulate
+    from moesim.topology.generators import emulated_testbed
+    cfg = load_config("gpt3-medium", ["parallel.ep=4", "model.layers=2", "run.global_batch_tokens=4096"])
+    assert simulate(cfg, emulated_testbed(2, 2), out).step_time_s > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# bad files
+# ---------------------------------------------------------------------------------------------
+def _good_rows():
+    return [{"kind": "gemm", "group": "local", "group_size": 1, "m": 64, "n": 64, "k": 64, "dtype": "fp32", "rank": 0,
+             "rep": r, "seconds": 1e-4, "bytes": 3 * 64 * 64 * 4, "flop": 2 * 64 ** 3} for r in range(3)]
+
+
+def _bad_cases(tmp: Path):
+    meta = {"kind": "microbench", "world_size": 1}
+    cases = {}
+    rows = _good_rows()
+    cases["missing column 'seconds'"] = write_table(tmp / "nosec.csv", rows, meta,
+                                                    [c for c in COLUMNS if c != "seconds"])
+    cases["column 'time_ms' is in milliseconds"] = write_table(
+        tmp / "ms.csv", [dict(r, time_ms=r["seconds"] * 1e3) for r in rows], meta,
+        [c if c != "seconds" else "time_ms" for c in COLUMNS])
+    cases["column 'seconds' has 120000"] = write_table(tmp / "big.csv", [dict(r, seconds=120000.0) for r in rows], meta)
+    cases["column 'flop' must be 2*m*n*k"] = write_table(tmp / "flop.csv", [dict(r, flop=r["flop"] / 1e9) for r in rows],
+                                                         meta)
+    cases["column 'seconds' must be numeric"] = write_table(tmp / "text.csv", [dict(rows[0], seconds="fast")] + rows[1:],
+                                                            meta)
+    cases["column 'seconds' has an empty or NaN"] = write_table(tmp / "nan.csv", [dict(rows[0], seconds="nan")] + rows[1:],
+                                                               meta)
+    cases["column 'seconds' must not be negative"] = write_table(tmp / "neg.csv", [dict(rows[0], seconds=-1e-4)] + rows[1:],
+                                                                 meta)
+    cases["column 'm' must be positive"] = write_table(tmp / "zero.csv", [dict(rows[0], m=0)] + rows[1:], meta)
+    cases["empty table: a header but no rows"] = write_table(tmp / "header.csv", [], meta)
+    (tmp / "empty.csv").write_text("")
+    cases["empty file"] = tmp / "empty.csv"
+    (tmp / "plain.csv").write_text("a,b\n1,2\n")
+    cases["not a moesim real_backend table"] = tmp / "plain.csv"
+    cases["column 'kind' has unknown value"] = write_table(tmp / "kind.csv", [dict(r, kind="matmul") for r in rows], meta)
+    return cases
+
+
+def test_bad_files_fail_clearly_and_write_nothing(tmp_path, capsys):
+    out = tmp_path / "out.yaml"
+    for expected, path in _bad_cases(tmp_path).items():
+        with pytest.raises(InputFileError) as err:
+            read_table(path)
+        msg = str(err.value)
+        assert path.name in msg and expected in msg, (expected, msg)
+        assert "\n" not in msg
+        assert main(["calibrate", str(path), "--out", str(out)]) == 2
+        cli_err = capsys.readouterr().err.strip()
+        assert cli_err.count("\n") == 0 and path.name in cli_err and expected in cli_err
+        assert not out.exists() and not list(tmp_path.glob(".out.yaml.*"))
+
+
+def test_existing_profile_untouched_on_failure(tmp_path):
+    out = tmp_path / "keep.yaml"
+    out.write_text("original\n")
+    bad = write_table(tmp_path / "bad.csv", [dict(_good_rows()[0], seconds="x")], {"world_size": 1})
+    assert main(["calibrate", str(bad), "--out", str(out)]) == 2
+    assert out.read_text() == "original\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# a real tiny microbenchmark, through the installed entry point
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.torch
+def test_real_tiny_microbench_calibrates_through_entry_point(tmp_path, moesim_exe):
+    pytest.importorskip("torch")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    gemm = tmp_path / "gemm.csv"
+    shapes = sum((["--gemm", s] for s in ("32,64,64", "64,256,256", "128,256,512", "256,512,512", "512,512,512")), [])
+    subprocess.run([sys.executable, "-m", "real_backend.microbench", "--kinds", "gemm", "--threads", "1", *shapes,
+                    "--reps", "5", "--warmup", "2", "--out", str(gemm), "--quiet"], check=True, env=env, timeout=120)
+    mem = tmp_path / "mem.csv"
+    subprocess.run([sys.executable, "-m", "moesim.calibrate.membench", "--sizes", "64KiB,1MiB,8MiB", "--reps", "5",
+                    "--out", str(mem)], check=True, env=env, timeout=120, capture_output=True)
+    out = tmp_path / "tiny.yaml"
+    res = subprocess.run([moesim_exe, "calibrate", str(gemm), str(mem), "--out", str(out), "--json"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    rep = json.loads(res.stdout)
+    prof = load_profile(out)
+    assert prof.status == "measured"
+    assert 0 < prof.device.gemm_efficiency_max <= 1
+    assert prof.device.peak_flops["fp32"] > 1e9 and prof.device.memory_bandwidth > 1e8
+    # a fitted curve explains real GEMMs to within tens of percent (noise on a shared machine)
+    assert rep["residuals"]["gemm"]["mape"] < 0.5
+    assert math.isfinite(rep["residuals"]["memory"]["mape"])
