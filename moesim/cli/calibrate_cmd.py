@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     d, c = cal.profile["device"], cal.profile["calibration"]
     print(f"calibrated from {len(cal.tables)} table(s) -> {out} ({cal.profile['name']}, status measured)")
     print(f"  compute (per rank of {c['ranks_per_machine']} on {c['cores']} cores, core share "
-          f"{c.get('contention', {}).get('core_share', 1.0):.3f}): peak {fmt_si(d['peak_flops']['fp32'], 'FLOP/s')}, "
+          f"{c.get('contention', {}).get('core_share', 1.0):.3f}): peak {', '.join(f'{k} ' + fmt_si(v, 'FLOP/s') for k, v in d['peak_flops'].items())}, "
           f"efficiency_max {d['gemm']['efficiency_max']:.3f}, half_size {d['gemm']['half_size']:.1f}, "
           f"memory {fmt_si(d['memory_bandwidth'], 'B/s')}, op overhead {fmt_seconds(d['op_overhead_s'])}")
     net = cal.profile.get("network")
