@@ -120,26 +120,17 @@ def time_copy(nbytes=32 * 2**20, reps=5):
     return 2 * src.nbytes / min(ts)          # bytes read + written per second
 
 
-mem_bw = time_copy()
+# the fit `moesim calibrate` runs: relative least squares over (overhead, 1/efficiency_max,
+# 1/memory bandwidth) for each candidate half_size, refined on a log grid
+from moesim.calibrate.fit import fit_compute
+
+copy_bytes = 32 * 2**20
+memory = pd.DataFrame({"size_bytes": [2 * copy_bytes], "seconds": [2 * copy_bytes / time_copy(copy_bytes)]})
 peak = float(gemm["gflops"].max() * 1e9)
-overhead = float(gemm["seconds"].min()) * 0.5
-
-
-def predict(eff_max, half, g=gemm):
-    gm = lambda x: x / (x + half)  # noqa: E731
-    eff = eff_max * gm(g.m) * gm(g.n) * gm(g.k)
-    return overhead + np.maximum(g.flop / (peak * eff), 4.0 * (g.m * g.k + g.k * g.n + g.m * g.n) / mem_bw)
-
-
-best = None
-for half in np.geomspace(1, 512, 60):
-    for eff_max in np.linspace(0.3, 1.0, 36):
-        err = np.log(predict(eff_max, half) / gemm.seconds)
-        score = float(np.mean(err ** 2))
-        if best is None or score < best[0]:
-            best = (score, eff_max, half)
-_, eff_max, half = best
-gemm["predicted_s"] = predict(eff_max, half)
+fit = fit_compute(gemm, memory, peak)
+eff_max, half, overhead = float(min(fit.efficiency_max, 1.0)), float(fit.half_size), float(fit.op_overhead_s)
+mem_bw = float(fit.memory_bandwidth or 2 * copy_bytes / memory["seconds"].iloc[0])
+gemm["predicted_s"] = fit.gemm_seconds(gemm.m, gemm.n, gemm.k)
 gemm["error_%"] = 100 * (gemm["predicted_s"] / gemm["seconds"] - 1)
 print(f"peak {peak / 1e9:.1f} GFLOP/s, memory {mem_bw / 1e9:.1f} GB/s, efficiency_max {eff_max:.2f}, "
       f"half_size {half:.1f}, overhead {overhead * 1e6:.1f} us")
