@@ -28,6 +28,21 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def read_input_bytes(path: str | os.PathLike, what: str) -> bytes:
+    """The bytes of a user's input file; a missing, unreadable or directory path raises
+    :class:`moesim.errors.InputFileError` naming the file (``what``: e.g. "a topology file")."""
+    from moesim.errors import InputFileError
+    p = Path(path)
+    try:
+        return p.read_bytes()
+    except FileNotFoundError:
+        raise InputFileError(p, "no such file") from None
+    except IsADirectoryError:
+        raise InputFileError(p, f"is a directory, not {what}") from None
+    except OSError as exc:
+        raise InputFileError(p, f"cannot read ({exc.strerror or exc})") from None
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_path(path) as tmp:

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from moesim.errors import InputFileError
+from moesim.io import read_input_bytes
 
 MAGIC = "# moesim-real-backend v1"
 MICROBENCH_KINDS = ("gemm", "memory", "all_to_all", "all_reduce")
@@ -76,15 +77,9 @@ def sha256_of(path: str | os.PathLike) -> str:
 
 def _read_raw(path: Path) -> tuple[str, dict, pd.DataFrame]:
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise InputFileError(path, "no such file") from None
-    except IsADirectoryError:
-        raise InputFileError(path, "is a directory, not a measurement table") from None
+        text = read_input_bytes(path, "a measurement table").decode()
     except UnicodeDecodeError:
         raise InputFileError(path, "not a text file (expected a real_backend CSV table)") from None
-    except OSError as exc:
-        raise InputFileError(path, f"cannot read ({exc.strerror or exc})") from None
     if not text.strip():
         raise InputFileError(path, "empty file (expected a real_backend CSV table with a '# moesim-real-backend' header)")
     lines = text.splitlines(keepends=True)

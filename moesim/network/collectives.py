@@ -160,35 +160,32 @@ def all_reduce(ranks: Sequence[int], bytes_per_rank: float, topology: Topology |
     return coll
 
 
-def reduce_scatter(ranks: Sequence[int], bytes_per_rank: float, topology: Topology | None = None,
-                   algorithm: str = "ring") -> Collective:
-    """Reduce-scatter of a ``bytes_per_rank`` input: N-1 ring steps of S/N bytes, or one direct exchange."""
-    _check_algorithm("reduce_scatter", algorithm)
+def _half_ring(op: str, ranks: Sequence[int], bytes_per_rank: float, topology: Topology | None,
+               algorithm: str) -> Collective:
+    """Reduce-scatter or all-gather: N-1 ring steps of S/N bytes, or one direct exchange of S/N chunks."""
+    _check_algorithm(op, algorithm)
     r = _ranks(ranks, topology)
     s = _size(bytes_per_rank)
     n = len(r)
-    coll = Collective("reduce_scatter", algorithm, r, [], s)
+    coll = Collective(op, algorithm, r, [], s)
     if algorithm == "ring":
-        coll.stages = _ring(r, s / n, n - 1, "reduce_scatter:ring")
+        coll.stages = _ring(r, s / n, n - 1, f"{op}:ring")
     elif n > 1 and s > 0:
-        coll.stages = [UniformStage(r, s / n, label="reduce_scatter")]
+        coll.stages = [UniformStage(r, s / n, label=op)]
     return coll
+
+
+def reduce_scatter(ranks: Sequence[int], bytes_per_rank: float, topology: Topology | None = None,
+                   algorithm: str = "ring") -> Collective:
+    """Reduce-scatter of a ``bytes_per_rank`` input: N-1 ring steps of S/N bytes, or one direct exchange."""
+    return _half_ring("reduce_scatter", ranks, bytes_per_rank, topology, algorithm)
 
 
 def all_gather(ranks: Sequence[int], bytes_per_rank: float, topology: Topology | None = None,
                algorithm: str = "ring") -> Collective:
     """All-gather into a ``bytes_per_rank`` output (each rank contributes S/N): N-1 ring steps, or one
     direct exchange."""
-    _check_algorithm("all_gather", algorithm)
-    r = _ranks(ranks, topology)
-    s = _size(bytes_per_rank)
-    n = len(r)
-    coll = Collective("all_gather", algorithm, r, [], s)
-    if algorithm == "ring":
-        coll.stages = _ring(r, s / n, n - 1, "all_gather:ring")
-    elif n > 1 and s > 0:
-        coll.stages = [UniformStage(r, s / n, label="all_gather")]
-    return coll
+    return _half_ring("all_gather", ranks, bytes_per_rank, topology, algorithm)
 
 
 def p2p(src, dst, nbytes) -> Collective:

@@ -9,7 +9,7 @@ from pathlib import Path
 import networkx as nx
 
 from moesim.errors import InputFileError
-from moesim.io import atomic_path, write_json_atomic
+from moesim.io import atomic_path, read_input_bytes, write_json_atomic
 from moesim.topology.model import Topology
 
 _GRAPHML_SUFFIXES = (".graphml", ".xml")
@@ -18,14 +18,7 @@ _GRAPHML_SUFFIXES = (".graphml", ".xml")
 def load_topology(path: str | os.PathLike) -> Topology:
     """Load and validate a topology file (node-link JSON, or GraphML by suffix or content)."""
     p = Path(path)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError:
-        raise InputFileError(p, "no such file") from None
-    except IsADirectoryError:
-        raise InputFileError(p, "is a directory, not a topology file") from None
-    except OSError as exc:
-        raise InputFileError(p, f"cannot read: {exc.strerror or exc}") from None
+    data = read_input_bytes(p, "a topology file")
     head = data.lstrip()[:1]
     if p.suffix.lower() in _GRAPHML_SUFFIXES or head == b"<" or data[:2] in (b"\xff\xfe", b"\xfe\xff"):
         graph = _parse_graphml(data, p)
