@@ -76,7 +76,7 @@ def bench_ring(gpus: int) -> None:
     topo = cluster(gpus // 8, 8)
     coll = collectives.all_reduce(range(gpus), 256e6, topo)
     res, t = timed(lambda: simulate_collective(topo, coll, record_flows=False))
-    record(f"ring all-reduce, {gpus:,} GPUs ({coll.num_stage_runs} steps)", t,
+    record(f"ring all-reduce, {gpus:,} GPUs ({2 * (gpus - 1)} steps, pipelined)", t,
            simulated_ms=round(res.time_s * 1e3, 3))
 
 
