@@ -28,19 +28,35 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def read_input_bytes(path: str | os.PathLike, what: str) -> bytes:
+def read_input_bytes(path: str | os.PathLike, what: str, missing: str = "no such file") -> bytes:
     """The bytes of a user's input file; a missing, unreadable or directory path raises
-    :class:`moesim.errors.InputFileError` naming the file (``what``: e.g. "a topology file")."""
+    :class:`moesim.errors.InputFileError` naming the file (``what``: e.g. "a topology file";
+    ``missing``: the message for a file that does not exist)."""
     from moesim.errors import InputFileError
     p = Path(path)
     try:
         return p.read_bytes()
     except FileNotFoundError:
-        raise InputFileError(p, "no such file") from None
+        raise InputFileError(p, missing) from None
     except IsADirectoryError:
         raise InputFileError(p, f"is a directory, not {what}") from None
     except OSError as exc:
         raise InputFileError(p, f"cannot read ({exc.strerror or exc})") from None
+
+
+def read_yaml_file(path: str | os.PathLike, what: str, missing: str = "no such file"):
+    """Parsed YAML of a user's input file; unreadable files and bad YAML raise
+    :class:`moesim.errors.InputFileError` naming the file."""
+    import yaml
+
+    from moesim.errors import InputFileError
+    raw = read_input_bytes(path, what, missing)
+    try:
+        return yaml.safe_load(raw.decode())
+    except UnicodeDecodeError:
+        raise InputFileError(path, f"not a text file (expected {what})") from None
+    except yaml.YAMLError as exc:
+        raise InputFileError(path, f"not valid YAML ({exc})") from None
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

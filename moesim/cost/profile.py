@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
 
 from moesim.errors import InputFileError, MoesimError
+from moesim.io import read_yaml_file
 
 STATUSES = ("datasheet", "measured")
 DTYPES = ("bf16", "fp16", "fp32")
@@ -132,15 +132,7 @@ def parse_profile(data: Any, path: Path) -> Profile:
 def load_profile(path: str | os.PathLike) -> Profile:
     """Read and validate one profile file."""
     p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise InputFileError(p, f"cannot read profile ({exc.strerror or exc})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise InputFileError(p, f"not valid YAML ({exc})") from None
-    return parse_profile(data, p)
+    return parse_profile(read_yaml_file(p, "a device profile"), p)
 
 
 def profile_search_path() -> list[Path]:

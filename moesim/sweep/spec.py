@@ -37,13 +37,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Mapping
 
-import yaml
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from moesim.config import loader as _loader
 from moesim.config.schema import ModelSpec, MoESpec, ParallelSpec, RunSpec
 from moesim.economics import COST_FIELDS, parse_count
-from moesim.errors import ConfigError, InputFileError
+from moesim.errors import ConfigError
+from moesim.io import read_yaml_file
 from moesim.units import parse_bandwidth
 
 SECTION_MODELS = {"model": ModelSpec, "moe": MoESpec, "parallel": ParallelSpec, "run": RunSpec}
@@ -387,14 +387,4 @@ def load_sweep(path_or_data: str | Path | Mapping) -> SweepSpec:
     if isinstance(path_or_data, Mapping):
         return parse_spec(copy.deepcopy(dict(path_or_data)))
     p = Path(path_or_data)
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise InputFileError(p, "no such sweep file") from None
-    except OSError as exc:
-        raise InputFileError(p, f"cannot read: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise InputFileError(p, f"not valid YAML ({exc})") from None
-    return parse_spec(data, str(p), p.resolve().parent)
+    return parse_spec(read_yaml_file(p, "a sweep file", missing="no such sweep file"), str(p), p.resolve().parent)
