@@ -232,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rates", default=",".join(RATES))
     ap.add_argument("--top-k", default=",".join(map(str, TOP_KS)))
     ap.add_argument("--fit-top-k", default="4", help="top-k values whose testbed runs are fit configurations")
+    ap.add_argument("--tbf-effects", action="store_true",
+                    help="also fit the nic incast penalty and token-bucket burst (off: pure-rate links)")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--reps", type=int, default=7, help="microbenchmark repetitions")
@@ -266,7 +268,7 @@ def finish(args, log, out: Path, mdir: Path, vdir: Path) -> int:
     from moesim.calibrate.insitu import fit_insitu
     prof_path = out / f"{args.name}.yaml"
     log("fitting the profile")
-    cal = calibrate([mdir], name=args.name)
+    cal = calibrate([mdir], name=args.name, tbf_effects=args.tbf_effects)
     runs = json.loads((vdir / "runs.json").read_text())["runs"]
     fit_runs = [vdir / r["file"] for r in runs if r["role"] == "fit"]
     if fit_runs:

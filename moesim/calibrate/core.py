@@ -81,7 +81,7 @@ def _load_notes(files: list[Path]) -> dict:
 
 def calibrate(paths: Sequence[str | os.PathLike], name: str = "cpu-testbed", peak_flops: float | None = None,
               ranks: int | None = None, min_contended_s: float = 5e-3, description: str | None = None,
-              topology: str | None = None) -> Calibration:
+              topology: str | None = None, tbf_effects: bool = False) -> Calibration:
     """Fit a measured profile from microbenchmark tables (and single-process run tables for the
     framework overhead). ``topology``: the machines the measurements ran on, for tables without
     testbed metadata (hosts and ranks per host; a ``tc_rate_bits`` graph attribute for the rate)."""
@@ -118,7 +118,7 @@ def calibrate(paths: Sequence[str | os.PathLike], name: str = "cpu-testbed", pea
         gt = gemm[gemm["world_size"] == target]
         mt = mem[mem["world_size"] == target]
         compute = F.fit_compute(gt, mt, peak_flops)
-    network = F.fit_network(coll) if len(coll) else None
+    network = F.fit_network(coll, tbf_effects=tbf_effects) if len(coll) else None
     framework = None
     if runs:
         if compute is None:

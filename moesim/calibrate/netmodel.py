@@ -10,7 +10,10 @@ so payload goodput is below the rate); ``max_bandwidth`` is the throughput of th
 path itself (copies on the CPU, shared with the ranks' compute), which is what bounds a veth or
 the loopback when nothing shapes them. ``latency_s`` is added per link on a route (a message
 across the bridge crosses two ``nic`` links); the profile's ``network.latency_per_message_s`` is
-the software cost of one message (gloo, syscalls), paid once per flow.
+the software cost of one message (gloo, syscalls), paid once per flow. Optional, shaped links
+only (0 = off): ``incast_penalty`` b (a link fed by k same-class upstream links carries
+1/(1+b(k-1)) of its rate) and ``burst_s`` (tbf bucket: ``burst_s * rate`` bytes pass at once at a
+collective's start); see :mod:`moesim.network.fluid`.
 
 Collective times for fitting are computed with the simulator's own network model
 (:mod:`moesim.network`): per stage, the fluid time with one link class at unit capacity (bytes on
@@ -42,6 +45,8 @@ class LinkParams:
     efficiency: float | None = None
     max_bandwidth: float = math.inf
     latency_s: float = 0.0
+    incast_penalty: float = 0.0      # b: a link fed by k same-class upstream links carries 1/(1+b(k-1)) of it
+    burst_s: float = 0.0             # token bucket: an idle shaped link passes burst_s * tc rate bytes at once
 
     def bandwidth(self, nominal: float | None) -> float:
         """Effective bytes/s for a link with tc rate ``nominal`` (bytes/s; None = unshaped)."""
@@ -53,13 +58,18 @@ class LinkParams:
                "latency_s": float(self.latency_s)}
         if self.efficiency is not None:
             out = {"efficiency": float(self.efficiency), **out}
+        if self.incast_penalty > 0:
+            out["incast_penalty"] = float(self.incast_penalty)
+        if self.burst_s > 0:
+            out["burst_s"] = float(self.burst_s)
         return out
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "LinkParams":
         mb = d.get("max_bandwidth")
         return cls(efficiency=None if d.get("efficiency") is None else float(d["efficiency"]),
-                   max_bandwidth=math.inf if mb is None else float(mb), latency_s=float(d.get("latency_s", 0.0)))
+                   max_bandwidth=math.inf if mb is None else float(mb), latency_s=float(d.get("latency_s", 0.0)),
+                   incast_penalty=float(d.get("incast_penalty") or 0.0), burst_s=float(d.get("burst_s") or 0.0))
 
 
 def testbed_graph(hosts: int, ranks_per_host: int, rate_bits: float | None) -> nx.Graph:
@@ -89,14 +99,27 @@ def effective_topology(topology: Topology, links: Mapping[str, LinkParams],
     calibrated parameters keep their bandwidth (times ``link_efficiency`` if given)."""
     g = topology.graph.copy()
     eff = dict(link_efficiency or {})
+    burst: dict = {}
+    burst_or_shaped: set = set()
     for u, v, a in g.edges(data=True):
         cls = a.get("link_class")
         if cls in links:
             lp = links[cls]
+            nominal = nominal_rate(topology, cls, float(a["bandwidth"]))
+            if nominal is not None and lp.efficiency is not None:
+                burst_or_shaped.add(cls)
+            if lp.burst_s > 0 and nominal is not None and lp.efficiency is not None:
+                burst[cls] = max(burst.get(cls, 0.0), lp.burst_s * nominal)
             a["bandwidth"] = float(lp.bandwidth(nominal_rate(topology, cls, float(a["bandwidth"]))))
             a["latency"] = float(a.get("latency", 0.0)) + lp.latency_s
         elif cls in eff:
             a["bandwidth"] = float(a["bandwidth"]) * eff[cls]
+    # both token-bucket effects exist only on shaped (tc tbf) links
+    inc = {cls: float(links[cls].incast_penalty) for cls in burst_or_shaped if links[cls].incast_penalty > 0}
+    if inc:
+        g.graph["incast_penalty"] = {**dict(g.graph.get("incast_penalty") or {}), **inc}
+    if burst:
+        g.graph["burst_bytes"] = {**dict(g.graph.get("burst_bytes") or {}), **burst}
     g.graph["calibrated"] = True
     return Topology(g, source=topology.source + " (calibrated)")
 
@@ -137,8 +160,13 @@ def build_collectives(kind: str, groups: list[list[int]], size_bytes: float, top
     raise ValueError(f"unknown collective kind {kind!r}")
 
 
-def _unit_topology(hosts: int, rph: int, nic_bw: float, lo_bw: float, nic_lat: float = 0.0) -> Topology:
+def _unit_topology(hosts: int, rph: int, nic_bw: float, lo_bw: float, nic_lat: float = 0.0,
+                   nic_incast: float = 0.0, nic_burst: float = 0.0) -> Topology:
     g = emulated_testbed(hosts, rph, link_bandwidth=nic_bw, loopback_bandwidth=lo_bw).graph.copy()
+    if nic_incast > 0:
+        g.graph["incast_penalty"] = {"nic": float(nic_incast)}
+    if nic_burst > 0:
+        g.graph["burst_bytes"] = {"nic": float(nic_burst)}
     for _, _, a in g.edges(data=True):
         if a["link_class"] == "nic":
             a["latency"] = nic_lat
@@ -177,18 +205,24 @@ class CollectiveFeatures:
         return overhead + lat + self.transfer_time(bandwidth)
 
 
-def collective_features(kind: str, group: str, hosts: int, rph: int, size_bytes: float) -> CollectiveFeatures:
+def collective_features(kind: str, group: str, hosts: int, rph: int, size_bytes: float,
+                        nic_incast: float = 0.0, nic_burst: float = 0.0) -> CollectiveFeatures:
+    """``nic_burst``: token-bucket burst in bytes at the row's tc rate (it scales with the rate, so the
+    unit-rate feature carries ``burst_s * rate`` bytes)."""
     groups = group_members(group, hosts, rph)
     base = build_collectives(kind, groups, size_bytes, _unit_topology(hosts, rph, 1.0, 1.0))
     n_stages = len(base[0].stages)
     unit = {c: np.zeros(n_stages) for c in CLASSES}
     msgs, hops = np.zeros(n_stages), np.zeros(n_stages)
-    topos = {"nic": _unit_topology(hosts, rph, 1.0, BIG), "loopback": _unit_topology(hosts, rph, BIG, 1.0)}
+    topos = {"nic": _unit_topology(hosts, rph, 1.0, BIG, nic_incast=nic_incast, nic_burst=nic_burst),
+             "loopback": _unit_topology(hosts, rph, BIG, 1.0)}
     free = _unit_topology(hosts, rph, BIG, BIG)
     lat_topo = _unit_topology(hosts, rph, BIG, BIG, nic_lat=1.0)
     for s in range(n_stages):
         colls = [Collective(c.op, c.algorithm, c.ranks, [c.stages[s]], c.bytes_per_rank) for c in base]
         for cls, topo in topos.items():
+            if cls == "nic" and s > 0 and nic_burst > 0:  # later stages find the buckets empty
+                topo = _unit_topology(hosts, rph, 1.0, BIG, nic_incast=nic_incast)
             unit[cls][s] = _run_together(topo, colls)
         msgs[s] = round(_run_together(free, colls, NetworkParams(1.0, 0.0)))
         hops[s] = round(_run_together(lat_topo, colls))

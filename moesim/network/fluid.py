@@ -10,6 +10,20 @@ Rates are re-solved only when the set of sending flows changes: when a stage sta
 finish (an All-to-All-v with n distinct flow sizes has up to n such events; a uniform All-to-All has
 one per route class). Solutions are memoised by the set of sending cells, so an All-to-All that recurs
 in every layer is solved once; a memo hit costs a dictionary lookup.
+
+Incast (optional, off unless the topology's ``graph.graph["incast_penalty"]`` maps a link class to a
+penalty ``b > 0``): a link of that class whose sending flows arrive over ``k`` distinct upstream links of
+the same class (its fan-in: e.g. a shaped switch-to-host link fed by ``k`` shaped host uplinks) carries
+``capacity * g(k)`` with ``g(k) = 1 / (1 + b * (k - 1))`` (``g(1) = 1``). This is the TCP goodput lost
+when several separately shaped senders converge on one token bucket. Fan-in counts the flows of every
+stage sending at the time.
+
+Burst (optional, off unless ``graph.graph["burst_bytes"]`` maps a link class to bytes ``B > 0``): a
+token-bucket link that was idle passes its first ``B`` bytes without waiting for tokens. A collective's
+first stage starts with full buckets: each flow's bytes shrink by ``min`` over the burst links of its
+route of ``B / (flows of the stage on that link)`` (the burst is shared evenly by the flows that start
+together; those bytes are taken to pass at line rate, much faster than the token rate). Later stages of
+the same collective follow back to back and find the buckets empty.
 """
 from __future__ import annotations
 
@@ -26,7 +40,7 @@ import pandas as pd
 from moesim.network.cells import CellBook, Cells
 from moesim.network.maxmin import max_min_rates
 from moesim.network.params import NetworkParams
-from moesim.network.stages import Collective, FlowStage, Stage
+from moesim.network.stages import Collective, FlowStage, Stage, UniformStage
 from moesim.network.symmetry import digest, flow_orbit_keys, meet
 from moesim.topology.model import Topology
 
@@ -51,6 +65,7 @@ class _CollRun:
         self.stage_ends: list[float] = []
         self.record = record
         self.records: list[tuple[int, Cells, np.ndarray]] = []
+        self.burst_used = False
 
 
 class _StageRun:
@@ -104,6 +119,8 @@ class FluidNetwork:
         self.timings: dict[Hashable, CollectiveTiming] = {}
         self._records: dict[Hashable, _CollRun] = {}
         self.stats = {"solves": 0, "memo_hits": 0, "events": 0, "stage_runs": 0}
+        self._incast = incast_penalties(topology)
+        self._burst = class_values(topology, "burst_bytes")
 
     # -- public API ------------------------------------------------------------------------------
     def start(self, collective: Collective, key: Hashable, now: float, *, record_flows: bool = False) -> None:
@@ -341,7 +358,8 @@ class FluidNetwork:
             self.stats["solves"] += 1
             rows, cols, coef, offsets = self._entries([runs[i] for _, _, i in items])
             lo = self._book.orbits(labels, p_sig)
-            rates = max_min_rates(rows, cols, coef, lo.capacity, offsets[-1])
+            cap = lo.capacity if self._incast is None else self._incast_capacity([runs[i] for _, _, i in items], lo)
+            rates = max_min_rates(rows, cols, coef, cap, offsets[-1])
             rates_by_item = [rates[offsets[j]:offsets[j + 1]] for j in range(len(items))]
             self._memoise(key, rates_by_item)
         for (_, _, i), rate in zip(items, rates_by_item):
@@ -351,6 +369,16 @@ class FluidNetwork:
             a = r.active
             r.t_finish[a] = self.now + r.rem[a] / rate[a]
         self._set_trigger(runs)
+
+    def _incast_capacity(self, runs: list[_StageRun], lo) -> np.ndarray:
+        """Per link orbit: the capacity after the incast goodput factor of its links' fan-in."""
+        pairs = np.unique(np.concatenate([stage_upstream(self._book, self._incast, r.stage) for r in runs]))
+        topo = self.topo
+        fanin = np.bincount(pairs // topo.num_links, minlength=topo.num_links)
+        g = 1.0 / (1.0 + self._incast * np.maximum(fanin - 1, 0))
+        cap = lo.capacity.copy()
+        np.minimum.at(cap, lo.of_link, topo.link_capacity * g)
+        return cap
 
     def _entries(self, runs: list[_StageRun]):
         rows, cols, coef, offsets = [], [], [], [0]
@@ -382,12 +410,27 @@ class FluidNetwork:
         cells = self._book.cells(r.stage, labels, p_sig)
         if r.cells is None:
             r.rem = (np.full(len(cells), r.stage.bytes_per_flow) if cells.nbytes is None else cells.nbytes.copy())
+            if self._burst is not None and not r.crun.burst_used:
+                r.crun.burst_used = True
+                r.rem = np.maximum(r.rem - self._burst_share(cells, labels, p_sig), 1e-9 * r.rem)
             r.active = np.ones(len(cells), dtype=bool)
             r.done = np.full(len(cells), np.nan)
         elif cells.orbits is not None and cells is not r.cells:
             idx = self._book.parent_index(r.cells, cells)
             r.rem, r.active, r.done = r.rem[idx], r.active[idx], r.done[idx]
         r.cells, r.labels, r.p_sig = cells, labels, p_sig
+
+    def _burst_share(self, cells: Cells, labels: np.ndarray, p_sig: bytes) -> np.ndarray:
+        """Per cell: the burst bytes each of its flows gets (see the module docstring)."""
+        lo = self._book.orbits(labels, p_sig)
+        burst = np.zeros(len(lo.size))
+        burst[lo.of_link] = self._burst
+        flows = np.bincount(cells.q_cols, weights=cells.q_coef, minlength=len(lo.size))
+        c = cells.q_cols
+        share = np.where((burst[c] > 0) & (flows[c] > 0), burst[c] / np.maximum(flows[c], 1e-300), np.inf)
+        free = np.full(len(cells), np.inf)
+        np.minimum.at(free, cells.q_rows, share)
+        return np.where(np.isfinite(free), free, 0.0)
 
     def _memoise(self, key, rates_by_item: list[np.ndarray]) -> None:
         size = sum(x.nbytes for x in rates_by_item) + 200
@@ -396,6 +439,52 @@ class FluidNetwork:
         while self._memo_bytes > self._memo_limit and len(self._memo) > 1:
             _, old = self._memo.popitem(last=False)
             self._memo_bytes -= sum(x.nbytes for x in old) + 200
+
+
+def incast_penalties(topo: Topology) -> np.ndarray | None:
+    """Per directed link the incast penalty ``b`` of its class (None when no class has one)."""
+    return class_values(topo, "incast_penalty")
+
+
+def class_values(topo: Topology, attr: str) -> np.ndarray | None:
+    """Per directed link the value of ``graph.graph[attr][its class]`` (None when none is positive)."""
+    inc = topo.graph.graph.get(attr) or {}
+    b = np.zeros(topo.num_links)
+    for cls, v in inc.items():
+        if cls in topo.link_classes and v:
+            b[topo.link_class_id == topo.link_classes.index(cls)] = float(v)
+    return b if (b > 0).any() else None
+
+
+def stage_upstream(book: CellBook, penalty: np.ndarray, stage: Stage) -> np.ndarray:
+    """Encoded ``link * num_links + upstream`` pairs of a stage: for every flow and every link on its
+    route with an incast penalty, the previous link of the route when it is of the same class."""
+    cache = book.__dict__.setdefault("_upstream", {})
+    hit = cache.get(stage.signature)
+    if hit is not None:
+        return hit
+    topo = book.topo
+    if isinstance(stage, UniformStage):
+        r = stage.ranks
+        s, d = np.repeat(r, len(r)), np.tile(r, len(r))
+        keep = s != d
+        s, d = s[keep], d[keep]
+    else:
+        s, d = stage.cell_src, stage.cell_dst
+    routes = book.router.routes(s, d)
+    links = np.asarray(routes.links, dtype=np.int64)
+    pair = np.repeat(np.arange(len(s)), np.diff(routes.indptr))
+    n_nodes = int(max(topo.link_src.max(), topo.link_dst.max())) + 1 if topo.num_links else 1
+    arrive = pair * n_nodes + topo.link_dst[links]
+    need = pair * n_nodes + topo.link_src[links]
+    order = np.argsort(arrive, kind="stable")
+    pos = np.minimum(np.searchsorted(arrive, need, sorter=order), len(order) - 1) if len(order) else order
+    up = links[order[pos]] if len(order) else links
+    ok = ((arrive[order[pos]] == need) & (penalty[links] > 0)
+          & (topo.link_class_id[up] == topo.link_class_id[links])) if len(order) else np.zeros(0, bool)
+    out = np.unique(links[ok] * topo.num_links + up[ok])
+    cache[stage.signature] = out
+    return out
 
 
 def _tol(t: float) -> float:
