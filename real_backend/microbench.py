@@ -118,8 +118,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     import torch
     import torch.distributed as dist
 
-    from real_backend.parallel import finish_process_group, init_distributed
-    from real_backend.results import MICROBENCH_COLUMNS, base_meta, write_table
+    from real_backend.parallel import finish_process_group, gather_rows_to_rank0, init_distributed, torch_meta
+    from real_backend.results import MICROBENCH_COLUMNS, write_table
     from real_backend.timing import Progress, Recorder
     from real_backend.watchdog import Watchdog, report
 
@@ -199,19 +199,12 @@ def main(argv: Optional[list[str]] = None) -> int:
                     base = {"kind": "all_reduce", "group": name, "group_size": gsize, "size_bytes": nbytes,
                             "dtype": args.dtype, "bytes": nbytes, "flop": 0}
                     record(allreduce, base, grp)
-        gathered: list[Any] = [None] * world if rank == 0 else None
-        progress.touch("gather", "none")
-        with progress.collective_call("gather_results"):
-            dist.gather_object(rows, gathered, dst=0)
-        watchdog.stop()
+        gathered = gather_rows_to_rank0(rows, progress, watchdog)
         if rank == 0:
-            meta = base_meta("microbench")
-            meta.update({"torch_version": torch.__version__, "backend": backend, "world_size": world,
-                         "device": str(device), "threads": torch.get_num_threads(), "reps": args.reps,
-                         "warmup": args.warmup, "local_world_size": local,
-                         "argv": sys.argv[1:] if argv is None else list(argv)})
+            meta = torch_meta("microbench", backend, device, reps=args.reps, warmup=args.warmup,
+                              local_world_size=local, argv=sys.argv[1:] if argv is None else list(argv))
             common = {"run_id": meta["run_id"], "host": meta["host"], "backend": backend, "world_size": world}
-            all_rows = [dict(r, **common) for part in gathered for r in part]
+            all_rows = [dict(r, **common) for r in gathered]
             write_table(args.out, MICROBENCH_COLUMNS, all_rows, meta)
             if not args.quiet:
                 _summary(all_rows, args.out)

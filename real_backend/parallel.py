@@ -138,3 +138,24 @@ def finish_process_group(prog: str) -> None:
         dist.destroy_process_group()
     except Exception as exc:  # noqa: BLE001 - the work is done
         print(f"{prog}: warning: process group teardown: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
+def gather_rows_to_rank0(rows: list, progress, watchdog) -> Optional[list]:
+    """Every rank's result rows, concatenated on rank 0 (None on the others); the watchdog stops
+    once the gather has returned."""
+    progress.touch("gather", "none")
+    progress.stage = "gather"
+    gathered: Optional[list] = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    with progress.collective_call("gather_results"):
+        dist.gather_object(rows, gathered, dst=0)
+    watchdog.stop()
+    return None if gathered is None else [r for part in gathered for r in part]
+
+
+def torch_meta(kind: str, backend: str, device, **extra: Any) -> dict:
+    """Table metadata: the common provenance plus torch version, backend, world size, device, threads."""
+    from real_backend.results import base_meta
+    meta = base_meta(kind)
+    meta.update({"torch_version": torch.__version__, "backend": backend, "world_size": dist.get_world_size(),
+                 "device": str(device), "threads": torch.get_num_threads()}, **extra)
+    return meta

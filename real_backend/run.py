@@ -121,8 +121,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     from real_backend.comm import sync_gradients
     from real_backend.layers import build_model
-    from real_backend.parallel import build_groups, check_layout, finish_process_group, init_distributed
-    from real_backend.results import RUN_COLUMNS, base_meta, write_table
+    from real_backend.parallel import (build_groups, check_layout, finish_process_group, gather_rows_to_rank0,
+                                       init_distributed, torch_meta)
+    from real_backend.results import RUN_COLUMNS, write_table
     from real_backend.timing import Progress, Recorder
     from real_backend.watchdog import Watchdog, report
 
@@ -187,24 +188,17 @@ def main(argv: Optional[list[str]] = None) -> int:
                              "bytes_remote": v["bytes_remote"]})
             rows.append({"step": step, "rank": rank, "phase": "step", "direction": "none",
                          "seconds": rec._seconds(t0, t1), "count": 1, "bytes": 0, "bytes_remote": None})
-        progress.touch("gather", "none")
-        progress.stage = "gather"
-        gathered: list[Any] = [None] * world if rank == 0 else None
-        with progress.collective_call("gather_results"):
-            dist.gather_object(rows, gathered, dst=0)
-        watchdog.stop()
+        gathered = gather_rows_to_rank0(rows, progress, watchdog)
         if rank == 0:
-            meta = base_meta("run")
-            meta.update({"torch_version": torch.__version__, "backend": backend, "world_size": world,
-                         "device": str(device), "cuda": torch.version.cuda, "threads": torch.get_num_threads(),
-                         "config": cfg.to_dict(), "steps": args.steps, "warmup": args.warmup,
-                         "argv": sys.argv[1:] if argv is None else list(argv),
-                         "tokens_per_rank": data.tokens, "timing": "cuda_events" if device.type == "cuda" else
-                         "perf_counter", "phase_directions": "fwd/bwd; optimizer and step: none"})
+            meta = torch_meta("run", backend, device, cuda=torch.version.cuda, config=cfg.to_dict(),
+                              steps=args.steps, warmup=args.warmup,
+                              argv=sys.argv[1:] if argv is None else list(argv), tokens_per_rank=data.tokens,
+                              timing="cuda_events" if device.type == "cuda" else "perf_counter",
+                              phase_directions="fwd/bwd; optimizer and step: none")
             common = {"run_id": meta["run_id"], "host": meta["host"], "backend": backend, "world_size": world,
                       "structure": cfg.moe.structure, "mode": cfg.run.mode, "ep": cfg.parallel.ep,
                       "dp": cfg.parallel.dp_size}
-            all_rows = [dict(r, **common) for part in gathered for r in part]
+            all_rows = [dict(r, **common) for r in gathered]
             all_rows.sort(key=lambda r: (r["step"], r["rank"], r["phase"], r["direction"]))
             write_table(args.out, RUN_COLUMNS, all_rows, meta)
             if not args.quiet:

@@ -123,17 +123,27 @@ def speedup_panel(p: Prepared) -> Panel:
 
 
 # ---- 3. communication volume -----------------------------------------------------------------------------
+def _link_class_bars(ok, prefix: str, scale: float, name: str, hover: str) -> "go.Figure | None":
+    """One bar trace per link class from the table's ``PREFIX<class>`` columns (times ``scale``);
+    None when no scenario has a non-zero value. ``name``/``hover`` format ``{cls}``."""
+    cols = sorted(c for c in ok.columns if c.startswith(prefix) and (ok[c].fillna(0) > 0).any())
+    if not len(ok) or not cols:
+        return None
+    fig = go.Figure()
+    for i, c in enumerate(cols):
+        cls = c[len(prefix):]
+        fig.add_bar(name=name.format(cls=cls), x=_multicat(ok), y=_l(ok[c].fillna(0) * scale),
+                    marker_color=LINK_COLORS[i % len(LINK_COLORS)], meta={"sel": _l(ok["sel"])},
+                    hovertemplate=hover.replace("{cls}", cls))
+    return fig
+
+
 def volume_panel(p: Prepared) -> Panel:
     title = "Communication volume per step: bytes carried per link class, and All-to-All bytes sent"
     ok = p.ok
-    cols = sorted(c for c in ok.columns if c.startswith("bytes.") and (ok[c].fillna(0) > 0).any())
-    if not len(ok) or not cols:
+    fig = _link_class_bars(ok, "bytes.", 1e-9, "{cls} links", "%{x}<br>{cls}: %{y:.4g} GB<extra></extra>")
+    if fig is None:
         return Panel("volume", title, message_figure("No traffic recorded in this sweep.", title), "static")
-    fig = go.Figure()
-    for i, c in enumerate(cols):
-        fig.add_bar(name=f"{c[6:]} links", x=_multicat(ok), y=_l(ok[c].fillna(0) / 1e9),
-                    marker_color=LINK_COLORS[i % len(LINK_COLORS)], meta={"sel": _l(ok["sel"])},
-                    hovertemplate="%{x}<br>" + c[6:] + ": %{y:.4g} GB<extra></extra>")
     fig.add_scatter(name="All-to-All bytes sent", x=_multicat(ok), y=_l(ok["a2a_bytes_per_step"] / 1e9), mode="markers",
                     marker=dict(symbol="diamond", size=10, color="black"), meta={"sel": _l(ok["sel"])},
                     hovertemplate="%{x}<br>All-to-All: %{y:.4g} GB<extra></extra>")
@@ -300,15 +310,9 @@ def links_panel(details: list[dict], top: int = 25) -> Panel:
 def link_class_panel(p: Prepared) -> Panel:
     """Peak utilisation per link class for every scenario (from the table, no re-simulation)."""
     title = "Peak link utilisation per link class, every scenario"
-    ok = p.ok
-    cols = sorted(c for c in ok.columns if c.startswith("util_max.") and (ok[c].fillna(0) > 0).any())
-    if not len(ok) or not cols:
+    fig = _link_class_bars(p.ok, "util_max.", 100.0, "{cls}", "%{x}<br>busiest {cls} link: %{y:.1f}%<extra></extra>")
+    if fig is None:
         return Panel("linkclass", title, message_figure("No link utilisation recorded in this sweep.", title), "static")
-    fig = go.Figure()
-    for i, c in enumerate(cols):
-        fig.add_bar(name=c[len("util_max."):], x=_multicat(ok), y=_l(ok[c].fillna(0) * 100),
-                    marker_color=LINK_COLORS[i % len(LINK_COLORS)], meta={"sel": _l(ok["sel"])},
-                    hovertemplate="%{x}<br>busiest " + c[9:] + " link: %{y:.1f}%<extra></extra>")
     _layout(fig, title, barmode="group", yaxis_title="busiest link of the class (% of the step)", height=440)
     fig.update_xaxes(tickangle=-30)
     return Panel("linkclass", title, fig)
