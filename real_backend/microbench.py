@@ -203,6 +203,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         if rank == 0:
             meta = torch_meta("microbench", backend, device, reps=args.reps, warmup=args.warmup,
                               local_world_size=local, argv=sys.argv[1:] if argv is None else list(argv))
+            if device.type == "cpu":
+                try:  # the GEMMs' peak travels with them: a later refit on another CPU must not use its own
+                    from moesim.calibrate.profile_io import cpu_peak_flops_per_core
+                    meta["cpu_peak_flops_per_core"], meta["cpu_peak_flops_from"] = cpu_peak_flops_per_core()
+                except Exception:  # noqa: BLE001 - no /proc/cpuinfo: calibrate then needs --peak-flops
+                    pass
             common = {"run_id": meta["run_id"], "host": meta["host"], "backend": backend, "world_size": world}
             all_rows = [dict(r, **common) for r in gathered]
             write_table(args.out, MICROBENCH_COLUMNS, all_rows, meta)

@@ -41,13 +41,14 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from moesim.calibrate.netmodel import TESTBED_TBF_BURST_S, TESTBED_TBF_MIN_BURST_BYTES
 from moesim.errors import MoesimError
 from real_backend.watchdog import pid_alive as _pid_alive
 
 PROG = "real_backend.testbed"
 NS_PREFIX = "rbtb-"
 MASTER_PORT = 29500
-MODULES = {"run": "real_backend.run", "microbench": "real_backend.microbench"}
+MODULES = {"run": "real_backend.run", "microbench": "real_backend.microbench", "patterns": "real_backend.patterns"}
 DEFAULT_LOOPBACK_BW = 2e9  # bytes/s per rank, nominal (matches moesim.topology.generators.emulated_testbed)
 
 
@@ -188,7 +189,7 @@ class Testbed:
     def _shape(self, ns: str, dev: str) -> None:
         rate_bytes = self.rate / 8
         # burst: >= 64 KiB (veth GSO segments) and ~5 ms at the rate; queue <= 100 ms
-        burst = int(max(64 * 1024, rate_bytes * 0.005))
+        burst = int(max(TESTBED_TBF_MIN_BURST_BYTES, rate_bytes * TESTBED_TBF_BURST_S))
         _sh(["ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root", "tbf",
              "rate", f"{int(self.rate)}bit", "burst", str(burst), "latency", "100ms"])
 
@@ -371,7 +372,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if cmd and cmd[0] == "--":
             cmd = cmd[1:]
         if not cmd or cmd[0] not in MODULES:
-            raise TestbedError("give the command after '--': run ARGS... or microbench ARGS...")
+            raise TestbedError("give the command after '--': run ARGS..., microbench ARGS... or patterns ARGS...")
         module, inner = MODULES[cmd[0]], cmd[1:]
         rate = parse_rate(args.rate)
         check_prerequisites()

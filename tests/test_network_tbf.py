@@ -1,5 +1,5 @@
-"""Optional token-bucket (tc tbf) effects of the fluid network: incast goodput and burst (both off
-unless the topology asks for them; closed-form checks)."""
+"""Optional testbed effects of the fluid network: tbf two-way goodput, token-bucket burst with
+refill, and the receiver wait (all off unless the topology / parameters ask; closed-form checks)."""
 import math
 
 import numpy as np
@@ -31,25 +31,41 @@ def _time(topo: Topology, coll: Collective) -> float:
     return net.timings["c"].end_s
 
 
+def _run(topo: Topology, colls: list, params: NetworkParams | None = None) -> dict:
+    """Start ``(key, collective, start_s)`` triples on one network; end time of each."""
+    net = FluidNetwork(topo, params or NetworkParams(0.0, 0.0))
+    pending = sorted(colls, key=lambda c: c[2])
+    while pending or net.in_flight:
+        t = net.next_event_time()
+        if pending and pending[0][2] <= t:
+            key, coll, start = pending.pop(0)
+            net.advance(start)
+            net.start(coll, key, start)
+            continue
+        net.advance(t)
+    return {k: net.timings[k].end_s for k, _, _ in colls}
+
+
 @pytest.mark.parametrize("b", [0.1, 0.4])
-def test_incast_three_senders_get_rate_times_g3(b):
+def test_two_way_exchange_runs_at_rate_over_one_plus_b(b):
     nbytes = 1e6
-    coll = C.p2p([1, 2, 3], [0, 0, 0], nbytes)
-    t = _time(_topo(incast_penalty={"nic": b}), coll)
-    # host0's downlink has fan-in 3: it carries CAP * g(3) = CAP / (1 + 2b) in total
-    assert t == pytest.approx(3 * nbytes / (CAP / (1 + 2 * b)), rel=1e-9)
-    assert _time(_topo(), coll) == pytest.approx(3 * nbytes / CAP, rel=1e-9)
+    pair = C.p2p([0, 1], [1, 0], nbytes)                     # one connection, both directions
+    assert _time(_topo(two_way_penalty={"nic": b}), pair) == pytest.approx(nbytes / (CAP / (1 + b)), rel=1e-9)
+    assert _time(_topo(), pair) == pytest.approx(nbytes / CAP, rel=1e-9)
+    # an All-to-All among 4 hosts is two-way on every link: each uplink sends 3 flows at CAP/(1+b)
+    a2a = C.all_to_all(list(range(4)), 4 * nbytes)
+    base = _time(_topo(), a2a)
+    assert _time(_topo(two_way_penalty={"nic": b}), a2a) == pytest.approx(base * (1 + b), rel=1e-9)
 
 
-def test_incast_single_upstream_is_free_and_absent_by_default():
-    coll = C.p2p([1], [0], 1e6)
-    assert _time(_topo(incast_penalty={"nic": 0.5}), coll) == pytest.approx(1.0, rel=1e-9)
-    # a ring (one upstream link per receiving link) and the uplinks (fan-in from loopback) are unaffected
-    ring = C.p2p([0, 1, 2, 3], [1, 2, 3, 0], 1e6)
-    assert _time(_topo(incast_penalty={"nic": 0.5}), ring) == pytest.approx(_time(_topo(), ring), rel=1e-9)
+def test_one_way_patterns_are_free_and_absent_by_default():
+    t = _topo(two_way_penalty={"nic": 0.5})
+    for coll in (C.p2p([1], [0], 1e6), C.p2p([1, 2, 3], [0, 0, 0], 1e6), C.p2p([0, 0, 0], [1, 2, 3], 1e6),
+                 C.p2p([0, 1, 2, 3], [1, 2, 3, 0], 1e6)):              # single, fan-in, fan-out, ring
+        assert _time(t, coll) == pytest.approx(_time(_topo(), coll), rel=1e-9)
 
 
-def test_burst_passes_first_bytes_of_a_collective():
+def test_burst_passes_first_bytes_and_refills_while_idle():
     B = 2e5
     one = C.p2p([1], [0], 1e6)
     assert _time(_topo(burst_bytes={"nic": B}), one) == pytest.approx((1e6 - B) / CAP, rel=1e-9)
@@ -60,18 +76,43 @@ def test_burst_passes_first_bytes_of_a_collective():
     st = [FlowStage(np.array([1]), np.array([0]), np.array([1e6])) for _ in range(2)]
     coll = Collective("p2p", "direct", np.array([0, 1]), st)
     assert _time(_topo(burst_bytes={"nic": B}), coll) == pytest.approx((2e6 - B) / CAP, rel=1e-9)
+    # a second collective after an idle gap finds CAP * gap in its bucket (at most B)
+    first_end = (1e6 - B) / CAP
+    for gap, credit in ((0.05, 0.05 * CAP), (1.0, B)):
+        ends = _run(_topo(burst_bytes={"nic": B}), [("a", one, 0.0), ("b", one, first_end + gap)])
+        assert ends["a"] == pytest.approx(first_end, rel=1e-9)
+        assert ends["b"] - (first_end + gap) == pytest.approx((1e6 - credit) / CAP, rel=1e-9)
+    # a collective that starts while another uses the link finds its bucket empty
+    # (b's uplink is idle and full, but its route's busy downlink holds nothing): a has 7e5 B left at
+    # t = 0.1, both then share the downlink (a ends at 0.1 + 7e5 / (CAP/2) = 1.5), b sends 3e5 more alone
+    ends = _run(_topo(burst_bytes={"nic": B}), [("a", one, 0.0), ("b", C.p2p([2], [0], 1e6), 0.1)])
+    assert ends["a"] == pytest.approx(1.5, rel=1e-9) and ends["b"] == pytest.approx(1.8, rel=1e-9)
+
+
+def test_receiver_wait_overlaps_wire_time_and_adds_to_cpu_time():
+    wait = 0.3
+    p = NetworkParams(0.0, 0.0, receiver_wait_s=wait)
+    small, big = C.p2p([1], [0], 1e4), C.p2p([1], [0], 1e6)
+    # shaped (wire-bound) link: max(wait, transfer)
+    assert _run(_topo(), [("s", small, 0.0)], p)["s"] == pytest.approx(wait, rel=1e-9)
+    assert _run(_topo(), [("b", big, 0.0)], p)["b"] == pytest.approx(1.0, rel=1e-9)
+    # CPU-bound link (the kernel's copies need the cores the wait is about): wait + transfer
+    cpu = _topo(cpu_bound={"nic": 1.0})
+    assert _run(cpu, [("b", big, 0.0)], p)["b"] == pytest.approx(wait + 1.0, rel=1e-9)
+    # off by default
+    assert _time(_topo(), small) == pytest.approx(1e4 / CAP, rel=1e-9)
 
 
 def test_link_params_round_trip_and_shaped_only():
-    lp = LinkParams(efficiency=0.9, max_bandwidth=5e8, latency_s=1e-4, incast_penalty=0.2, burst_s=0.005)
+    lp = LinkParams(efficiency=0.9, max_bandwidth=5e8, latency_s=1e-4, two_way_penalty=0.2, burst_s=0.005)
     assert LinkParams.from_dict(lp.to_dict()) == lp
-    assert "incast_penalty" not in LinkParams(efficiency=0.9).to_dict()
-    assert LinkParams.from_dict({"efficiency": 0.9}).incast_penalty == 0.0
+    assert "two_way_penalty" not in LinkParams(efficiency=0.9).to_dict()
+    assert LinkParams.from_dict({"efficiency": 0.9}).two_way_penalty == 0.0
     shaped = effective_topology(Topology(NM.testbed_graph(4, 1, 400e6), source="t"), {"nic": lp})
-    assert shaped.graph.graph["incast_penalty"] == {"nic": 0.2}
+    assert shaped.graph.graph["two_way_penalty"] == {"nic": 0.2}
     assert shaped.graph.graph["burst_bytes"]["nic"] == pytest.approx(0.005 * 400e6 / 8)
     unshaped = effective_topology(Topology(NM.testbed_graph(4, 1, None), source="t"), {"nic": lp})
-    assert "incast_penalty" not in unshaped.graph.graph and "burst_bytes" not in unshaped.graph.graph
+    assert "two_way_penalty" not in unshaped.graph.graph and "burst_bytes" not in unshaped.graph.graph
     assert math.isfinite(float(unshaped.link_capacity.max()))
 
 
@@ -84,7 +125,7 @@ def test_fit_network_chooses_tbf_effects_only_when_asked():
     root = Path(__file__).resolve().parents[1] / "calibration" / "measurements"
     coll = collective_medians([read_table(Path(p)) for p in sorted(glob.glob(str(root / "net-*.csv")))])
     off = fit_network(coll)
-    assert off.links["nic"].incast_penalty == 0.0 and off.links["nic"].burst_s == 0.0
-    on = fit_network(coll, tbf_effects=True, incast_grid=(0.0, 0.15), burst_grid=(0.0, 0.002))
-    assert on.links["nic"].incast_penalty in (0.0, 0.15) and on.links["nic"].burst_s in (0.0, 0.002)
-    assert on.links["loopback"].incast_penalty == 0.0
+    assert off.links["nic"].two_way_penalty == 0.0 and off.links["nic"].burst_s == 0.0
+    on = fit_network(coll, tbf_effects=True, two_way_grid=(0.0, 0.15), burst_grid=(0.0, 0.002))
+    assert on.links["nic"].two_way_penalty in (0.0, 0.15) and on.links["nic"].burst_s in (0.0, 0.002)
+    assert on.links["loopback"].two_way_penalty == 0.0

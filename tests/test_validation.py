@@ -18,18 +18,22 @@ from test_calibration import write_table
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMPAIGN = ROOT / "calibration" / "validation"
+#: the committed campaigns: (validation dir, measurements dir); the second ran on an AVX2 machine
+CAMPAIGNS = [(CAMPAIGN, ROOT / "calibration" / "measurements"),
+             (ROOT / "calibration" / "avx2" / "validation", ROOT / "calibration" / "avx2" / "measurements")]
 RUN_COLUMNS = ("step", "rank", "phase", "direction", "seconds", "count", "bytes", "bytes_remote", "run_id", "host",
                "backend", "world_size", "structure", "mode", "ep", "dp")
 
 
-@pytest.fixture(scope="module")
-def committed():
-    return validate([CAMPAIGN])
+@pytest.fixture(scope="module", params=CAMPAIGNS, ids=["avx512", "avx2"])
+def committed(request):
+    vdir, mdir = request.param
+    return validate([vdir]), vdir, mdir
 
 
 def test_committed_campaign_meets_targets(committed):
-    rep = committed
-    manifest = json.loads((CAMPAIGN / "manifest.json").read_text())
+    rep, vdir, _ = committed
+    manifest = json.loads((vdir / "manifest.json").read_text())
     assert rep["judged_on"] == "heldout" and rep["heldout"]["rows"] >= 16
     assert rep["fit"]["rows"] >= 1            # the split is real: fit runs exist and are not judged
     held_files = {r["file"] for r in manifest["runs"] if r["role"] == "heldout"}
@@ -38,12 +42,12 @@ def test_committed_campaign_meets_targets(committed):
     assert rep["max_error"] >= rep["mape"]
     held_pairs = [p for p in rep["pairs"] if p["role"] == "heldout"]
     assert len(held_pairs) >= 8
-    # Known gap (README "What remains"): the network model has no tc token-bucket burst and no
-    # flow-count-dependent TCP goodput through tbf, so CDAC at top-8 on the slow link and top-2 on the
-    # fast one miss the 10% speedup target by up to ~20%; every other held-out pair is within 10%.
-    assert rep["speedup_max_error"] <= 0.25, rep["speedup_max_error"]
-    within = [p for p in held_pairs if p["error"] <= 0.10]
-    assert len(within) >= len(held_pairs) // 2
+    # Known gap (README "What remains"): two held-out pairs per campaign miss the 10% speedup
+    # target by up to ~16% (CDAC top-8's two-way goodput loss varies by testbed; run-to-run noise);
+    # every other held-out pair is within 10%.
+    missed = [p["label"] for p in held_pairs if p["error"] > 0.10]
+    assert len(missed) <= 2, missed
+    assert rep["speedup_max_error"] <= 0.20, rep["speedup_max_error"]
     assert rep["targets"]["mape"] == 0.10 and rep["targets"]["speedup_error"] == 0.10
     assert rep["targets_met"] == (rep["mape"] <= 0.10 and rep["speedup_max_error"] <= 0.10)
     # the campaign covers what the issue asks for
@@ -59,8 +63,9 @@ def test_committed_campaign_meets_targets(committed):
 def test_committed_profile_is_measured_with_provenance(committed):
     import yaml
     from moesim.cost import load_profile
-    manifest = json.loads((CAMPAIGN / "manifest.json").read_text())
-    path = (CAMPAIGN / manifest["profile"]).resolve()
+    _, vdir, mdir = committed
+    manifest = json.loads((vdir / "manifest.json").read_text())
+    path = (vdir / manifest["profile"]).resolve()
     prof = load_profile(path)
     assert prof.status == "measured"
     raw = yaml.safe_load(path.read_text())
@@ -69,7 +74,6 @@ def test_committed_profile_is_measured_with_provenance(committed):
     assert all(len(s["sha256"]) == 64 for s in prov["sources"])
     # every source table is committed and unchanged
     import hashlib
-    mdir = ROOT / "calibration" / "measurements"
     for s in prov["sources"]:
         assert hashlib.sha256((mdir / s["file"]).read_bytes()).hexdigest() == s["sha256"], s["file"]
     assert "residuals" in raw["calibration"]

@@ -10,7 +10,8 @@ It needs root, iproute2 (ip, tc) and torch, and takes about half an hour on 2 co
    ranks and 4 hosts x 1 rank at each rate); ``manifest.json`` records commands and load;
 2. validation runs (``<out>/validation/``): the campaign model on every testbed, CDAC and DCCA,
    top-k 2, 4 and 8, with each run's topology; the runs whose top-k is in ``--fit-top-k`` are the
-   fit configurations (they calibrate the in-step message latency, see ``moesim.calibrate.insitu``),
+   fit configurations (they calibrate the receiver wait and the two-way goodput penalty, see
+   ``moesim.calibrate.insitu``),
    the others are held out;
 3. ``moesim calibrate`` -> ``<out>/<name>.yaml``; the in-situ fit on the fit runs; the manifest
    ``<out>/validation/manifest.json`` naming the profile, topologies and roles;
@@ -227,13 +228,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog=f"python -m {PROG}", description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="calibration", help="calibration directory (default: calibration)")
     ap.add_argument("--name", default="cpu-testbed", help="profile name (default cpu-testbed)")
-    ap.add_argument("--only", choices=("all", "measure", "validation", "calibrate"), default="all",
-                    help="calibrate: re-fit from the tables already in --out, measure nothing")
+    ap.add_argument("--only", choices=("all", "measure", "validation", "calibrate", "repeat"), default="all",
+                    help="calibrate: re-fit from the tables already in --out, measure nothing; repeat: run the "
+                         "validation configurations (--rates, --top-k) again into <out>/repeat/ and compare "
+                         "their step times with the committed ones (run-to-run spread)")
     ap.add_argument("--rates", default=",".join(RATES))
     ap.add_argument("--top-k", default=",".join(map(str, TOP_KS)))
     ap.add_argument("--fit-top-k", default="4", help="top-k values whose testbed runs are fit configurations")
     ap.add_argument("--tbf-effects", action="store_true",
-                    help="also fit the nic incast penalty and token-bucket burst (off: pure-rate links)")
+                    help="also fit the nic two-way penalty and token-bucket burst (off: pure-rate links)")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--reps", type=int, default=7, help="microbenchmark repetitions")
@@ -249,16 +252,43 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     mdir, vdir = out / "measurements", out / "validation"
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
-    if args.only in ("all", "measure") or args.only == "validation":
+    if args.only in ("all", "measure", "validation", "repeat"):
         if os.geteuid() != 0:
             print(f"{PROG}: error: the testbed needs root", file=sys.stderr)
             return 2
+    if args.only == "repeat":
+        rdir = out / "repeat"
+        runs = validation_runs(args, log, rdir)
+        write_manifest(rdir / "runs.json", {"runs": runs, "campaign": campaign_info(args)})
+        return compare_repeat(rdir, vdir)
     if args.only in ("all", "measure"):
         measure(args, log, mdir)
     if args.only in ("all", "validation"):
         runs = validation_runs(args, log, vdir)
         write_manifest(vdir / "runs.json", {"runs": runs, "campaign": campaign_info(args)})
     return finish(args, log, out, mdir, vdir)
+
+
+def compare_repeat(rdir: Path, vdir: Path) -> int:
+    """Print each repeated run's step time next to the committed run of the same name, and the
+    DCCA-over-CDAC speedups of both."""
+    from moesim.calibrate.tables import read_table
+    from moesim.validate.core import measured_times
+    steps = {}
+    print(f"{'run':28s} {'committed':>10s} {'repeat':>10s} {'change':>8s}")
+    for f in sorted(rdir.glob("*.csv")):
+        old = vdir / f.name
+        new_s = measured_times(read_table(f, expect="run"))[0]
+        old_s = measured_times(read_table(old, expect="run"))[0] if old.is_file() else float("nan")
+        steps[f.stem] = (old_s, new_s)
+        print(f"{f.stem:28s} {old_s * 1e3:8.0f} ms {new_s * 1e3:8.0f} ms {new_s / old_s - 1:+7.1%}")
+    for name, (old_c, new_c) in steps.items():
+        if "-cdac-" in name and name.replace("-cdac-", "-dcca-") in steps:
+            old_d, new_d = steps[name.replace("-cdac-", "-dcca-")]
+            label = name.replace("-cdac", "")
+            print(f"speedup {label:20s} committed {old_c / old_d:.3f}x  repeat {new_c / new_d:.3f}x  "
+                  f"change {(new_c / new_d) / (old_c / old_d) - 1:+.1%}")
+    return 0
 
 
 def finish(args, log, out: Path, mdir: Path, vdir: Path) -> int:
@@ -278,7 +308,8 @@ def finish(args, log, out: Path, mdir: Path, vdir: Path) -> int:
     write_profile(prof_path, cal.profile)
     manifest = {"kind": "validation", "profile": os.path.relpath(prof_path, vdir), "targets": TARGETS,
                 "runs": runs, "campaign": json.loads((vdir / "runs.json").read_text()).get("campaign"),
-                "note": "role 'fit': the runs the in-situ message latency was fitted on; 'heldout': judged only"}
+                "note": "role 'fit': the runs the in-situ receiver wait and two-way penalty were fitted on; "
+                        "'heldout': judged only"}
     write_manifest(vdir / "manifest.json", manifest)
     res = subprocess.run([sys.executable, "-m", "moesim", "validate", str(vdir)], cwd=repo_root())
     return res.returncode

@@ -79,6 +79,28 @@ def _load_notes(files: list[Path]) -> dict:
     return notes
 
 
+def recorded_peak(tables: list[Table], files: list[Path]) -> tuple[float, str] | None:
+    """The CPU peak (FLOP/s per core, fp32) recorded with the GEMM measurements themselves: in the
+    GEMM tables' metadata, else in a campaign manifest next to them; None when neither has it."""
+    peaks = {(float(t.meta["cpu_peak_flops_per_core"]), str(t.meta.get("cpu_peak_flops_from", "")))
+             for t in tables if t.meta.get("cpu_peak_flops_per_core")}
+    if len(peaks) > 1:
+        raise MoesimError("the GEMM tables were measured on CPUs with different peaks "
+                          f"({', '.join(f'{p:.4g}' for p, _ in sorted(peaks))} FLOP/s per core): calibrate them separately")
+    if peaks:
+        p, note = peaks.pop()
+        return p, f"{note} (recorded in the measurement tables)"
+    for d in sorted({f.parent for f in files}):
+        m = d / MANIFEST
+        try:
+            mach = json.loads(m.read_text()).get("campaign", {}).get("machine", {}) if m.is_file() else {}
+        except (OSError, json.JSONDecodeError, AttributeError):
+            continue
+        if isinstance(mach, dict) and mach.get("peak_flops_per_core"):
+            return float(mach["peak_flops_per_core"]), f"{mach.get('peak_flops_from', '')} (recorded in {m.name})"
+    return None
+
+
 def calibrate(paths: Sequence[str | os.PathLike], name: str = "cpu-testbed", peak_flops: float | None = None,
               ranks: int | None = None, min_contended_s: float = 5e-3, description: str | None = None,
               topology: str | None = None, tbf_effects: bool = False) -> Calibration:
@@ -105,7 +127,12 @@ def calibrate(paths: Sequence[str | os.PathLike], name: str = "cpu-testbed", pea
     cores = next((int(t.meta["cpu_count"]) for t in tables if t.meta.get("cpu_count")), os.cpu_count() or 1)
     peak_note = "given with --peak-flops"
     if peak_flops is None:
-        peak_flops, peak_note = cpu_peak_flops_per_core()
+        rec = recorded_peak([t for t in tables if t.kind == "microbench"], files)
+        if rec is not None:
+            peak_flops, peak_note = rec
+        else:
+            peak_flops, peak_note = cpu_peak_flops_per_core()
+            peak_note += " of the machine fitting now: the tables record no peak of their own"
     residuals: dict = {}
 
     compute = contention = None

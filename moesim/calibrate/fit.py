@@ -161,33 +161,33 @@ class NetworkFit:
     table: pd.DataFrame | None = None
 
 
-def _rows_features(coll: pd.DataFrame, nic_incast: float = 0.0, burst_s: float = 0.0,
+def _rows_features(coll: pd.DataFrame, nic_two_way: float = 0.0, burst_s: float = 0.0,
                    cache: dict | None = None) -> list:
     """Per row the simulator's features; incast and burst act on shaped (tc tbf) rows only."""
     cache = {} if cache is None else cache
     feats = []
     for r in coll.itertuples(index=False):
         rate = float(r.rate_bits or 0.0) / 8.0
-        b, burst = (float(nic_incast), burst_s * rate) if rate > 0 else (0.0, 0.0)
+        b, burst = (float(nic_two_way), burst_s * rate) if rate > 0 else (0.0, 0.0)
         key = (r.kind, r.group, int(r.hosts), int(r.ranks_per_host), float(r.size_bytes), b, burst)
         if key not in cache:
-            cache[key] = collective_features(*key[:5], nic_incast=b, nic_burst=burst)
+            cache[key] = collective_features(*key[:5], nic_two_way=b, nic_burst=burst)
         feats.append(cache[key])
     return feats
 
 
-INCAST_GRID = tuple(np.round(np.arange(0.0, 0.41, 0.05), 3))
+TWO_WAY_GRID = tuple(np.round(np.arange(0.0, 0.41, 0.05), 3))
 BURST_GRID_S = (0.0, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01)
 
 
 def fit_network(coll: pd.DataFrame, min_bandwidth: float = 1e5, max_bandwidth: float = 1e11,
-                tbf_effects: bool = False, incast_grid=INCAST_GRID, burst_grid=BURST_GRID_S,
+                tbf_effects: bool = False, two_way_grid=TWO_WAY_GRID, burst_grid=BURST_GRID_S,
                 select_min_bytes: float = 1 << 20) -> NetworkFit:
     """``coll``: collective medians (``tables.collective_medians``) from one or more testbeds.
 
     With ``tbf_effects`` (off by default), two optional ``nic`` mechanisms of the fluid network (:mod:`moesim.network.fluid`) are chosen on
-    grids: the incast penalty ``b`` (only when shaped All-to-Alls over more than 2 hosts were measured,
-    so that receiving links with fan-in 1 and > 1 both appear) and the token-bucket burst ``burst_s``
+    grids: the two-way penalty ``b`` (only when shaped All-to-Alls over more than 2 hosts were measured,
+    so that rings of three or more, which are one-way, and All-to-Alls, which are two-way, both appear) and the token-bucket burst ``burst_s``
     (seconds at the tc rate; only with shaped rows). For each candidate pair the other parameters are
     fitted as below; the pair with the smallest relative squared error on the bandwidth-bound rows
     (at least ``select_min_bytes``; smaller rows are dominated by per-message costs whose repetition
@@ -198,7 +198,7 @@ def fit_network(coll: pd.DataFrame, min_bandwidth: float = 1e5, max_bandwidth: f
     coll = coll.reset_index(drop=True)
     shaped = coll["rate_bits"].to_numpy(dtype=float) > 0
     a2a_hosts = coll.loc[shaped & (coll["kind"] == "all_to_all").to_numpy(), "hosts"].unique()
-    b_grid = tuple(incast_grid) if tbf_effects and len(a2a_hosts) and max(a2a_hosts) > 2 else (0.0,)
+    b_grid = tuple(two_way_grid) if tbf_effects and len(a2a_hosts) and max(a2a_hosts) > 2 else (0.0,)
     s_grid = tuple(burst_grid) if tbf_effects and shaped.any() else (0.0,)
     rows = (coll["size_bytes"] >= select_min_bytes).to_numpy()
     rows = rows if rows.any() else np.ones(len(coll), bool)
@@ -214,7 +214,7 @@ def fit_network(coll: pd.DataFrame, min_bandwidth: float = 1e5, max_bandwidth: f
     return best[1]
 
 
-def _fit_network_at(coll: pd.DataFrame, feats: list, nic_incast: float, burst_s: float, min_bandwidth: float,
+def _fit_network_at(coll: pd.DataFrame, feats: list, nic_two_way: float, burst_s: float, min_bandwidth: float,
                     max_bandwidth: float) -> NetworkFit:
     meas = coll["seconds"].to_numpy(dtype=float)
     rate = coll["rate_bits"].to_numpy(dtype=float) / 8.0          # bytes/s, 0 = unshaped
@@ -262,7 +262,7 @@ def _fit_network_at(coll: pd.DataFrame, feats: list, nic_incast: float, burst_s:
     e, bmax, blo = (float(x) for x in best[0])
     links = {"nic": LinkParams(efficiency=e if have_shaped else None,
                                max_bandwidth=bmax if have_unshaped else math.inf, latency_s=lat_nic,
-                               incast_penalty=float(nic_incast), burst_s=float(burst_s) if have_shaped else 0.0),
+                               two_way_penalty=float(nic_two_way), burst_s=float(burst_s) if have_shaped else 0.0),
              "loopback": LinkParams(efficiency=None, max_bandwidth=blo if uses["loopback"] else math.inf, latency_s=0.0)}
     pred = transfer(best)[0] + X @ coef[0]
     fit = NetworkFit(links, lat_msg, overhead)

@@ -11,8 +11,8 @@ path itself (copies on the CPU, shared with the ranks' compute), which is what b
 the loopback when nothing shapes them. ``latency_s`` is added per link on a route (a message
 across the bridge crosses two ``nic`` links); the profile's ``network.latency_per_message_s`` is
 the software cost of one message (gloo, syscalls), paid once per flow. Optional, shaped links
-only (0 = off): ``incast_penalty`` b (a link fed by k same-class upstream links carries
-1/(1+b(k-1)) of its rate) and ``burst_s`` (tbf bucket: ``burst_s * rate`` bytes pass at once at a
+only (0 = off): ``two_way_penalty`` b (a link that carries a rank pair's traffic in both
+directions at once carries 1/(1+b) of its rate) and ``burst_s`` (tbf bucket: ``burst_s * rate`` bytes pass at once at a
 collective's start); see :mod:`moesim.network.fluid`.
 
 Collective times for fitting are computed with the simulator's own network model
@@ -35,6 +35,10 @@ from moesim.topology.generators import emulated_testbed
 from moesim.topology.model import Topology
 
 CLASSES = ("nic", "loopback")
+#: the testbed's tc tbf bucket, in seconds at the rate (``real_backend.testbed`` shapes with
+#: ``burst = max(TESTBED_TBF_MIN_BURST_BYTES, TESTBED_TBF_BURST_S * rate)``)
+TESTBED_TBF_BURST_S = 0.005
+TESTBED_TBF_MIN_BURST_BYTES = 64 * 1024
 BIG = 1e30
 
 
@@ -45,7 +49,7 @@ class LinkParams:
     efficiency: float | None = None
     max_bandwidth: float = math.inf
     latency_s: float = 0.0
-    incast_penalty: float = 0.0      # b: a link fed by k same-class upstream links carries 1/(1+b(k-1)) of it
+    two_way_penalty: float = 0.0     # b: a link carrying two-way rank-pair traffic carries 1/(1+b) of it
     burst_s: float = 0.0             # token bucket: an idle shaped link passes burst_s * tc rate bytes at once
 
     def bandwidth(self, nominal: float | None) -> float:
@@ -58,8 +62,8 @@ class LinkParams:
                "latency_s": float(self.latency_s)}
         if self.efficiency is not None:
             out = {"efficiency": float(self.efficiency), **out}
-        if self.incast_penalty > 0:
-            out["incast_penalty"] = float(self.incast_penalty)
+        if self.two_way_penalty > 0:
+            out["two_way_penalty"] = float(self.two_way_penalty)
         if self.burst_s > 0:
             out["burst_s"] = float(self.burst_s)
         return out
@@ -69,7 +73,7 @@ class LinkParams:
         mb = d.get("max_bandwidth")
         return cls(efficiency=None if d.get("efficiency") is None else float(d["efficiency"]),
                    max_bandwidth=math.inf if mb is None else float(mb), latency_s=float(d.get("latency_s", 0.0)),
-                   incast_penalty=float(d.get("incast_penalty") or 0.0), burst_s=float(d.get("burst_s") or 0.0))
+                   two_way_penalty=float(d.get("two_way_penalty") or 0.0), burst_s=float(d.get("burst_s") or 0.0))
 
 
 def testbed_graph(hosts: int, ranks_per_host: int, rate_bits: float | None) -> nx.Graph:
@@ -101,6 +105,7 @@ def effective_topology(topology: Topology, links: Mapping[str, LinkParams],
     eff = dict(link_efficiency or {})
     burst: dict = {}
     burst_or_shaped: set = set()
+    cpu_bound: set = set()
     for u, v, a in g.edges(data=True):
         cls = a.get("link_class")
         if cls in links:
@@ -110,16 +115,20 @@ def effective_topology(topology: Topology, links: Mapping[str, LinkParams],
                 burst_or_shaped.add(cls)
             if lp.burst_s > 0 and nominal is not None and lp.efficiency is not None:
                 burst[cls] = max(burst.get(cls, 0.0), lp.burst_s * nominal)
-            a["bandwidth"] = float(lp.bandwidth(nominal_rate(topology, cls, float(a["bandwidth"]))))
+            a["bandwidth"] = float(lp.bandwidth(nominal))
+            if nominal is None or lp.efficiency is None or lp.efficiency * nominal >= lp.max_bandwidth:
+                cpu_bound.add(cls)   # the bandwidth is the kernel's copy rate, not a wire rate
             a["latency"] = float(a.get("latency", 0.0)) + lp.latency_s
         elif cls in eff:
             a["bandwidth"] = float(a["bandwidth"]) * eff[cls]
     # both token-bucket effects exist only on shaped (tc tbf) links
-    inc = {cls: float(links[cls].incast_penalty) for cls in burst_or_shaped if links[cls].incast_penalty > 0}
+    inc = {cls: float(links[cls].two_way_penalty) for cls in burst_or_shaped if links[cls].two_way_penalty > 0}
     if inc:
-        g.graph["incast_penalty"] = {**dict(g.graph.get("incast_penalty") or {}), **inc}
+        g.graph["two_way_penalty"] = {**dict(g.graph.get("two_way_penalty") or {}), **inc}
     if burst:
         g.graph["burst_bytes"] = {**dict(g.graph.get("burst_bytes") or {}), **burst}
+    if cpu_bound:
+        g.graph["cpu_bound"] = {**dict(g.graph.get("cpu_bound") or {}), **{c: 1.0 for c in sorted(cpu_bound)}}
     g.graph["calibrated"] = True
     return Topology(g, source=topology.source + " (calibrated)")
 
@@ -161,10 +170,10 @@ def build_collectives(kind: str, groups: list[list[int]], size_bytes: float, top
 
 
 def _unit_topology(hosts: int, rph: int, nic_bw: float, lo_bw: float, nic_lat: float = 0.0,
-                   nic_incast: float = 0.0, nic_burst: float = 0.0) -> Topology:
+                   nic_two_way: float = 0.0, nic_burst: float = 0.0) -> Topology:
     g = emulated_testbed(hosts, rph, link_bandwidth=nic_bw, loopback_bandwidth=lo_bw).graph.copy()
-    if nic_incast > 0:
-        g.graph["incast_penalty"] = {"nic": float(nic_incast)}
+    if nic_two_way > 0:
+        g.graph["two_way_penalty"] = {"nic": float(nic_two_way)}
     if nic_burst > 0:
         g.graph["burst_bytes"] = {"nic": float(nic_burst)}
     for _, _, a in g.edges(data=True):
@@ -206,7 +215,7 @@ class CollectiveFeatures:
 
 
 def collective_features(kind: str, group: str, hosts: int, rph: int, size_bytes: float,
-                        nic_incast: float = 0.0, nic_burst: float = 0.0) -> CollectiveFeatures:
+                        nic_two_way: float = 0.0, nic_burst: float = 0.0) -> CollectiveFeatures:
     """``nic_burst``: token-bucket burst in bytes at the row's tc rate (it scales with the rate, so the
     unit-rate feature carries ``burst_s * rate`` bytes)."""
     groups = group_members(group, hosts, rph)
@@ -214,7 +223,7 @@ def collective_features(kind: str, group: str, hosts: int, rph: int, size_bytes:
     n_stages = len(base[0].stages)
     unit = {c: np.zeros(n_stages) for c in CLASSES}
     msgs, hops = np.zeros(n_stages), np.zeros(n_stages)
-    topos = {"nic": _unit_topology(hosts, rph, 1.0, BIG, nic_incast=nic_incast, nic_burst=nic_burst),
+    topos = {"nic": _unit_topology(hosts, rph, 1.0, BIG, nic_two_way=nic_two_way, nic_burst=nic_burst),
              "loopback": _unit_topology(hosts, rph, BIG, 1.0)}
     free = _unit_topology(hosts, rph, BIG, BIG)
     lat_topo = _unit_topology(hosts, rph, BIG, BIG, nic_lat=1.0)
@@ -222,7 +231,7 @@ def collective_features(kind: str, group: str, hosts: int, rph: int, size_bytes:
         colls = [Collective(c.op, c.algorithm, c.ranks, [c.stages[s]], c.bytes_per_rank) for c in base]
         for cls, topo in topos.items():
             if cls == "nic" and s > 0 and nic_burst > 0:  # later stages find the buckets empty
-                topo = _unit_topology(hosts, rph, 1.0, BIG, nic_incast=nic_incast)
+                topo = _unit_topology(hosts, rph, 1.0, BIG, nic_two_way=nic_two_way)
             unit[cls][s] = _run_together(topo, colls)
         msgs[s] = round(_run_together(free, colls, NetworkParams(1.0, 0.0)))
         hops[s] = round(_run_together(lat_topo, colls))

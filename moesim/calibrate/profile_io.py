@@ -59,8 +59,13 @@ def machine_info() -> dict:
         load = [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
     except (OSError, ValueError):
         load = None
-    return {"hostname": socket.gethostname(), "cpu_model": cpu_model(), "cores": os.cpu_count(),
-            "platform": platform.platform(), "python": platform.python_version(), "loadavg": load}
+    out = {"hostname": socket.gethostname(), "cpu_model": cpu_model(), "cores": os.cpu_count(),
+           "platform": platform.platform(), "python": platform.python_version(), "loadavg": load}
+    try:
+        out["peak_flops_per_core"], out["peak_flops_from"] = cpu_peak_flops_per_core()
+    except Exception:  # noqa: BLE001 - no /proc/cpuinfo (not Linux): the peak is then given by hand
+        pass
+    return out
 
 
 def _clean(obj: Any) -> Any:

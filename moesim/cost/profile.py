@@ -36,6 +36,7 @@ class NetworkProfile:
 
     latency_per_message_s: float = 5e-6
     collective_overhead_s: float = 20e-6
+    receiver_wait_s: float = 0.0     # least time of a message from its stage's start, overlapped (s)
     link_efficiency: Mapping[str, float] = field(default_factory=dict)
 
 
@@ -123,6 +124,7 @@ def parse_profile(data: Any, path: Path) -> Profile:
     network = NetworkProfile(
         latency_per_message_s=_num(path, "network.latency_per_message_s", net.get("latency_per_message_s", 5e-6), allow_zero=True),
         collective_overhead_s=_num(path, "network.collective_overhead_s", net.get("collective_overhead_s", 20e-6), allow_zero=True),
+        receiver_wait_s=_num(path, "network.receiver_wait_s", net.get("receiver_wait_s", 0.0), allow_zero=True),
         link_efficiency={str(k): _num(path, f"network.link_efficiency.{k}", v, at_most=1.0) for k, v in eff.items()},
     )
     name = data.get("name") or path.stem

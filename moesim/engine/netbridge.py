@@ -19,7 +19,8 @@ class NetworkBridge:
         self.topology = topology
         self.algorithm = algorithm
         params = NetworkParams(latency_per_message_s=network_profile.latency_per_message_s,
-                               collective_overhead_s=network_profile.collective_overhead_s)
+                               collective_overhead_s=network_profile.collective_overhead_s,
+                               receiver_wait_s=network_profile.receiver_wait_s)
         self.net = FluidNetwork(topology, params)
         self._events: dict = {}
         self._remaining: dict = {}

@@ -12,6 +12,7 @@ a time (runs of ops between two collectives take a single SimPy event).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import simpy
@@ -29,10 +30,13 @@ from moesim.workload.ops import Compute, Launch, Program
 
 @dataclass(frozen=True)
 class SimOptions:
-    """Engine options: ``a2a_algorithm`` direct | 2d; ``bucket_bytes`` gradient bucket size (bytes)."""
+    """Engine options: ``a2a_algorithm`` direct | 2d; ``bucket_bytes`` gradient bucket size (bytes);
+    ``a2a_copies`` measured routing (token copies per forward dispatch, ep x ep), or None to use the
+    config's routing."""
 
     a2a_algorithm: str = "direct"
     bucket_bytes: float = DEFAULT_BUCKET_BYTES
+    a2a_copies: Optional[np.ndarray] = None
 
 
 def _resolve_profiles(topology, profile) -> tuple[dict, np.ndarray, Profile]:
@@ -69,7 +73,7 @@ class Simulation:
         self.models, self.device_of_rank, self.profile = _resolve_profiles(topology, profile)
         # calibrated link rates/latencies and link efficiencies of the profile, per link class
         self.topology = apply_profile_network(topology, self.profile)
-        self.program: Program = build_program(cfg, options.bucket_bytes)
+        self.program: Program = build_program(cfg, options.bucket_bytes, options.a2a_copies)
         self.classes: RankClasses = price_program(self.program, self.models, self.device_of_rank)
 
     # ------------------------------------------------------------------------------------------------

@@ -4,26 +4,33 @@ Collectives start at absolute times (s) and run their stages in order, the first
 ``NetworkParams.collective_overhead_s`` after the start. While a stage sends, each flow has its max-min
 fair rate among all flows then sending, over every collective in flight. A flow's last byte arrives its
 path latency plus ``NetworkParams.latency_per_message_s`` after it was sent; a stage ends when its last
-byte has arrived.
+byte has arrived, and no earlier than ``NetworkParams.receiver_wait_s`` (times its latency steps)
+after it started: a wait that overlaps the transfer instead of adding to it. On links whose bandwidth
+is the CPU's copy rate (``graph.graph["cpu_bound"]`` maps their class to 1: loopback, unshaped
+veth) the copies need the same cores as the wait, so there the floor is the wait plus the stage's
+time alone on its busiest such link.
 
 Rates are re-solved only when the set of sending flows changes: when a stage starts, and when flows
 finish (an All-to-All-v with n distinct flow sizes has up to n such events; a uniform All-to-All has
 one per route class). Solutions are memoised by the set of sending cells, so an All-to-All that recurs
 in every layer is solved once; a memo hit costs a dictionary lookup.
 
-Incast (optional, off unless the topology's ``graph.graph["incast_penalty"]`` maps a link class to a
-penalty ``b > 0``): a link of that class whose sending flows arrive over ``k`` distinct upstream links of
-the same class (its fan-in: e.g. a shaped switch-to-host link fed by ``k`` shaped host uplinks) carries
-``capacity * g(k)`` with ``g(k) = 1 / (1 + b * (k - 1))`` (``g(1) = 1``). This is the TCP goodput lost
-when several separately shaped senders converge on one token bucket. Fan-in counts the flows of every
-stage sending at the time.
+Two-way penalty (optional, off unless the topology's ``graph.graph["two_way_penalty"]`` maps a link
+class to ``b > 0``): a link of that class that carries a flow whose reverse flow (same rank pair,
+opposite direction) is in the same stage carries ``capacity / (1 + b)``. gloo and NCCL-over-sockets
+keep one TCP connection per rank pair; when it carries data both ways through token-bucket FIFOs,
+each direction's ACKs queue behind the other's data and goodput falls (``real_backend.patterns``
+measures it: one-way fan-in, fan-out and rings keep 0.92-1.0 of the rate, two-way exchanges
+0.6-0.8). An All-to-All is two-way; a ring of three or more ranks is not.
 
 Burst (optional, off unless ``graph.graph["burst_bytes"]`` maps a link class to bytes ``B > 0``): a
-token-bucket link that was idle passes its first ``B`` bytes without waiting for tokens. A collective's
-first stage starts with full buckets: each flow's bytes shrink by ``min`` over the burst links of its
-route of ``B / (flows of the stage on that link)`` (the burst is shared evenly by the flows that start
-together; those bytes are taken to pass at line rate, much faster than the token rate). Later stages of
-the same collective follow back to back and find the buckets empty.
+token-bucket link refills its bucket at its rate while idle, up to ``B``, and passes what the bucket
+holds without waiting for tokens. When a stage starts, each such link that no other stage is using
+holds ``min(B, rate * idle time)``; each flow's bytes shrink by ``min`` over the burst links of its
+route of that amount divided by the stage's flows on the link (the burst is shared evenly by the
+flows that start together; those bytes pass at line rate, much faster than the token rate). A
+stage that follows another back to back on the same links finds their buckets empty; collectives
+separated by compute find them refilled.
 """
 from __future__ import annotations
 
@@ -65,20 +72,20 @@ class _CollRun:
         self.stage_ends: list[float] = []
         self.record = record
         self.records: list[tuple[int, Cells, np.ndarray]] = []
-        self.burst_used = False
 
 
 class _StageRun:
     """One run of a stage: per cell the bytes left per flow, whether it still sends, its rate (bytes/s
     per flow), when it will finish sending and when its last byte arrives (absolute s)."""
 
-    def __init__(self, crun: _CollRun, stage: Stage, start: float, labels: np.ndarray, p_sig: bytes):
+    def __init__(self, crun: _CollRun, stage: Stage, start: float, labels: np.ndarray, p_sig: bytes,
+                 floor_s: float = 0.0):
         self.crun, self.stage, self.start = crun, stage, start
         self.labels, self.p_sig = labels, p_sig
         self.cells: Cells | None = None
         self.rem = self.active = self.done = self.rate = self.t_finish = None
         self.sending = True
-        self.max_arrival = start
+        self.max_arrival = start + floor_s  # a stage never ends before its receivers' wait
         self.end_time = math.inf        # set when the last cell has finished sending
         self.projected_end = math.inf   # stage end if no re-solve comes first
 
@@ -119,8 +126,10 @@ class FluidNetwork:
         self.timings: dict[Hashable, CollectiveTiming] = {}
         self._records: dict[Hashable, _CollRun] = {}
         self.stats = {"solves": 0, "memo_hits": 0, "events": 0, "stage_runs": 0}
-        self._incast = incast_penalties(topology)
+        self._two_way = class_values(topology, "two_way_penalty")
         self._burst = class_values(topology, "burst_bytes")
+        self._idle_since = None if self._burst is None else np.full(topology.num_links, -np.inf)
+        self._cpu_bound = class_values(topology, "cpu_bound")
 
     # -- public API ------------------------------------------------------------------------------
     def start(self, collective: Collective, key: Hashable, now: float, *, record_flows: bool = False) -> None:
@@ -274,7 +283,8 @@ class FluidNetwork:
             stage = stages[crun.stage_idx]
             if stage.num_flows > 0 and stage.repeat > 0:
                 labels, p_sig = self._book.own_labels(stage)
-                self._runs.append(_StageRun(crun, stage, t, labels, p_sig))
+                floor = self.params.receiver_wait_s
+                self._runs.append(_StageRun(crun, stage, t, labels, p_sig, floor))
                 self.stats["stage_runs"] += 1
                 self._dirty = True
                 return
@@ -283,6 +293,9 @@ class FluidNetwork:
 
     def _finish_stage(self, r: _StageRun, t: float, done: list) -> None:
         self._runs.remove(r)
+        if self._idle_since is not None and r.cells is not None:
+            links = self._run_links(r)
+            self._idle_since[links] = np.maximum(self._idle_since[links], r.end_time)
         self._account(r)
         crun = r.crun
         crun.stage_ends.append(r.end_time)
@@ -358,7 +371,7 @@ class FluidNetwork:
             self.stats["solves"] += 1
             rows, cols, coef, offsets = self._entries([runs[i] for _, _, i in items])
             lo = self._book.orbits(labels, p_sig)
-            cap = lo.capacity if self._incast is None else self._incast_capacity([runs[i] for _, _, i in items], lo)
+            cap = lo.capacity if self._two_way is None else self._two_way_capacity([runs[i] for _, _, i in items], lo)
             rates = max_min_rates(rows, cols, coef, cap, offsets[-1])
             rates_by_item = [rates[offsets[j]:offsets[j + 1]] for j in range(len(items))]
             self._memoise(key, rates_by_item)
@@ -370,14 +383,13 @@ class FluidNetwork:
             r.t_finish[a] = self.now + r.rem[a] / rate[a]
         self._set_trigger(runs)
 
-    def _incast_capacity(self, runs: list[_StageRun], lo) -> np.ndarray:
-        """Per link orbit: the capacity after the incast goodput factor of its links' fan-in."""
-        pairs = np.unique(np.concatenate([stage_upstream(self._book, self._incast, r.stage) for r in runs]))
-        topo = self.topo
-        fanin = np.bincount(pairs // topo.num_links, minlength=topo.num_links)
-        g = 1.0 / (1.0 + self._incast * np.maximum(fanin - 1, 0))
+    def _two_way_capacity(self, runs: list[_StageRun], lo) -> np.ndarray:
+        """Per link orbit: the capacity after the two-way penalty of the links that carry two-way flows."""
+        links = np.unique(np.concatenate([stage_two_way_links(self._book, self._two_way, r.stage) for r in runs]))
+        g = np.ones(self.topo.num_links)
+        g[links] = 1.0 / (1.0 + self._two_way[links])
         cap = lo.capacity.copy()
-        np.minimum.at(cap, lo.of_link, topo.link_capacity * g)
+        np.minimum.at(cap, lo.of_link, self.topo.link_capacity * g)
         return cap
 
     def _entries(self, runs: list[_StageRun]):
@@ -410,24 +422,52 @@ class FluidNetwork:
         cells = self._book.cells(r.stage, labels, p_sig)
         if r.cells is None:
             r.rem = (np.full(len(cells), r.stage.bytes_per_flow) if cells.nbytes is None else cells.nbytes.copy())
-            if self._burst is not None and not r.crun.burst_used:
-                r.crun.burst_used = True
-                r.rem = np.maximum(r.rem - self._burst_share(cells, labels, p_sig), 1e-9 * r.rem)
+            if self._burst is not None:
+                r.rem = np.maximum(r.rem - self._burst_share(cells, labels, p_sig, self._bucket_levels(r)), 1e-9 * r.rem)
             r.active = np.ones(len(cells), dtype=bool)
             r.done = np.full(len(cells), np.nan)
+            if self.params.receiver_wait_s > 0 and self._cpu_bound is not None:
+                r.max_arrival = max(r.max_arrival, r.start + self.params.receiver_wait_s
+                                    + self._cpu_time(cells, labels, p_sig, r.rem))
         elif cells.orbits is not None and cells is not r.cells:
             idx = self._book.parent_index(r.cells, cells)
             r.rem, r.active, r.done = r.rem[idx], r.active[idx], r.done[idx]
         r.cells, r.labels, r.p_sig = cells, labels, p_sig
 
-    def _burst_share(self, cells: Cells, labels: np.ndarray, p_sig: bytes) -> np.ndarray:
+    def _cpu_time(self, cells: Cells, labels: np.ndarray, p_sig: bytes, nbytes: np.ndarray) -> float:
+        """Seconds the stage's bytes take, alone, on its busiest CPU-bound link (kernel copies)."""
+        lo = self._book.orbits(labels, p_sig)
+        per_link = np.bincount(cells.q_cols, weights=nbytes[cells.q_rows] * cells.q_coef, minlength=len(lo.size))
+        cap = np.zeros(len(lo.size))
+        np.maximum.at(cap, lo.of_link, self.topo.link_capacity)
+        cpu = np.zeros(len(lo.size), dtype=bool)
+        cpu[lo.of_link[self._cpu_bound > 0]] = True
+        t = np.where(cpu & (cap > 0), per_link / np.where(cap > 0, cap, 1.0), 0.0)
+        return float(t.max(initial=0.0))
+
+    def _run_links(self, r: _StageRun) -> np.ndarray:
+        """Links (ids) a bound stage run sends over."""
+        lo = self._book.orbits(r.labels, r.p_sig)
+        return np.flatnonzero(np.isin(lo.of_link, np.unique(r.cells.q_cols)))
+
+    def _bucket_levels(self, starting: _StageRun) -> np.ndarray:
+        """Per link: the bytes its token bucket holds now (0 on links another stage is using)."""
+        level = np.minimum(self._burst, self.topo.link_capacity * np.maximum(self.now - self._idle_since, 0.0))
+        for r in self._runs:
+            if r is not starting and r.cells is not None:
+                level[self._run_links(r)] = 0.0
+        return level
+
+    def _burst_share(self, cells: Cells, labels: np.ndarray, p_sig: bytes, level: np.ndarray) -> np.ndarray:
         """Per cell: the burst bytes each of its flows gets (see the module docstring)."""
         lo = self._book.orbits(labels, p_sig)
-        burst = np.zeros(len(lo.size))
-        burst[lo.of_link] = self._burst
+        burst = np.full(len(lo.size), np.inf)
+        np.minimum.at(burst, lo.of_link, level)
+        bucketed = np.zeros(len(lo.size), dtype=bool)
+        bucketed[lo.of_link[self._burst > 0]] = True
         flows = np.bincount(cells.q_cols, weights=cells.q_coef, minlength=len(lo.size))
         c = cells.q_cols
-        share = np.where((burst[c] > 0) & (flows[c] > 0), burst[c] / np.maximum(flows[c], 1e-300), np.inf)
+        share = np.where(bucketed[c] & (flows[c] > 0), burst[c] / np.maximum(flows[c], 1e-300), np.inf)
         free = np.full(len(cells), np.inf)
         np.minimum.at(free, cells.q_rows, share)
         return np.where(np.isfinite(free), free, 0.0)
@@ -441,11 +481,6 @@ class FluidNetwork:
             self._memo_bytes -= sum(x.nbytes for x in old) + 200
 
 
-def incast_penalties(topo: Topology) -> np.ndarray | None:
-    """Per directed link the incast penalty ``b`` of its class (None when no class has one)."""
-    return class_values(topo, "incast_penalty")
-
-
 def class_values(topo: Topology, attr: str) -> np.ndarray | None:
     """Per directed link the value of ``graph.graph[attr][its class]`` (None when none is positive)."""
     inc = topo.graph.graph.get(attr) or {}
@@ -456,14 +491,12 @@ def class_values(topo: Topology, attr: str) -> np.ndarray | None:
     return b if (b > 0).any() else None
 
 
-def stage_upstream(book: CellBook, penalty: np.ndarray, stage: Stage) -> np.ndarray:
-    """Encoded ``link * num_links + upstream`` pairs of a stage: for every flow and every link on its
-    route with an incast penalty, the previous link of the route when it is of the same class."""
-    cache = book.__dict__.setdefault("_upstream", {})
+def stage_two_way_links(book: CellBook, penalty: np.ndarray, stage: Stage) -> np.ndarray:
+    """Links with a two-way penalty that carry a flow of ``stage`` whose reverse flow is in the stage too."""
+    cache = book.__dict__.setdefault("_two_way", {})
     hit = cache.get(stage.signature)
     if hit is not None:
         return hit
-    topo = book.topo
     if isinstance(stage, UniformStage):
         r = stage.ranks
         s, d = np.repeat(r, len(r)), np.tile(r, len(r))
@@ -471,18 +504,15 @@ def stage_upstream(book: CellBook, penalty: np.ndarray, stage: Stage) -> np.ndar
         s, d = s[keep], d[keep]
     else:
         s, d = stage.cell_src, stage.cell_dst
-    routes = book.router.routes(s, d)
-    links = np.asarray(routes.links, dtype=np.int64)
-    pair = np.repeat(np.arange(len(s)), np.diff(routes.indptr))
-    n_nodes = int(max(topo.link_src.max(), topo.link_dst.max())) + 1 if topo.num_links else 1
-    arrive = pair * n_nodes + topo.link_dst[links]
-    need = pair * n_nodes + topo.link_src[links]
-    order = np.argsort(arrive, kind="stable")
-    pos = np.minimum(np.searchsorted(arrive, need, sorter=order), len(order) - 1) if len(order) else order
-    up = links[order[pos]] if len(order) else links
-    ok = ((arrive[order[pos]] == need) & (penalty[links] > 0)
-          & (topo.link_class_id[up] == topo.link_class_id[links])) if len(order) else np.zeros(0, bool)
-    out = np.unique(links[ok] * topo.num_links + up[ok])
+        n = int(max(s.max(initial=0), d.max(initial=0))) + 1
+        pair = s * n + d
+        keep = np.isin(d * n + s, pair) & (s != d)
+        s, d = s[keep], d[keep]
+    if len(s) == 0:
+        out = np.zeros(0, dtype=np.int64)
+    else:
+        links = np.asarray(book.router.routes(s, d).links, dtype=np.int64)
+        out = np.unique(links[penalty[links] > 0])
     cache[stage.signature] = out
     return out
 

@@ -26,6 +26,7 @@ from moesim.calibrate.profile_io import raw_profile
 from moesim.calibrate.tables import Table, read_table, testbed_of
 from moesim.config import load_config
 from moesim.errors import InputFileError, MoesimError
+from moesim.validate.traffic import measured_dispatch_copies
 from moesim.workload.ops import PHASES
 
 MANIFEST = "manifest.json"
@@ -123,8 +124,11 @@ def _label(cfg, tb: dict) -> str:
 
 
 def validate(paths: Sequence[str | os.PathLike], profile: str | None = None, topology: str | None = None,
-             bucket_bytes: float = REAL_BACKEND_BUCKET_BYTES) -> dict:
-    """Simulate every run and compare. Returns a JSON-able report (see :func:`summarise`)."""
+             bucket_bytes: float = REAL_BACKEND_BUCKET_BYTES, measured_traffic: bool = True) -> dict:
+    """Simulate every run and compare. Returns a JSON-able report (see :func:`summarise`).
+
+    ``measured_traffic``: replay each run's measured All-to-All traffic (:mod:`.traffic`) instead
+    of the config's routing."""
     from moesim.engine import SimOptions, simulate
     camp = resolve_inputs(paths)
     prof_ref = profile or camp.profile
@@ -142,7 +146,10 @@ def validate(paths: Sequence[str | os.PathLike], profile: str | None = None, top
         if cfg.world_size != topo.num_gpus:
             raise InputFileError(spec.path, f"the run used {cfg.world_size} ranks but its topology "
                                             f"({topo_src}) has {topo.num_gpus} GPUs")
-        res = simulate(cfg, topo, prof, SimOptions(bucket_bytes=bucket_bytes))
+        copies = None
+        if measured_traffic and cfg.is_moe and cfg.parallel.ep > 1:
+            copies = measured_dispatch_copies(table, cfg.parallel.ep, cfg.a2a_dim, cfg.model.dtype_bytes)
+        res = simulate(cfg, topo, prof, SimOptions(bucket_bytes=bucket_bytes, a2a_copies=copies))
         meas_step, meas_ph, steps = measured_times(table)
         pred_ph = res.breakdown_s
         phases = {}

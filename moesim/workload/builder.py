@@ -27,7 +27,7 @@ DEFAULT_BUCKET_BYTES = 25e6
 
 
 class _Builder:
-    def __init__(self, cfg: Config, bucket_bytes: float):
+    def __init__(self, cfg: Config, bucket_bytes: float, a2a_copies: np.ndarray | None = None):
         self.cfg = cfg
         self.bucket_bytes = bucket_bytes
         m, p = cfg.model, cfg.parallel
@@ -48,10 +48,15 @@ class _Builder:
         if cfg.is_moe:
             plan = plan_routing(cfg, self.Tm)
             pos = (np.arange(self.world) // self.tp) % self.ep     # rank's position in its ep group
-            self.expert_m = plan.per_expert[pos]                    # (world, local experts) copies
-            self.a2a_matrix = plan.matrix * cfg.a2a_dim * self.B   # bytes, [src pos, dst pos]
-            self.routed_copies = plan.matrix.sum(axis=1)[pos]      # copies each rank permutes
-            self.prog.info["dropped_fraction"] = plan.dropped_fraction
+            matrix, per_expert = plan.matrix, plan.per_expert
+            if a2a_copies is not None:
+                matrix, per_expert = _measured_routing(a2a_copies, self.ep, cfg.moe.experts // self.ep)
+                self.prog.info["routing"] = "measured token copies per dispatch"
+            self.expert_m = per_expert[pos]                         # (world, local experts) copies
+            self.a2a_matrix = matrix * cfg.a2a_dim * self.B        # bytes, [src pos, dst pos]
+            self.routed_copies = matrix.sum(axis=1)[pos]           # copies each rank permutes
+            self.prog.info["dropped_fraction"] = plan.dropped_fraction if a2a_copies is None else float(
+                max(0.0, 1.0 - matrix.sum() / (self.ep * self.Tm * cfg.moe.top_k)))
         self._bucket = {"dp": 0.0, "edp": 0.0}
         self._pending: list[int] = []
 
@@ -242,6 +247,20 @@ class _Builder:
         return self.prog
 
 
-def build_program(cfg: Config, bucket_bytes: float = DEFAULT_BUCKET_BYTES) -> Program:
-    """The operation graph of one step of ``cfg`` (train iteration, prefill or decode step)."""
-    return _Builder(cfg, bucket_bytes).build()
+def _measured_routing(copies: np.ndarray, ep: int, local: int) -> tuple[np.ndarray, np.ndarray]:
+    """(matrix, per_expert) from a measured dispatch matrix of token copies ``[src pos, dst pos]``
+    (one ep group); a rank's copies are spread evenly over its local experts."""
+    m = np.asarray(copies, dtype=float)
+    if m.shape != (ep, ep) or not np.all(np.isfinite(m)) or (m < 0).any():
+        raise ValueError(f"a2a_copies must be a finite, non-negative {ep}x{ep} matrix (ep x ep), got shape {m.shape}")
+    per_expert = np.repeat((m.sum(axis=0) / local)[:, None], local, axis=1)
+    return m, per_expert
+
+
+def build_program(cfg: Config, bucket_bytes: float = DEFAULT_BUCKET_BYTES,
+                  a2a_copies: np.ndarray | None = None) -> Program:
+    """The operation graph of one step of ``cfg`` (train iteration, prefill or decode step).
+
+    ``a2a_copies``: optional measured routing, token copies per forward dispatch ``[src, dst]``
+    within one ep group (every ep group and layer alike), in place of ``cfg.moe.routing``."""
+    return _Builder(cfg, bucket_bytes, a2a_copies).build()

@@ -1,0 +1,146 @@
+"""Goodput of point-to-point traffic patterns: which traffic loses throughput on shaped links.
+
+    python -m real_backend.testbed --hosts 4 --ranks-per-host 1 --rate 150mbit -- \\
+        patterns --out calibration/measurements/patterns-4x1-150mbit.csv
+
+Each pattern is a set of (src, dst) rank pairs that send ``--bytes`` each at once with gloo
+``isend``/``irecv`` (gloo keeps one TCP connection per rank pair, in both directions), framed by
+barriers after ``--gap`` seconds of idle link (token buckets full again); plus ``all_to_all`` with
+``all_to_all_single`` and equal splits. Rank 0 writes one row per pattern and repetition: seconds,
+bytes on the busiest host link (``bottleneck_bytes``: the most any one host sends or receives to
+or from other hosts) and, on a shaped testbed, ``goodput`` = bottleneck bytes / seconds / tc rate.
+
+Patterns (ranks are hosts when each host holds one rank): ``single`` 0->1; ``pair_two_way`` 0<->1
+on one connection; ``fan_in`` all -> 0; ``fan_out`` 0 -> all; ``ring`` i -> i+1; ``exchange`` every
+ordered pair (the All-to-All's traffic, posted as point-to-point); ``all_to_all``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Optional
+
+PROG = "real_backend.patterns"
+COLUMNS = ("pattern", "rep", "ranks", "bytes_per_pair", "pairs", "bottleneck_bytes", "seconds", "goodput",
+           "rate_bits", "run_id", "host", "backend", "world_size")
+
+
+def _pairs(name: str, n: int) -> list[tuple[int, int]]:
+    if name == "single":
+        return [(0, 1)]
+    if name == "pair_two_way":
+        return [(0, 1), (1, 0)]
+    if name == "fan_in":
+        return [(i, 0) for i in range(1, n)]
+    if name == "fan_out":
+        return [(0, i) for i in range(1, n)]
+    if name == "ring":
+        return [(i, (i + 1) % n) for i in range(n)]
+    if name in ("exchange", "all_to_all"):
+        return [(i, j) for i in range(n) for j in range(n) if i != j]
+    raise ValueError(name)
+
+
+PATTERNS = ("single", "pair_two_way", "fan_in", "fan_out", "ring", "exchange", "all_to_all")
+
+
+def bottleneck_bytes(pairs: list[tuple[int, int]], nbytes: int, host_of) -> int:
+    """The most bytes any host sends to, or receives from, other hosts."""
+    up: dict[int, int] = {}
+    down: dict[int, int] = {}
+    for s, d in pairs:
+        if host_of(s) != host_of(d):
+            up[host_of(s)] = up.get(host_of(s), 0) + nbytes
+            down[host_of(d)] = down.get(host_of(d), 0) + nbytes
+    return max([*up.values(), *down.values(), 0])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True, help="output CSV (rank 0, atomic)")
+    ap.add_argument("--bytes", type=int, default=1 << 20, help="bytes per rank pair (default 1 MiB)")
+    ap.add_argument("--reps", type=int, default=5, help="recorded repetitions per pattern (default 5)")
+    ap.add_argument("--warmup", type=int, default=1, help="unrecorded repetitions first (default 1)")
+    ap.add_argument("--gap", type=float, default=0.05, help="idle seconds before each repetition (default 0.05)")
+    ap.add_argument("--patterns", default=",".join(PATTERNS), help=f"comma list of {', '.join(PATTERNS)}")
+    ap.add_argument("--timeout", type=float, default=300.0, help="collective timeout seconds")
+    return ap
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    names = [p.strip() for p in args.patterns.split(",") if p.strip()]
+    bad = [p for p in names if p not in PATTERNS]
+    if bad or args.bytes < 4 or args.reps < 1 or args.warmup < 0 or args.gap < 0:
+        print(f"{PROG}: error: " + (f"unknown pattern(s) {bad}" if bad else
+                                    "--bytes >= 4, --reps >= 1, --warmup >= 0, --gap >= 0"), file=sys.stderr)
+        return 2
+    import torch
+    import torch.distributed as dist
+
+    from real_backend.parallel import finish_process_group, init_distributed, torch_meta
+    from real_backend.results import write_table
+
+    backend, _ = init_distributed(args.timeout, backend="gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if world < 2:
+        print(f"{PROG}: error: needs at least 2 ranks (run it under real_backend.testbed or torchrun)", file=sys.stderr)
+        return 2
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    host_of = lambda r: r // local  # noqa: E731
+    tb = os.environ.get("MOESIM_TESTBED")
+    import json
+    rate_bits = (json.loads(tb).get("rate_bits") or 0.0) if tb else 0.0
+    elems = args.bytes // 4
+    send = torch.ones(elems)
+    recv = [torch.empty(elems) for _ in range(world)]
+    a2a_in, a2a_out = torch.ones(elems * world), torch.empty(elems * world)
+    rows = []
+    for name in names:
+        pairs = _pairs(name, world)
+        bneck = bottleneck_bytes(pairs, elems * 4, host_of)
+        for rep in range(args.warmup + args.reps):
+            dist.barrier()
+            time.sleep(args.gap)
+            dist.barrier()
+            t0 = time.perf_counter()
+            if name == "all_to_all":
+                dist.all_to_all_single(a2a_out, a2a_in)
+            else:
+                reqs = []
+                for s, d in pairs:
+                    if s == rank:
+                        reqs.append(dist.isend(send, d, tag=s * world + d))
+                    if d == rank:
+                        reqs.append(dist.irecv(recv[s], s, tag=s * world + d))
+                for q in reqs:
+                    q.wait()
+            dist.barrier()
+            dt = time.perf_counter() - t0
+            if rep >= args.warmup and rank == 0:
+                rows.append({"pattern": name, "rep": rep - args.warmup, "ranks": world, "bytes_per_pair": elems * 4,
+                             "pairs": len(pairs), "bottleneck_bytes": bneck, "seconds": dt,
+                             "goodput": (bneck / dt / (rate_bits / 8.0)) if rate_bits and bneck else None,
+                             "rate_bits": rate_bits or None, "world_size": world, "backend": backend})
+    if rank == 0:
+        meta = torch_meta("patterns", backend, "cpu", argv=list(argv if argv is not None else sys.argv[1:]),
+                          local_world_size=local)
+        for r in rows:
+            r.update(run_id=meta["run_id"], host=meta["host"])
+        write_table(args.out, COLUMNS, rows, meta)
+        med = {}
+        for r in rows:
+            med.setdefault(r["pattern"], []).append(r)
+        for name, rs in med.items():
+            rs.sort(key=lambda r: r["seconds"])
+            m = rs[len(rs) // 2]
+            gp = f", goodput {m['goodput']:.2f} of the rate" if m["goodput"] else ""
+            print(f"{PROG}: {name:13s} {m['seconds'] * 1e3:8.1f} ms{gp}", flush=True)
+    finish_process_group(PROG)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""What the validation replays and fits beyond the microbenchmarks: measured All-to-All traffic,
+the recorded CPU peak of the GEMM tables, the traffic-pattern probe."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from moesim.calibrate.core import recorded_peak
+from moesim.calibrate.tables import read_table
+from moesim.config import load_config
+from moesim.errors import InputFileError
+from moesim.validate.traffic import _ipf, measured_dispatch_copies
+from moesim.workload import build_program
+from real_backend.patterns import PATTERNS, _pairs, bottleneck_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
+VAL = ROOT / "calibration" / "validation"
+
+
+def _margins(table, phase):
+    df = table.df
+    x = df[(df["phase"] == phase) & (df["direction"] == "fwd")]
+    x = x.assign(b=x["bytes"] / x["count"], r=x["bytes_remote"] / x["count"])
+    g = x.groupby(["step", "rank"])[["b", "r"]].sum().groupby(level="rank").mean()
+    return g["b"].to_numpy(), g["r"].to_numpy()
+
+
+@pytest.mark.parametrize("name", ["4x1-150mbit-cdac-k8.csv", "2x2-400mbit-dcca-k2.csv"])
+def test_measured_traffic_keeps_what_each_rank_sent_kept_and_received(name):
+    t = read_table(VAL / name, expect="run")
+    cfg = load_config(t.meta["config"])
+    per_copy = cfg.a2a_dim * cfg.model.dtype_bytes
+    m = measured_dispatch_copies(t, cfg.parallel.ep, cfg.a2a_dim, cfg.model.dtype_bytes) * per_copy
+    sent, sent_remote = _margins(t, "dispatch")
+    received, _ = _margins(t, "combine")
+    assert np.allclose(np.diag(m), sent - sent_remote, rtol=1e-9)
+    assert np.allclose(m.sum(axis=1), sent, rtol=1e-6)
+    # columns: what each rank received (scaled by < 0.1% so rows and columns carry the same total)
+    assert np.allclose(m.sum(axis=0), received, rtol=2e-3)
+    assert (m >= 0).all()
+    # the real router is not uniform: the busiest rank sends or receives more than the mean
+    off = m - np.diag(np.diag(m))
+    assert max(off.sum(axis=1).max(), off.sum(axis=0).max()) > 1.01 * off.sum(axis=1).mean()
+
+
+def test_ipf_matches_margins_on_the_off_diagonal():
+    rows, cols = np.array([3.0, 5.0, 4.0]), np.array([4.0, 4.0, 4.0])
+    m = _ipf(rows, cols, ~np.eye(3, dtype=bool))
+    assert np.allclose(m.sum(axis=1), rows) and np.allclose(m.sum(axis=0), cols)
+    assert np.allclose(np.diag(m), 0.0)
+
+
+def test_measured_traffic_drives_the_dispatch_collectives():
+    cfg = load_config(str(ROOT / "real_backend/configs/small-gpt.yaml"), ["parallel.ep=4", "moe.experts=16"])
+    copies = np.array([[10.0, 20, 30, 40], [5, 5, 5, 5], [0, 1, 2, 3], [7, 7, 7, 7]])
+    prog = build_program(cfg, a2a_copies=copies)
+    per_copy = cfg.a2a_dim * cfg.model.dtype_bytes
+    disp = [c for c in prog.collectives.values() if c.name == "dispatch" and c.direction == "fwd"]
+    assert disp and np.allclose(disp[0].matrix, copies * per_copy)
+    assert prog.info["routing"].startswith("measured")
+    with pytest.raises(ValueError, match="4x4"):
+        build_program(cfg, a2a_copies=np.ones((3, 3)))
+
+
+def test_measured_traffic_rejects_inconsistent_tables(tmp_path):
+    t = read_table(VAL / "4x1-150mbit-cdac-k8.csv", expect="run")
+    t.df.loc[t.df["phase"] == "dispatch", "bytes_remote"] = t.df["bytes"] * 2
+    with pytest.raises(InputFileError, match="inconsistent"):
+        measured_dispatch_copies(t, 4, 256, 4)
+    with pytest.raises(InputFileError, match="ep = world"):
+        measured_dispatch_copies(t, 2, 256, 4)
+
+
+def test_gemm_peak_is_the_measuring_machines_not_the_fitters():
+    mdir = ROOT / "calibration" / "measurements"
+    files = sorted(mdir.glob("*.csv"))
+    tables = [read_table(f) for f in files if f.name.startswith("gemm")]
+    peak, note = recorded_peak(tables, files)
+    manifest = json.loads((mdir / "manifest.json").read_text())
+    assert peak == manifest["campaign"]["machine"]["peak_flops_per_core"]
+    assert "recorded in manifest.json" in note
+    # a table that records its own peak wins over the manifest
+    tables[0].meta["cpu_peak_flops_per_core"], tables[0].meta["cpu_peak_flops_from"] = 1.5e11, "test"
+    assert recorded_peak(tables[:1], files)[0] == 1.5e11
+
+
+def test_pattern_bottlenecks_closed_form():
+    host = lambda r: r  # noqa: E731 - one rank per host
+    nb = 100
+    assert bottleneck_bytes(_pairs("single", 4), nb, host) == nb
+    assert bottleneck_bytes(_pairs("pair_two_way", 4), nb, host) == nb
+    assert bottleneck_bytes(_pairs("fan_in", 4), nb, host) == 3 * nb
+    assert bottleneck_bytes(_pairs("ring", 4), nb, host) == nb
+    assert bottleneck_bytes(_pairs("all_to_all", 4), nb, host) == 3 * nb
+    # 2 hosts x 2 ranks: same-host pairs use no host link
+    assert bottleneck_bytes(_pairs("all_to_all", 4), nb, lambda r: r // 2) == 4 * nb
+    assert bottleneck_bytes(_pairs("single", 4), nb, lambda r: r // 2) == 0
+
+
+@pytest.mark.torch
+def test_patterns_probe_runs_on_real_gloo(tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "pat.csv"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "real_backend.patterns", "--out", str(out), "--bytes", "65536", "--reps", "2",
+                          "--gap", "0", "--patterns", "single,pair_two_way,all_to_all"],
+                         capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    from real_backend.results import read_table as rb_read
+    df, meta = rb_read(out)
+    assert meta["kind"] == "patterns" and meta["world_size"] == 2
+    assert set(df["pattern"]) == {"single", "pair_two_way", "all_to_all"} and len(df) == 6
+    assert (df["seconds"] > 0).all() and df["goodput"].isna().all()      # not shaped: no rate to compare
+    assert set(PATTERNS) >= set(df["pattern"])
+
+
+def test_insitu_fit_recovers_a_known_wait_and_two_way_penalty(tmp_path):
+    """Fit runs whose step times are the simulator's own at (wait, b) = (6 ms, 0.35): the in-situ
+    fit finds them again (on the real runs' measured traffic)."""
+    import copy
+
+    import pandas as pd
+    import yaml
+
+    from moesim.calibrate.core import Calibration
+    from moesim.calibrate.insitu import _Run, fit_insitu
+    base = yaml.safe_load((ROOT / "calibration" / "cpu-testbed.yaml").read_text())
+    prof = copy.deepcopy(base)
+    for key in ("two_way_penalty", "burst_s"):
+        prof["calibration"]["links"]["nic"].pop(key, None)
+    prof["network"]["receiver_wait_s"] = 0.0
+    paths = []
+    for name in ("4x1-150mbit-cdac-k4.csv", "4x1-none-dcca-k4.csv"):
+        src = VAL / name
+        truth = _Run(src, 64 * 2**20).step(base, 0.006, 0.35, 0.005)
+        lines = src.read_text().splitlines(keepends=True)
+        df = pd.read_csv(src, skiprows=2)
+        df.loc[df["phase"] == "step", "seconds"] = truth
+        dst = tmp_path / name
+        dst.write_text("".join(lines[:2]) + df.to_csv(index=False))
+        (tmp_path / name.replace(".csv", ".topology.json")).write_text(
+            (VAL / name.replace(".csv", ".topology.json")).read_text())
+        paths.append(dst)
+    cal = fit_insitu(Calibration(profile=prof, compute=None, contention=None, network=None), paths,
+                     burst_fractions=(0.0, 1.0), penalty_grid=(0.0, 0.2, 0.35, 0.5))
+    ins = cal.profile["calibration"]["insitu"]
+    assert ins["receiver_wait_s"] == pytest.approx(0.006, abs=4e-4)
+    assert ins["nic_two_way_penalty"] == pytest.approx(0.35, abs=0.03)
+    assert cal.profile["calibration"]["links"]["nic"]["burst_s"] == 0.005
+    assert ins["residuals"]["max_error"] < 0.01
+
+
+def test_tables_without_byte_counts_fall_back_to_the_config_routing():
+    t = read_table(VAL / "4x1-150mbit-cdac-k8.csv", expect="run")
+    t.df["bytes"] = np.nan
+    assert measured_dispatch_copies(t, 4, 256, 4) is None
+    t = read_table(VAL / "4x1-150mbit-cdac-k8.csv", expect="run")
+    t.df.loc[(t.df["phase"] == "combine") & (t.df["rank"] == 2), "bytes"] = np.nan
+    with pytest.raises(InputFileError, match="missing or negative"):
+        measured_dispatch_copies(t, 4, 256, 4)
