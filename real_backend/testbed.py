@@ -41,8 +41,8 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from moesim.calibrate.netmodel import TESTBED_TBF_BURST_S, TESTBED_TBF_MIN_BURST_BYTES
 from moesim.errors import MoesimError
+from moesim.testbed_shaping import TBF_BURST_S, TBF_MIN_BURST_BYTES, TBF_QUEUE_S
 from real_backend.watchdog import pid_alive as _pid_alive
 
 PROG = "real_backend.testbed"
@@ -189,9 +189,9 @@ class Testbed:
     def _shape(self, ns: str, dev: str) -> None:
         rate_bytes = self.rate / 8
         # burst: >= 64 KiB (veth GSO segments) and ~5 ms at the rate; queue <= 100 ms
-        burst = int(max(TESTBED_TBF_MIN_BURST_BYTES, rate_bytes * TESTBED_TBF_BURST_S))
+        burst = int(max(TBF_MIN_BURST_BYTES, rate_bytes * TBF_BURST_S))
         _sh(["ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root", "tbf",
-             "rate", f"{int(self.rate)}bit", "burst", str(burst), "latency", "100ms"])
+             "rate", f"{int(self.rate)}bit", "burst", str(burst), "latency", f"{TBF_QUEUE_S * 1e3:g}ms"])
 
     def setup(self) -> None:
         check_prerequisites()

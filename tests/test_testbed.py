@@ -80,14 +80,31 @@ def test_parse_rate():
         parse_rate("fast")
 
 
+def _readable_by_others(*paths: Path) -> bool:
+    """Whether a user other than root can enter every directory down to each of ``paths``."""
+    for p in paths:
+        for d in [p.resolve(), *p.resolve().parents]:
+            if d.is_dir() and not (d.stat().st_mode & 0o001):
+                return False
+    return True
+
+
 def test_refuses_without_root_or_iproute2(tmp_path):
     setpriv = shutil.which("setpriv")
     args = ["--hosts", "2", "--", "microbench", "--out", str(tmp_path / "x.csv")]
-    if os.geteuid() == 0 and setpriv:
+    if os.geteuid() == 0 and setpriv and _readable_by_others(Path(sys.prefix), REPO, Path(os.path.realpath(sys.executable)).parent):
         r = subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
                             "real_backend.testbed", *args], capture_output=True, text=True, timeout=60,
                            env=_env(), cwd="/")
         assert r.returncode == 2 and "needs root" in r.stderr, r.stderr
+    elif os.geteuid() == 0:
+        # the checkout or venv sits below a directory only root may enter (a 0700 mktemp clone):
+        # an unprivileged process could not even import the launcher, so check its refusal in-process
+        from unittest import mock
+
+        from real_backend import testbed as tb
+        with mock.patch.object(tb.os, "geteuid", return_value=65534), pytest.raises(tb.TestbedError, match="needs root"):
+            tb.check_prerequisites()
     elif os.geteuid() != 0:
         r = _testbed(args)
         assert r.returncode == 2 and "needs root" in r.stderr

@@ -236,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top-k", default=",".join(map(str, TOP_KS)))
     ap.add_argument("--fit-top-k", default="4", help="top-k values whose testbed runs are fit configurations")
     ap.add_argument("--tbf-effects", action="store_true",
-                    help="also fit the nic two-way penalty and token-bucket burst (off: pure-rate links)")
+                    help="let the network microbenchmark fit choose a two-way penalty and burst too, so that "
+                         "efficiency and latencies are fitted beside them (the in-situ fit on the fit runs "
+                         "then sets both; off: pure-rate links in the microbenchmark fit)")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--reps", type=int, default=7, help="microbenchmark repetitions")

@@ -163,7 +163,7 @@ class NetworkFit:
 
 def _rows_features(coll: pd.DataFrame, nic_two_way: float = 0.0, burst_s: float = 0.0,
                    cache: dict | None = None) -> list:
-    """Per row the simulator's features; incast and burst act on shaped (tc tbf) rows only."""
+    """Per row the simulator's features; the two-way penalty and burst act on shaped (tc tbf) rows only."""
     cache = {} if cache is None else cache
     feats = []
     for r in coll.itertuples(index=False):

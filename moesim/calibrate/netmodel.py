@@ -32,13 +32,12 @@ from moesim.network import FluidNetwork, NetworkParams
 from moesim.network import collectives as C
 from moesim.network.stages import Collective
 from moesim.topology.generators import emulated_testbed
+from moesim.testbed_shaping import TBF_BURST_S
 from moesim.topology.model import Topology
 
 CLASSES = ("nic", "loopback")
-#: the testbed's tc tbf bucket, in seconds at the rate (``real_backend.testbed`` shapes with
-#: ``burst = max(TESTBED_TBF_MIN_BURST_BYTES, TESTBED_TBF_BURST_S * rate)``)
-TESTBED_TBF_BURST_S = 0.005
-TESTBED_TBF_MIN_BURST_BYTES = 64 * 1024
+#: the testbed's tc tbf bucket, in seconds at the rate (see :mod:`moesim.testbed_shaping`)
+TESTBED_TBF_BURST_S = TBF_BURST_S
 BIG = 1e30
 
 
