@@ -88,6 +88,7 @@ class _StageRun:
         self.max_arrival = start + floor_s  # a stage never ends before its receivers' wait
         self.end_time = math.inf        # set when the last cell has finished sending
         self.projected_end = math.inf   # stage end if no re-solve comes first
+        self.links: np.ndarray | None = None  # links it sends over (token-bucket bookkeeping)
 
     def bytes_per_flow(self) -> np.ndarray:
         c = self.cells
@@ -446,9 +447,11 @@ class FluidNetwork:
         return float(t.max(initial=0.0))
 
     def _run_links(self, r: _StageRun) -> np.ndarray:
-        """Links (ids) a bound stage run sends over."""
-        lo = self._book.orbits(r.labels, r.p_sig)
-        return np.flatnonzero(np.isin(lo.of_link, np.unique(r.cells.q_cols)))
+        """Links (ids) a bound stage run sends over (computed once per run: relabelling keeps them)."""
+        if r.links is None:
+            lo = self._book.orbits(r.labels, r.p_sig)
+            r.links = np.flatnonzero(np.isin(lo.of_link, np.unique(r.cells.q_cols)))
+        return r.links
 
     def _bucket_levels(self, starting: _StageRun) -> np.ndarray:
         """Per link: the bytes its token bucket holds now (0 on links another stage is using)."""
