@@ -294,7 +294,7 @@ def compare_repeat(rdir: Path, vdir: Path) -> int:
 
 
 def finish(args, log, out: Path, mdir: Path, vdir: Path) -> int:
-    """Fit the profile from the measurements (+ the in-situ latency from the fit runs) and write the
+    """Fit the profile from the measurements (+ the in-situ fit on the fit runs) and write the
     validation manifest; then print the validation."""
     from moesim.calibrate import calibrate, write_profile
     from moesim.calibrate.insitu import fit_insitu

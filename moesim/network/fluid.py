@@ -4,8 +4,8 @@ Collectives start at absolute times (s) and run their stages in order, the first
 ``NetworkParams.collective_overhead_s`` after the start. While a stage sends, each flow has its max-min
 fair rate among all flows then sending, over every collective in flight. A flow's last byte arrives its
 path latency plus ``NetworkParams.latency_per_message_s`` after it was sent; a stage ends when its last
-byte has arrived, and no earlier than ``NetworkParams.receiver_wait_s`` (times its latency steps)
-after it started: a wait that overlaps the transfer instead of adding to it. On links whose bandwidth
+byte has arrived, and no earlier than ``NetworkParams.receiver_wait_s`` after it started (once per
+stage, a pipelined ring included): a wait that overlaps the transfer instead of adding to it. On links whose bandwidth
 is the CPU's copy rate (``graph.graph["cpu_bound"]`` maps their class to 1: loopback, unshaped
 veth) the copies need the same cores as the wait, so there the floor is the wait plus the stage's
 time alone on its busiest such link.
@@ -284,8 +284,7 @@ class FluidNetwork:
             stage = stages[crun.stage_idx]
             if stage.num_flows > 0 and stage.repeat > 0:
                 labels, p_sig = self._book.own_labels(stage)
-                floor = self.params.receiver_wait_s
-                self._runs.append(_StageRun(crun, stage, t, labels, p_sig, floor))
+                self._runs.append(_StageRun(crun, stage, t, labels, p_sig, self.params.receiver_wait_s))
                 self.stats["stage_runs"] += 1
                 self._dirty = True
                 return

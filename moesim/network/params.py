@@ -10,7 +10,7 @@ class NetworkParams:
     """latency_per_message_s: added to every flow's path latency (s), the alpha of an alpha-beta model.
     collective_overhead_s: launch overhead before a collective's first stage (s).
     receiver_wait_s: the least time a message takes from its stage's start (s), overlapped with its
-    transfer (a pipelined ring pays it once per step): the wait for a receiver that is descheduled
+    transfer (once per stage, a pipelined ring included): the wait for a receiver that is descheduled
     while the kernel already buffers its data (oversubscribed cores). 0 = off.
     The defaults are typical values; calibration profiles supply measured ones."""
     latency_per_message_s: float = 5e-6
