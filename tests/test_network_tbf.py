@@ -58,6 +58,31 @@ def test_two_way_exchange_runs_at_rate_over_one_plus_b(b):
     assert _time(_topo(two_way_penalty={"nic": b}), a2a) == pytest.approx(base * (1 + b), rel=1e-9)
 
 
+@pytest.mark.parametrize("b,c", [(0.1, 0.2), (0.3, 0.05)])
+def test_peer_penalty_grows_with_the_peer_hosts_a_link_exchanges_with(b, c):
+    """rate / (1 + b + c (k - 1)): a pair exchange (k = 1) is untouched by c; an All-to-All among
+    4 hosts has each host link exchanging with 3 peer hosts' links (k = 3); among 3 hosts k = 2."""
+    nbytes = 1e6
+    both = dict(two_way_penalty={"nic": b}, peer_penalty={"nic": c})
+    pair = C.p2p([0, 1], [1, 0], nbytes)
+    assert _time(_topo(**both), pair) == pytest.approx(nbytes * (1 + b) / CAP, rel=1e-9)
+    for hosts in (3, 4):
+        a2a = C.all_to_all(list(range(hosts)), hosts * nbytes)
+        base = _time(_topo(hosts), a2a)
+        assert _time(_topo(hosts, **both), a2a) == pytest.approx(base * (1 + b + c * (hosts - 2)), rel=1e-9)
+    # c alone does nothing (it scales the two-way penalty's links), and one-way traffic stays free
+    assert _time(_topo(peer_penalty={"nic": 0.5}), C.all_to_all(list(range(4)), 4 * nbytes)) == pytest.approx(
+        _time(_topo(), C.all_to_all(list(range(4)), 4 * nbytes)), rel=1e-9)
+    fan_in = C.p2p([1, 2, 3], [0, 0, 0], nbytes)
+    assert _time(_topo(**both), fan_in) == pytest.approx(_time(_topo(), fan_in), rel=1e-9)
+    # the calibrated link parameters carry c to the topology, on shaped links only
+    lp = LinkParams(efficiency=1.0, max_bandwidth=1e9, two_way_penalty=b, peer_penalty=c)
+    assert LinkParams.from_dict(lp.to_dict()) == lp
+    g = effective_topology(Topology(NM.testbed_graph(4, 1, 8e6)), {"nic": lp}).graph.graph
+    assert g["peer_penalty"] == {"nic": c} and g["two_way_penalty"] == {"nic": b}
+    assert "peer_penalty" not in effective_topology(Topology(NM.testbed_graph(4, 1, None)), {"nic": lp}).graph.graph
+
+
 def test_one_way_patterns_are_free_and_absent_by_default():
     t = _topo(two_way_penalty={"nic": 0.5})
     for coll in (C.p2p([1], [0], 1e6), C.p2p([1, 2, 3], [0, 0, 0], 1e6), C.p2p([0, 0, 0], [1, 2, 3], 1e6),

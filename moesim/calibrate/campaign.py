@@ -2,14 +2,17 @@
 
     sudo python -m moesim.calibrate.campaign --out calibration/
 
-It needs root, iproute2 (ip, tc) and torch, and takes about half an hour on 2 cores. Steps:
+It needs root, iproute2 (ip, tc) and torch, and takes about an hour on 2 cores (three rounds of
+validation runs). Steps:
 
 1. measurements (``<out>/measurements/``): GEMMs and memory ops on one process, GEMMs on 4
    processes at once (the core share), single-process training steps of the campaign model
    (framework overhead), All-to-All and all-reduce microbenchmarks on every testbed (2 hosts x 2
    ranks and 4 hosts x 1 rank at each rate); ``manifest.json`` records commands and load;
 2. validation runs (``<out>/validation/``): the campaign model on every testbed, CDAC and DCCA,
-   top-k 2, 4 and 8, with each run's topology; the runs whose top-k is in ``--fit-top-k`` are the
+   top-k 2, 4 and 8, with each run's topology, in ``--repeats`` whole rounds (``<config>-r<round>``;
+   one round alone runs as ``<config>``), so that each configuration is judged on the median of
+   its runs; the runs whose top-k is in ``--fit-top-k`` are the
    fit configurations (they calibrate the receiver wait and the two-way goodput penalty, see
    ``moesim.calibrate.insitu``),
    the others are held out;
@@ -196,19 +199,27 @@ def validation_runs(args, log, vdir: Path) -> list[dict]:
     vdir.mkdir(parents=True, exist_ok=True)
     log("validation runs on the testbed")
     runs = []
-    for hosts, rph in SHAPES:
-        for rate in args.rates:
-            for k in args.top_k:
-                for s in STRUCTURES:
-                    name = f"{hosts}x{rph}-{rate}-{s}-k{k}"
-                    out = vdir / f"{name}.csv"
-                    rec = r.testbed(hosts, rph, rate, "run", [*model_args(s, k), "--steps", str(args.steps),
-                                                              "--warmup", str(args.warmup)], out)
-                    runs.append({"file": out.name, "topology": f"{name}.topology.json",
-                                 "role": "fit" if k in args.fit_top_k else "heldout",
-                                 "testbed": {"hosts": hosts, "ranks_per_host": rph, "rate": rate},
-                                 "structure": s, "top_k": k, "command": rec["command"],
-                                 "loadavg_before": rec["loadavg_before"], "loadavg_after": rec["loadavg_after"]})
+    repeats = max(1, int(getattr(args, "repeats", 1)))
+    # whole rounds one after another, so that slow drift of the machine touches every configuration
+    # alike; a configuration's CDAC and DCCA runs follow each other (their speedup is a paired ratio)
+    for rep in range(1, repeats + 1):
+        if repeats > 1:
+            log(f"  round {rep} of {repeats}")
+        for hosts, rph in SHAPES:
+            for rate in args.rates:
+                for k in args.top_k:
+                    for s in STRUCTURES:
+                        config = f"{hosts}x{rph}-{rate}-{s}-k{k}"
+                        name = f"{config}-r{rep}" if repeats > 1 else config
+                        out = vdir / f"{name}.csv"
+                        rec = r.testbed(hosts, rph, rate, "run", [*model_args(s, k), "--steps", str(args.steps),
+                                                                  "--warmup", str(args.warmup)], out)
+                        runs.append({"file": out.name, "topology": f"{name}.topology.json", "config": config,
+                                     "repeat": rep, "role": "fit" if k in args.fit_top_k else "heldout",
+                                     "testbed": {"hosts": hosts, "ranks_per_host": rph, "rate": rate},
+                                     "structure": s, "top_k": k, "command": rec["command"],
+                                     "loadavg_before": rec["loadavg_before"],
+                                     "loadavg_after": rec["loadavg_after"], "finished": rec["finished"]})
     return runs
 
 
@@ -216,7 +227,7 @@ def campaign_info(args) -> dict:
     return {"command": " ".join(["python -m", PROG, *map(shlex.quote, args.argv)]), "date": now_iso(),
             "machine": machine_info(), "model": MODEL, "model_overrides": MODEL_SETS, "steps": args.steps,
             "warmup": args.warmup, "rates": list(args.rates), "shapes": [f"{h}x{r}" for h, r in SHAPES],
-            "top_k": list(args.top_k), "max_load": args.max_load}
+            "top_k": list(args.top_k), "repeats": int(getattr(args, "repeats", 1)), "max_load": args.max_load}
 
 
 def write_manifest(path: Path, data: dict) -> None:
@@ -239,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="let the network microbenchmark fit choose a two-way penalty and burst too, so that "
                          "efficiency and latencies are fitted beside them (the in-situ fit on the fit runs "
                          "then sets both; off: pure-rate links in the microbenchmark fit)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="runs of every validation configuration, in whole rounds (default 3); validation "
+                         "compares predictions with the median over a configuration's runs")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--reps", type=int, default=7, help="microbenchmark repetitions")
@@ -258,7 +272,11 @@ def main(argv: list[str] | None = None) -> int:
         if os.geteuid() != 0:
             print(f"{PROG}: error: the testbed needs root", file=sys.stderr)
             return 2
+    if args.repeats < 1:
+        print(f"{PROG}: error: --repeats must be at least 1", file=sys.stderr)
+        return 2
     if args.only == "repeat":
+        args.repeats = 1
         rdir = out / "repeat"
         runs = validation_runs(args, log, rdir)
         write_manifest(rdir / "runs.json", {"runs": runs, "campaign": campaign_info(args)})
@@ -272,16 +290,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def compare_repeat(rdir: Path, vdir: Path) -> int:
-    """Print each repeated run's step time next to the committed run of the same name, and the
-    DCCA-over-CDAC speedups of both."""
+    """Print each repeated run's step time next to the committed runs of the same configuration
+    (their median over rounds), and the DCCA-over-CDAC speedups of both."""
+    import statistics
+
     from moesim.calibrate.tables import read_table
     from moesim.validate.core import measured_times
     steps = {}
     print(f"{'run':28s} {'committed':>10s} {'repeat':>10s} {'change':>8s}")
     for f in sorted(rdir.glob("*.csv")):
-        old = vdir / f.name
+        committed = [x for x in (vdir / f.name, *sorted(vdir.glob(f"{f.stem}-r*.csv"))) if x.is_file()]
         new_s = measured_times(read_table(f, expect="run"))[0]
-        old_s = measured_times(read_table(old, expect="run"))[0] if old.is_file() else float("nan")
+        old_s = (statistics.median(measured_times(read_table(x, expect="run"))[0] for x in committed)
+                 if committed else float("nan"))
         steps[f.stem] = (old_s, new_s)
         print(f"{f.stem:28s} {old_s * 1e3:8.0f} ms {new_s * 1e3:8.0f} ms {new_s / old_s - 1:+7.1%}")
     for name, (old_c, new_c) in steps.items():

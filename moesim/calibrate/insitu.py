@@ -12,8 +12,13 @@
    carries such two-way traffic, each direction's ACKs queue behind the other's data in the tbf
    FIFOs and goodput falls to about ``1 / (1 + b)`` of the rate (``real_backend.patterns`` measures
    it: fan-in, fan-out and rings keep 0.92-1.0 of the rate, two-way exchanges and All-to-Alls
-   0.6-0.8, and the pair exchange swings between 0.5 and 1.0 from run to run). Microbenchmarks of
-   back-to-back collectives see less of it than a step does, hence the fit on steps.
+   0.6-0.8, and the pair exchange swings between 0.5 and 1.0 from run to run). The loss grows with
+   the number k of peer hosts a host exchanges with (the probe's All-to-All keeps 0.68-0.89 of the
+   rate between 2 hosts, 0.62-0.68 among 4): every flow then crosses a second token bucket, the
+   peer's, shared with other hosts' flows, so a link carries ``1 / (1 + b + c (k - 1))`` (peer term
+   c, ``calibration.links.nic.peer_penalty``; fitted only when the fit runs hold both 2-host and
+   bigger shaped testbeds). Microbenchmarks of back-to-back collectives see less of it than a step
+   does, hence the fit on steps.
 
 3. The usable token-bucket burst. The testbed's tbf bucket holds ``TESTBED_TBF_BURST_S`` at the
    rate (``real_backend.testbed``) and refills while a link idles through the compute between
@@ -23,8 +28,9 @@
    is chosen among fractions of the configured bucket.
 
 All are fitted jointly, on the fit runs only (never on the held-out ones), by minimising the sum of
-squared relative step errors over a grid refined around its best point; each run replays its
-measured All-to-All traffic (:mod:`moesim.validate.traffic`) as validation does. The per-message
+squared relative step errors over a grid refined around its best point; repeated runs of one
+configuration count once, with the median of their step times, and each configuration replays its
+measured All-to-All traffic (:mod:`moesim.validate.traffic`, mean over its runs) as validation does. The per-message
 latency stays the microbenchmark's.
 """
 from __future__ import annotations
@@ -38,105 +44,116 @@ import numpy as np
 
 from moesim.calibrate.fit import residual_summary
 from moesim.calibrate.netmodel import TESTBED_TBF_BURST_S, LinkParams, effective_topology
-from moesim.calibrate.tables import read_table
 from moesim.cost.profile import parse_profile
 from moesim.errors import MoesimError
 
 WAIT_GRID_S = tuple(np.arange(0.0, 15.01e-3, 2.5e-3))   # coarse grid, then refined
 PENALTY_GRID = (0.0, 0.1, 0.2, 0.35, 0.5, 0.7)
+PEER_GRID = (0.0, 0.1, 0.2, 0.35)                      # per extra peer host
 BURST_FRACTIONS = (0.0, 0.5, 1.0)                        # of the testbed's configured bucket
 
 
 class _Run:
-    """One fit run, prepared once: config, measured step, topology, measured traffic."""
+    """One fit configuration (one run, or repeated runs of it), prepared once: config, measured step
+    (median over the runs), topology, measured traffic (mean over the runs)."""
 
-    def __init__(self, path, bucket_bytes: float):
-        from moesim.config import load_config
-        from moesim.validate.core import RunSpec, measured_times, topology_for
-        from moesim.validate.traffic import measured_dispatch_copies
-        self.table = read_table(path, expect="run")
-        self.name = Path(path).name
-        self.measured = measured_times(self.table)[0]
-        self.cfg = load_config(self.table.meta["config"])
-        self.topo, _ = topology_for(RunSpec(self.table.path), self.table)
-        self.copies = None
-        if self.cfg.is_moe and self.cfg.parallel.ep > 1:
-            self.copies = measured_dispatch_copies(self.table, self.cfg.parallel.ep, self.cfg.a2a_dim,
-                                                   self.cfg.model.dtype_bytes)
+    def __init__(self, runs: list, bucket_bytes: float):
+        from moesim.validate.core import mean_copies, measured_config, topology_for
+        first = runs[0]
+        self.name = ",".join(r.spec.path.name for r in runs)
+        self.files = [r.spec.path.name for r in runs]
+        self.measured = measured_config(runs)[0]
+        self.cfg = first.cfg
+        self.hosts = int(first.tb["hosts"])
+        self.topo, _ = topology_for(first.spec, first.table)
+        self.copies = mean_copies(runs)
         self.bucket = bucket_bytes
 
-    def step(self, profile_dict: dict, wait: float, penalty: float, burst_s: float = 0.0) -> float:
+    def step(self, profile_dict: dict, wait: float, penalty: float, burst_s: float = 0.0, peer: float = 0.0) -> float:
         from moesim.engine import SimOptions, simulate
         d = copy.deepcopy(profile_dict)
         d["network"]["receiver_wait_s"] = float(wait)
         links = {k: LinkParams.from_dict(v) for k, v in d.get("calibration", {}).get("links", {}).items()}
         if "nic" in links:
-            links["nic"] = replace(links["nic"], two_way_penalty=float(penalty), burst_s=float(burst_s))
+            links["nic"] = replace(links["nic"], two_way_penalty=float(penalty), peer_penalty=float(peer),
+                                   burst_s=float(burst_s))
         prof = parse_profile(d, Path("<in-situ>"))
         prof = replace(prof, network=replace(prof.network, link_efficiency={}))
         topo = effective_topology(self.topo, links) if links else self.topo
         return simulate(self.cfg, topo, prof, SimOptions(bucket_bytes=self.bucket, a2a_copies=self.copies)).step_time_s
 
 
-def _loss(runs: list[_Run], prof: dict, wait: float, penalty: float, cache: dict, burst_s: float) -> float:
-    key = (round(wait, 9), round(penalty, 6), round(burst_s, 9))
+def _key(point, burst_s: float) -> tuple:
+    return (round(point[0], 9), round(point[1], 6), round(point[2], 6), round(burst_s, 9))
+
+
+def _loss(runs: list[_Run], prof: dict, point: tuple, cache: dict, burst_s: float) -> float:
+    """Sum of squared relative step errors at ``point`` = (wait s, two-way b, peer c)."""
+    key = _key(point, burst_s)
     if key not in cache:
-        pred = np.array([r.step(prof, wait, penalty, burst_s) for r in runs])
+        wait, penalty, peer = point
+        pred = np.array([r.step(prof, wait, penalty, burst_s, peer) for r in runs])
         meas = np.array([r.measured for r in runs])
         cache[key] = (float(np.sum(((pred - meas) / meas) ** 2)), pred)
     return cache[key][0]
 
 
 def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s: float | None = None,
-               burst_fractions=BURST_FRACTIONS, wait_grid=WAIT_GRID_S, penalty_grid=PENALTY_GRID):
-    """Fit ``receiver_wait_s``, the shaped-link two-way penalty and the usable token-bucket burst
-    of ``cal.profile`` on the step times of ``run_paths`` (multi-rank testbed runs: the fit
-    configurations). ``burst_s``: the configured bucket (s at the rate; default the testbed's);
-    the burst is chosen among ``burst_fractions`` of it. Returns ``cal`` with the profile updated
-    and the fit recorded under ``calibration.insitu``."""
-    from moesim.validate.core import REAL_BACKEND_BUCKET_BYTES
+               burst_fractions=BURST_FRACTIONS, wait_grid=WAIT_GRID_S, penalty_grid=PENALTY_GRID,
+               peer_grid=PEER_GRID):
+    """Fit ``receiver_wait_s``, the shaped-link two-way penalty b, its peer-host term c and the
+    usable token-bucket burst of ``cal.profile`` on the step times of ``run_paths`` (multi-rank
+    testbed runs: the fit configurations). c is fitted only when the shaped fit runs include both
+    two-host testbeds (k = 1 peer host) and bigger ones (k > 1), which tell b and c apart; else it
+    stays 0. ``burst_s``: the configured bucket (s at the rate; default the testbed's); the burst is
+    chosen among ``burst_fractions`` of it. Returns ``cal`` with the profile updated and the fit
+    recorded under ``calibration.insitu``."""
+    from moesim.validate.core import REAL_BACKEND_BUCKET_BYTES, RunSpec, group_repeats, load_run
     bucket = bucket_bytes or REAL_BACKEND_BUCKET_BYTES
     prof = cal.profile
     if "network" not in prof:
         raise MoesimError("the in-situ fit needs a network section (fit the network microbenchmarks first)")
     if not run_paths:
         raise MoesimError("the in-situ fit needs at least one fit run")
-    runs = [_Run(p, bucket) for p in run_paths]
-    shaped = any(float(r.topo.graph.graph.get("tc_rate_bits") or 0) > 0 for r in runs)
-    has_nic = shaped and "nic" in prof.get("calibration", {}).get("links", {})
+    runs = [_Run(g, bucket) for g in group_repeats([load_run(RunSpec(Path(p), role="fit")) for p in run_paths])]
+    shaped_hosts = {r.hosts for r in runs if float(r.topo.graph.graph.get("tc_rate_bits") or 0) > 0}
+    has_nic = bool(shaped_hosts) and "nic" in prof.get("calibration", {}).get("links", {})
     penalties = tuple(penalty_grid) if has_nic else (0.0,)
+    peers = tuple(peer_grid) if (has_nic and 2 in shaped_hosts and max(shaped_hosts) > 2) else (0.0,)
     configured = (TESTBED_TBF_BURST_S if burst_s is None else float(burst_s)) if has_nic else 0.0
     bursts = sorted({f * configured for f in burst_fractions}) if has_nic else [0.0]
     cache: dict = {}
     results = []
     for burst in bursts:
-        best = min(itertools.product(wait_grid, penalties), key=lambda wp: _loss(runs, prof, *wp, cache, burst))
+        best = min(itertools.product(wait_grid, penalties, peers), key=lambda x: _loss(runs, prof, x, cache, burst))
         # refine: halve the steps around the best point a few times
-        dw, db = 0.75 * float(np.diff(wait_grid).min(initial=2.5e-3)) / 2, (0.05 if len(penalties) > 1 else 0.0)
+        steps = [0.75 * float(np.diff(wait_grid).min(initial=2.5e-3)) / 2, 0.05 if len(penalties) > 1 else 0.0,
+                 0.05 if len(peers) > 1 else 0.0]
         for _ in range(4):
-            cands = [(max(0.0, best[0] + i * dw), max(0.0, best[1] + j * db)) for i in (-1, 0, 1) for j in (-1, 0, 1)]
-            best = min(cands, key=lambda wp: _loss(runs, prof, *wp, cache, burst))
-            dw, db = dw / 2, db / 2
-        results.append((_loss(runs, prof, *best, cache, burst), best, burst))
-    _, (wait, penalty), burst = min(results, key=lambda x: x[0])
-    pred = cache[(round(wait, 9), round(penalty, 6), round(burst, 9))][1]
+            moves = itertools.product(*[(-1, 0, 1) if h > 0 else (0,) for h in steps])
+            cands = [tuple(max(0.0, b + m * h) for b, m, h in zip(best, mv, steps)) for mv in moves]
+            best = min(cands, key=lambda x: _loss(runs, prof, x, cache, burst))
+            steps = [h / 2 for h in steps]
+        results.append((_loss(runs, prof, best, cache, burst), best, burst))
+    _, (wait, penalty, peer), burst = min(results, key=lambda x: x[0])
+    pred = cache[_key((wait, penalty, peer), burst)][1]
     meas = np.array([r.measured for r in runs])
     prof["network"]["receiver_wait_s"] = float(wait)
     if has_nic:
         nic = prof["calibration"]["links"]["nic"]
-        for key, v in (("two_way_penalty", penalty), ("burst_s", burst)):
+        for key, v in (("two_way_penalty", penalty), ("peer_penalty", peer), ("burst_s", burst)):
             if v > 0:
                 nic[key] = float(v)
             else:
                 nic.pop(key, None)
     cal_sec = prof.setdefault("calibration", {})
     cal_sec["insitu"] = {
-        "receiver_wait_s": float(wait), "nic_two_way_penalty": float(penalty),
+        "receiver_wait_s": float(wait), "nic_two_way_penalty": float(penalty), "nic_peer_penalty": float(peer),
         "nic_burst_s": float(burst), "nic_burst_configured_s": float(configured),
         "nic_burst_why": "the tc bucket lets a refilled link send its burst at line rate, but TCP paces at its "
                          "bandwidth estimate and uses only part of it: chosen among fractions of the configured bucket",
         "latency_per_message_s": float(prof["network"]["latency_per_message_s"]),
-        "fitted_on": [r.name for r in runs], "evaluations": len(cache),
+        "fitted_on": [f for r in runs for f in r.files], "configurations": len(runs), "evaluations": len(cache),
         "why": "in a step, R ranks share C < R cores: a collective waits for descheduled receivers, "
                "overlapped with its transfer; shaped links lose goodput under two-way multi-peer "
                "traffic (see moesim.calibrate.insitu)",

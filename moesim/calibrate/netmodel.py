@@ -12,7 +12,8 @@ the loopback when nothing shapes them. ``latency_s`` is added per link on a rout
 across the bridge crosses two ``nic`` links); the profile's ``network.latency_per_message_s`` is
 the software cost of one message (gloo, syscalls), paid once per flow. Optional, shaped links
 only (0 = off): ``two_way_penalty`` b (a link that carries a rank pair's traffic in both
-directions at once carries 1/(1+b) of its rate) and ``burst_s`` (tbf bucket: ``burst_s * rate`` bytes pass at once at a
+directions at once carries 1/(1+b) of its rate; ``peer_penalty`` c makes it 1/(1+b+c(k-1)) when
+those flows cross k peer hosts' shaped links) and ``burst_s`` (tbf bucket: ``burst_s * rate`` bytes pass at once at a
 collective's start); see :mod:`moesim.network.fluid`.
 
 Collective times for fitting are computed with the simulator's own network model
@@ -49,6 +50,7 @@ class LinkParams:
     max_bandwidth: float = math.inf
     latency_s: float = 0.0
     two_way_penalty: float = 0.0     # b: a link carrying two-way rank-pair traffic carries 1/(1+b) of it
+    peer_penalty: float = 0.0        # c: ... 1/(1+b+c(k-1)) when those flows cross k peer hosts' links
     burst_s: float = 0.0             # token bucket: an idle shaped link passes burst_s * tc rate bytes at once
 
     def bandwidth(self, nominal: float | None) -> float:
@@ -63,6 +65,8 @@ class LinkParams:
             out = {"efficiency": float(self.efficiency), **out}
         if self.two_way_penalty > 0:
             out["two_way_penalty"] = float(self.two_way_penalty)
+        if self.peer_penalty > 0:
+            out["peer_penalty"] = float(self.peer_penalty)
         if self.burst_s > 0:
             out["burst_s"] = float(self.burst_s)
         return out
@@ -72,7 +76,8 @@ class LinkParams:
         mb = d.get("max_bandwidth")
         return cls(efficiency=None if d.get("efficiency") is None else float(d["efficiency"]),
                    max_bandwidth=math.inf if mb is None else float(mb), latency_s=float(d.get("latency_s", 0.0)),
-                   two_way_penalty=float(d.get("two_way_penalty") or 0.0), burst_s=float(d.get("burst_s") or 0.0))
+                   two_way_penalty=float(d.get("two_way_penalty") or 0.0),
+                   peer_penalty=float(d.get("peer_penalty") or 0.0), burst_s=float(d.get("burst_s") or 0.0))
 
 
 def testbed_graph(hosts: int, ranks_per_host: int, rate_bits: float | None) -> nx.Graph:
@@ -124,6 +129,9 @@ def effective_topology(topology: Topology, links: Mapping[str, LinkParams],
     inc = {cls: float(links[cls].two_way_penalty) for cls in burst_or_shaped if links[cls].two_way_penalty > 0}
     if inc:
         g.graph["two_way_penalty"] = {**dict(g.graph.get("two_way_penalty") or {}), **inc}
+        peer = {cls: float(links[cls].peer_penalty) for cls in inc if links[cls].peer_penalty > 0}
+        if peer:
+            g.graph["peer_penalty"] = {**dict(g.graph.get("peer_penalty") or {}), **peer}
     if burst:
         g.graph["burst_bytes"] = {**dict(g.graph.get("burst_bytes") or {}), **burst}
     if cpu_bound:

@@ -12,7 +12,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Simulate each measured run (config from the table's metadata, its testbed "
                                    "topology with the profile's calibrated links) and print predicted vs measured "
                                    "step time and per-phase times, the absolute percentage error per run, MAPE and "
-                                   "max error, and DCCA-over-CDAC speedups. A campaign directory (with manifest.json) "
+                                   "max error, and DCCA-over-CDAC speedups. Repeated runs of one configuration form one row (median "
+                                   "over the runs). A campaign directory (with manifest.json) "
                                    "brings its own profile, topologies and fit/held-out split.")
     p.add_argument("runs", nargs="+", metavar="RUN_CSVS", help="real_backend.run tables, or a campaign directory")
     p.add_argument("--profile", metavar="NAME|FILE", help="device profile (default: the campaign manifest's)")
@@ -22,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="gradient all-reduce bucket (default: real_backend's 64 MiB)")
     p.add_argument("--json", action="store_true", help="print one JSON object (fractions, seconds)")
     p.add_argument("--plot", metavar="FILE.html", help="write an HTML plot (predicted vs measured, speedups, phases)")
-    p.add_argument("--phases", action="store_true", help="print every run's per-phase times")
+    p.add_argument("--phases", action="store_true", help="print every configuration's per-phase times")
     p.set_defaults(func=run)
 
 
@@ -36,11 +37,17 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rep, indent=2))
         return 0
-    print(f"profile {rep['profile']['name']} ({rep['profile']['status']}); {len(rep['rows'])} run(s)")
-    print(f"{'run':34s} {'role':8s} {'measured':>10s} {'predicted':>10s} {'APE':>6s}")
+    nruns = sum(r.get("repeats", 1) for r in rep["rows"])
+    repeated = nruns > len(rep["rows"])
+    print(f"profile {rep['profile']['name']} ({rep['profile']['status']}); {len(rep['rows'])} configuration(s), "
+          f"{nruns} run(s)" + ("; measured = median over a configuration's runs, spread = (max - min) / median"
+                               if repeated else ""))
+    print(f"{'configuration':34s} {'role':8s} {'measured':>10s} {'predicted':>10s} {'APE':>6s}"
+          + (f" {'runs':>4s} {'spread':>6s}" if repeated else ""))
     for r in rep["rows"]:
         print(f"{r['label']:34s} {r['role']:8s} {fmt_seconds(r['measured_s']):>10s} {fmt_seconds(r['predicted_s']):>10s} "
-              f"{100 * r['ape']:5.1f}%")
+              f"{100 * r['ape']:5.1f}%" + (f" {r.get('repeats', 1):4d} {100 * r.get('measured_spread', 0.0):5.1f}%"
+                                           if repeated else ""))
         if args.phases or len(rep["rows"]) <= 4:
             parts = [f"{ph} {fmt_seconds(v['measured_s'])}/{fmt_seconds(v['predicted_s'])}"
                      for ph, v in r["phases"].items() if max(v["measured_s"], v["predicted_s"]) > 0.01 * r["measured_s"]]
@@ -48,14 +55,16 @@ def run(args: argparse.Namespace) -> int:
     for part in ("heldout", "fit"):
         s = rep[part]
         if s["rows"]:
-            print(f"{part:8s}: {s['rows']} runs, MAPE {100 * s['mape']:.1f}%, max error {100 * s['max_error']:.1f}%")
+            print(f"{part:8s}: {s['rows']} configurations, MAPE {100 * s['mape']:.1f}%, max error {100 * s['max_error']:.1f}%")
     if rep["judged_on"] == "all":
-        print(f"all     : {rep['all']['rows']} runs, MAPE {100 * rep['mape']:.1f}%, max error {100 * rep['max_error']:.1f}%")
+        print(f"all     : {rep['all']['rows']} configurations, MAPE {100 * rep['mape']:.1f}%, max error {100 * rep['max_error']:.1f}%")
     if rep["pairs"]:
-        print(f"{'DCCA over CDAC speedup':30s} {'role':8s} {'measured':>9s} {'predicted':>9s} {'error':>6s}")
+        print(f"{'DCCA over CDAC speedup':30s} {'role':8s} {'measured':>9s} {'predicted':>9s} {'error':>6s}"
+              + ("  per round" if repeated else ""))
         for p in rep["pairs"]:
+            runs = p.get("measured_speedup_runs") or []
             print(f"{p['label']:30s} {p['role']:8s} {p['measured_speedup']:8.3f}x {p['predicted_speedup']:8.3f}x "
-                  f"{100 * p['error']:5.1f}%")
+                  f"{100 * p['error']:5.1f}%" + ("  " + " ".join(f"{x:.2f}" for x in runs) if repeated else ""))
     if "targets_met" in rep:
         t = rep["targets"]
         print(f"targets (MAPE <= {100 * t.get('mape', 0):.0f}%, speedup error <= {100 * t.get('speedup_error', 0):.0f}%): "

@@ -17,11 +17,15 @@ in every layer is solved once; a memo hit costs a dictionary lookup.
 
 Two-way penalty (optional, off unless the topology's ``graph.graph["two_way_penalty"]`` maps a link
 class to ``b > 0``): a link of that class that carries a flow whose reverse flow (same rank pair,
-opposite direction) is in the same stage carries ``capacity / (1 + b)``. gloo and NCCL-over-sockets
+opposite direction) is in the same stage carries ``capacity / (1 + b + c (k - 1))``, where ``k`` is
+the number of other penalised links those two-way flows cross (the peer hosts' links: 1 between
+two hosts, 3 when a host exchanges with three) and ``c`` is ``graph.graph["peer_penalty"]`` of the
+class (default 0). gloo and NCCL-over-sockets
 keep one TCP connection per rank pair; when it carries data both ways through token-bucket FIFOs,
 each direction's ACKs queue behind the other's data and goodput falls (``real_backend.patterns``
 measures it: one-way fan-in, fan-out and rings keep 0.92-1.0 of the rate, two-way exchanges
-0.6-0.8). An All-to-All is two-way; a ring of three or more ranks is not.
+0.6-0.8, less the more peer hosts: each direction's flows cross a second token bucket shared with
+other hosts' flows). An All-to-All is two-way; a ring of three or more ranks is not.
 
 Burst (optional, off unless ``graph.graph["burst_bytes"]`` maps a link class to bytes ``B > 0``): a
 token-bucket link refills its bucket at its rate while idle, up to ``B``, and passes what the bucket
@@ -128,6 +132,8 @@ class FluidNetwork:
         self._records: dict[Hashable, _CollRun] = {}
         self.stats = {"solves": 0, "memo_hits": 0, "events": 0, "stage_runs": 0}
         self._two_way = class_values(topology, "two_way_penalty")
+        peer = class_values(topology, "peer_penalty")
+        self._peer = peer if (peer is not None and self._two_way is not None) else None
         self._burst = class_values(topology, "burst_bytes")
         self._idle_since = None if self._burst is None else np.full(topology.num_links, -np.inf)
         self._cpu_bound = class_values(topology, "cpu_bound")
@@ -385,9 +391,12 @@ class FluidNetwork:
 
     def _two_way_capacity(self, runs: list[_StageRun], lo) -> np.ndarray:
         """Per link orbit: the capacity after the two-way penalty of the links that carry two-way flows."""
-        links = np.unique(np.concatenate([stage_two_way_links(self._book, self._two_way, r.stage) for r in runs]))
+        found = [stage_two_way_links(self._book, self._two_way, r.stage) for r in runs]
+        links = np.concatenate([f[0] for f in found])
+        partners = np.concatenate([f[1] for f in found])
         g = np.ones(self.topo.num_links)
-        g[links] = 1.0 / (1.0 + self._two_way[links])
+        extra = 0.0 if self._peer is None else self._peer[links] * np.maximum(partners - 1, 0)
+        np.minimum.at(g, links, 1.0 / (1.0 + self._two_way[links] + extra))
         cap = lo.capacity.copy()
         np.minimum.at(cap, lo.of_link, self.topo.link_capacity * g)
         return cap
@@ -493,8 +502,10 @@ def class_values(topo: Topology, attr: str) -> np.ndarray | None:
     return b if (b > 0).any() else None
 
 
-def stage_two_way_links(book: CellBook, penalty: np.ndarray, stage: Stage) -> np.ndarray:
-    """Links with a two-way penalty that carry a flow of ``stage`` whose reverse flow is in the stage too."""
+def stage_two_way_links(book: CellBook, penalty: np.ndarray, stage: Stage) -> tuple[np.ndarray, np.ndarray]:
+    """(links, partners): the links with a two-way penalty that carry a flow of ``stage`` whose
+    reverse flow is in the stage too, and for each the number of other such links its two-way
+    flows cross (the peer hosts' links)."""
     cache = book.__dict__.setdefault("_two_way", {})
     hit = cache.get(stage.signature)
     if hit is not None:
@@ -510,11 +521,31 @@ def stage_two_way_links(book: CellBook, penalty: np.ndarray, stage: Stage) -> np
         pair = s * n + d
         keep = np.isin(d * n + s, pair) & (s != d)
         s, d = s[keep], d[keep]
-    if len(s) == 0:
-        out = np.zeros(0, dtype=np.int64)
-    else:
-        links = np.asarray(book.router.routes(s, d).links, dtype=np.int64)
-        out = np.unique(links[penalty[links] > 0])
+    empty = np.zeros(0, dtype=np.int64)
+    out = (empty, empty)
+    if len(s):
+        routes = book.router.routes(s, d)
+        links = np.asarray(routes.links, dtype=np.int64)
+        flow = routes.pair_of_entry
+        pen = penalty[links] > 0
+        links, flow = links[pen], flow[pen]
+        if len(links):
+            order = np.argsort(flow, kind="stable")
+            links, flow = links[order], flow[order]
+            # (link, other penalised link on the same flow's route), every ordered combination
+            a, b = [], []
+            for j in range(1, int(np.bincount(flow).max(initial=1))):
+                same = flow[j:] == flow[:-j]
+                a += [links[:-j][same], links[j:][same]]
+                b += [links[j:][same], links[:-j][same]]
+            uniq = np.unique(links)
+            if a:
+                both = np.unique(np.stack([np.concatenate(a), np.concatenate(b)]), axis=1)
+                both = both[:, both[0] != both[1]]
+                counts = np.bincount(both[0], minlength=int(uniq.max()) + 1)[uniq]
+            else:
+                counts = np.zeros(len(uniq), dtype=np.int64)
+            out = (uniq, counts.astype(np.int64))
     cache[stage.signature] = out
     return out
 

@@ -6,7 +6,9 @@ mean over ranks of the ``step`` rows; a phase's time is the median over steps of
 ranks of the phase's seconds (forward and backward summed). Predicted: ``SimResult.step_time_s``
 and ``SimResult.breakdown_s`` (the critical rank; waits count to the collective's phase).
 
-A directory argument stands for a committed campaign: its ``manifest.json`` names the profile, each
+Repeated runs of one configuration form one row: its measured times are the medians over the
+runs, and each DCCA-over-CDAC speedup is the ratio of the medians (the per-round ratios are
+reported beside it). A directory argument stands for a committed campaign: its ``manifest.json`` names the profile, each
 run's topology and its role (``fit`` or ``heldout``); the headline MAPE and max error are over the
 held-out runs.
 """
@@ -123,11 +125,74 @@ def _label(cfg, tb: dict) -> str:
     return f"{tb['hosts']}x{tb['ranks_per_host']} {rate} {cfg.moe.structure} k{cfg.moe.top_k}"
 
 
+def config_key(cfg, tb: dict) -> tuple:
+    """What makes two runs the same configuration: testbed shape and rate, and the whole config."""
+    return (tb["hosts"], tb["ranks_per_host"], tb["rate_bits"],
+            json.dumps({k: v for k, v in cfg.to_dict().items() if k != "moe"}, sort_keys=True),
+            json.dumps({k: v for k, v in cfg.to_dict()["moe"].items() if k != "structure"}, sort_keys=True))
+
+
+@dataclass
+class LoadedRun:
+    spec: RunSpec
+    table: Table
+    cfg: object
+    tb: dict
+
+
+def load_run(spec: RunSpec) -> LoadedRun:
+    table = read_table(spec.path, expect="run")
+    try:
+        cfg = load_config(table.meta["config"])
+    except MoesimError as exc:
+        raise InputFileError(spec.path, f"the config in '# meta' is not valid: {exc}") from None
+    return LoadedRun(spec, table, cfg, testbed_of(table.meta))
+
+
+def group_repeats(loaded: list) -> list[list]:
+    """Runs grouped by configuration (:func:`config_key` and structure), in first-seen order. The
+    runs of one configuration must share a role."""
+    groups: dict = {}
+    for run in loaded:
+        groups.setdefault((config_key(run.cfg, run.tb), run.cfg.moe.structure), []).append(run)
+    for runs in groups.values():
+        roles = {r.spec.role for r in runs}
+        if len(roles) > 1:
+            raise MoesimError("runs of one configuration have different roles (" + ", ".join(
+                f"{r.spec.path.name}: {r.spec.role}" for r in runs) + "): a configuration is either fitted or held out")
+    return list(groups.values())
+
+
+def mean_copies(runs: list) -> np.ndarray | None:
+    """The mean measured dispatch matrix of repeated runs (None when a run lacks byte counts)."""
+    mats = []
+    for r in runs:
+        cfg = r.cfg
+        if not (cfg.is_moe and cfg.parallel.ep > 1):
+            return None
+        m = measured_dispatch_copies(r.table, cfg.parallel.ep, cfg.a2a_dim, cfg.model.dtype_bytes)
+        if m is None:
+            return None
+        mats.append(m)
+    return np.mean(mats, axis=0) if mats else None
+
+
+def measured_config(runs: list) -> tuple[float, dict, list[float], int]:
+    """(step seconds, {phase: seconds}, per-run step seconds, steps) of a configuration's runs: the
+    median over runs of each run's :func:`measured_times`."""
+    per = [measured_times(r.table) for r in runs]
+    step_runs = [p[0] for p in per]
+    phases = {ph: float(np.median([p[1].get(ph, 0.0) for p in per])) for ph in {k for p in per for k in p[1]}}
+    return float(np.median(step_runs)), phases, step_runs, int(sum(p[2] for p in per))
+
+
 def validate(paths: Sequence[str | os.PathLike], profile: str | None = None, topology: str | None = None,
              bucket_bytes: float = REAL_BACKEND_BUCKET_BYTES, measured_traffic: bool = True) -> dict:
-    """Simulate every run and compare. Returns a JSON-able report (see :func:`summarise`).
+    """Simulate every configuration and compare. Returns a JSON-able report (see :func:`summarise`).
 
-    ``measured_traffic``: replay each run's measured All-to-All traffic (:mod:`.traffic`) instead
+    Repeated runs of one configuration (same testbed and config, e.g. a campaign's ``--repeats``)
+    form one row: measured is the median over the runs, the simulation replays their mean measured
+    traffic. ``measured_traffic``: replay the measured All-to-All traffic (:mod:`.traffic`) instead
     of the config's routing."""
     from moesim.engine import SimOptions, simulate
     camp = resolve_inputs(paths)
@@ -136,38 +201,31 @@ def validate(paths: Sequence[str | os.PathLike], profile: str | None = None, top
         raise MoesimError("no profile: pass --profile NAME|FILE (a campaign directory's manifest.json names one)")
     prof, _ = raw_profile(prof_ref)  # the engine applies its calibrated links to each topology
     rows = []
-    for spec in camp.runs:
-        table = read_table(spec.path, expect="run")
-        try:
-            cfg = load_config(table.meta["config"])
-        except MoesimError as exc:
-            raise InputFileError(spec.path, f"the config in '# meta' is not valid: {exc}") from None
-        topo, topo_src = topology_for(spec, table, topology)
+    for runs in group_repeats([load_run(spec) for spec in camp.runs]):
+        first = runs[0]
+        cfg, tb = first.cfg, first.tb
+        topo, topo_src = topology_for(first.spec, first.table, topology)
         if cfg.world_size != topo.num_gpus:
-            raise InputFileError(spec.path, f"the run used {cfg.world_size} ranks but its topology "
-                                            f"({topo_src}) has {topo.num_gpus} GPUs")
-        copies = None
-        if measured_traffic and cfg.is_moe and cfg.parallel.ep > 1:
-            copies = measured_dispatch_copies(table, cfg.parallel.ep, cfg.a2a_dim, cfg.model.dtype_bytes)
+            raise InputFileError(first.spec.path, f"the run used {cfg.world_size} ranks but its topology "
+                                                  f"({topo_src}) has {topo.num_gpus} GPUs")
+        copies = mean_copies(runs) if measured_traffic else None
         res = simulate(cfg, topo, prof, SimOptions(bucket_bytes=bucket_bytes, a2a_copies=copies))
-        meas_step, meas_ph, steps = measured_times(table)
+        meas_step, meas_ph, step_runs, steps = measured_config(runs)
         pred_ph = res.breakdown_s
         phases = {}
         for ph in PHASES:
             m, p = meas_ph.get(ph, 0.0), float(pred_ph.get(ph, 0.0))
             if m > 0 or p > 0:
                 phases[ph] = {"measured_s": m, "predicted_s": p}
-        tb = testbed_of(table.meta)
         pred = res.step_time_s
         rows.append({
-            "file": spec.path.name, "role": spec.role, "label": _label(cfg, tb),
-            "structure": cfg.moe.structure, "top_k": cfg.moe.top_k, "hosts": tb["hosts"],
+            "file": first.spec.path.name, "files": [r.spec.path.name for r in runs], "role": first.spec.role,
+            "label": _label(cfg, tb), "structure": cfg.moe.structure, "top_k": cfg.moe.top_k, "hosts": tb["hosts"],
             "ranks_per_host": tb["ranks_per_host"], "rate_bits": tb["rate_bits"], "steps": steps,
-            "measured_s": meas_step, "predicted_s": pred, "ape": abs(pred - meas_step) / meas_step,
-            "phases": phases, "topology": topo_src,
-            "_key": (tb["hosts"], tb["ranks_per_host"], tb["rate_bits"],
-                     json.dumps({k: v for k, v in cfg.to_dict().items() if k != "moe"}, sort_keys=True),
-                     json.dumps({k: v for k, v in cfg.to_dict()["moe"].items() if k != "structure"}, sort_keys=True)),
+            "repeats": len(runs), "measured_s": meas_step, "measured_runs_s": step_runs,
+            "measured_spread": (max(step_runs) - min(step_runs)) / meas_step,
+            "predicted_s": pred, "ape": abs(pred - meas_step) / meas_step,
+            "phases": phases, "topology": topo_src, "_key": config_key(cfg, tb),
         })
     return summarise(rows, prof, camp)
 
@@ -191,9 +249,11 @@ def summarise(rows: list, prof, camp: Campaign) -> dict:
         if "cdac" in d and "dcca" in d:
             c, x = d["cdac"], d["dcca"]
             ms, ps = c["measured_s"] / x["measured_s"], c["predicted_s"] / x["predicted_s"]
+            per_run = [a / b for a, b in zip(c.get("measured_runs_s", [c["measured_s"]]),
+                                             x.get("measured_runs_s", [x["measured_s"]]))]
             pairs.append({"label": c["label"].replace(" cdac", ""), "role": "heldout" if (c["role"] == x["role"] == "heldout")
                           else "fit", "cdac_file": c["file"], "dcca_file": x["file"], "measured_speedup": ms,
-                          "predicted_speedup": ps, "error": abs(ps - ms) / ms})
+                          "measured_speedup_runs": per_run, "predicted_speedup": ps, "error": abs(ps - ms) / ms})
     for r in rows:
         r.pop("_key", None)
     held_pairs = [p for p in pairs if p["role"] == "heldout"] if held else pairs

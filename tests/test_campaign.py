@@ -1,0 +1,52 @@
+"""The campaign's orchestration: validation runs come in whole rounds with one name per
+configuration and round, CDAC next to its DCCA twin, and the fit/held-out split by top-k (the
+measurements themselves need root and an hour: ``moesim.calibrate.campaign``)."""
+from __future__ import annotations
+
+import argparse
+
+from moesim.calibrate import campaign
+
+
+def _args(**over) -> argparse.Namespace:
+    base = dict(repeats=3, rates=["150mbit", "none"], top_k=[2, 4], fit_top_k={4}, steps=10, warmup=3,
+                max_load=0.5, wait_timeout=60.0)
+    base.update(over)
+    return argparse.Namespace(**base)
+
+
+def test_validation_runs_come_in_whole_rounds(tmp_path, monkeypatch):
+    launched = []
+
+    def run_on_testbed(self, hosts, rph, rate, module, args, out):
+        assert module == "run" and f"moe.top_k={out.name.split('-k')[1][0]}" in args
+        launched.append(out.name)
+        out.write_text("table")
+        return {"command": "python -m real_backend.testbed ...", "loadavg_before": [0.1, 0.1, 0.1, 0.0],
+                "loadavg_after": [0.2, 0.1, 0.1], "finished": "2026-12-01T00:00:00+00:00"}
+
+    monkeypatch.setattr(campaign.Runner, "testbed", run_on_testbed)
+    runs = campaign.validation_runs(_args(), lambda s: None, tmp_path)
+    per_round = len(campaign.SHAPES) * 2 * 2 * 2          # shapes x rates x top-k x structures
+    assert len(runs) == len(launched) == 3 * per_round
+    # round r holds every configuration once, before round r + 1 starts
+    for r in range(3):
+        block = runs[r * per_round:(r + 1) * per_round]
+        assert {x["repeat"] for x in block} == {r + 1}
+        assert len({x["config"] for x in block}) == per_round
+        assert all(x["file"] == f"{x['config']}-r{r + 1}.csv" for x in block)
+    # a configuration's CDAC run is followed by its DCCA twin (a paired ratio)
+    for a, b in zip(runs[::2], runs[1::2]):
+        assert (a["structure"], b["structure"]) == ("cdac", "dcca")
+        assert a["config"].replace("-cdac-", "-dcca-") == b["config"]
+    assert {x["role"] for x in runs if x["top_k"] == 4} == {"fit"}
+    assert {x["role"] for x in runs if x["top_k"] == 2} == {"heldout"}
+    # one round keeps the plain names
+    launched.clear()
+    single = campaign.validation_runs(_args(repeats=1), lambda s: None, tmp_path / "one")
+    assert [x["file"] for x in single] == [f"{x['config']}.csv" for x in single] == launched
+
+
+def test_repeats_must_be_positive(capsys):
+    assert campaign.main(["--only", "calibrate", "--repeats", "0", "--out", "/nonexistent"]) == 2
+    assert "--repeats" in capsys.readouterr().err
