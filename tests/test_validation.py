@@ -174,9 +174,11 @@ def test_repeated_runs_are_one_configuration_judged_on_their_median(tmp_path, ca
     # the simulation is the same for every run of a configuration: one row per configuration
     single = validate([c[0]], profile="h100-sxm")["rows"][0]
     assert single["predicted_s"] == pytest.approx(rc["predicted_s"])
-    assert main(["validate", *map(str, c), *map(str, d), "--profile", "h100-sxm"]) == 0
+    html = tmp_path / "rounds.html"
+    assert main(["validate", *map(str, c), *map(str, d), "--profile", "h100-sxm", "--plot", str(html)]) == 0
     out = capsys.readouterr().out
     assert "2 configuration(s), 5 run(s)" in out and "median" in out and "1.25 4.00" in out
+    assert "measured, per round" in html.read_text()
     # mixed roles in one configuration
     vdir = tmp_path / "camp"
     vdir.mkdir()

@@ -14,8 +14,12 @@ def figures(rep: dict) -> list:
     for role, sym in (("fit", "circle-open"), ("heldout", "circle")):
         rs = [r for r in rows if r["role"] == role]
         if rs:
+            runs = [r.get("measured_runs_s") or [r["measured_s"]] for r in rs]
             f.add_trace(go.Scatter(x=[r["measured_s"] for r in rs], y=[r["predicted_s"] for r in rs], mode="markers",
                                    marker={"symbol": sym, "size": 9}, name=role, text=[r["label"] for r in rs],
+                                   error_x={"type": "data", "symmetric": False,   # the range over repeated runs
+                                            "array": [max(x) - r["measured_s"] for x, r in zip(runs, rs)],
+                                            "arrayminus": [r["measured_s"] - min(x) for x, r in zip(runs, rs)]},
                                    hovertemplate="%{text}<br>measured %{x:.4f} s<br>predicted %{y:.4f} s"))
     hi = max([r["measured_s"] for r in rows] + [r["predicted_s"] for r in rows] + [1e-3])
     lo = min([r["measured_s"] for r in rows] + [r["predicted_s"] for r in rows] + [hi])
@@ -30,6 +34,11 @@ def figures(rep: dict) -> list:
         labels = [p["label"] for p in rep["pairs"]]
         g.add_bar(x=labels, y=[p["measured_speedup"] for p in rep["pairs"]], name="measured")
         g.add_bar(x=labels, y=[p["predicted_speedup"] for p in rep["pairs"]], name="predicted")
+        rounds = [(p["label"], x) for p in rep["pairs"] for x in (p.get("measured_speedup_runs") or [])]
+        if any(len(p.get("measured_speedup_runs") or []) > 1 for p in rep["pairs"]):
+            g.add_trace(go.Scatter(x=[lab for lab, _ in rounds], y=[x for _, x in rounds], mode="markers",
+                                   marker={"color": "black", "size": 6, "symbol": "line-ew-open"},
+                                   name="measured, per round"))
         g.update_layout(title="DCCA over CDAC speedup", barmode="group", yaxis_title="speedup (x)", template="plotly_white")
         figs.append(g)
     h = go.Figure()
