@@ -60,7 +60,6 @@ class _Run:
     def __init__(self, runs: list, bucket_bytes: float):
         from moesim.validate.core import mean_copies, measured_config, topology_for
         first = runs[0]
-        self.name = ",".join(r.spec.path.name for r in runs)
         self.files = [r.spec.path.name for r in runs]
         self.measured = measured_config(runs)[0]
         self.cfg = first.cfg
