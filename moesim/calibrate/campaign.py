@@ -292,17 +292,15 @@ def main(argv: list[str] | None = None) -> int:
 def compare_repeat(rdir: Path, vdir: Path) -> int:
     """Print each repeated run's step time next to the committed runs of the same configuration
     (their median over rounds), and the DCCA-over-CDAC speedups of both."""
-    import statistics
+    from moesim.validate.core import RunSpec, load_run, measured_config
 
-    from moesim.calibrate.tables import read_table
-    from moesim.validate.core import measured_times
+    def median_step(paths) -> float:
+        return measured_config([load_run(RunSpec(x)) for x in paths])[0] if paths else float("nan")
     steps = {}
     print(f"{'run':28s} {'committed':>10s} {'repeat':>10s} {'change':>8s}")
     for f in sorted(rdir.glob("*.csv")):
         committed = [x for x in (vdir / f.name, *sorted(vdir.glob(f"{f.stem}-r*.csv"))) if x.is_file()]
-        new_s = measured_times(read_table(f, expect="run"))[0]
-        old_s = (statistics.median(measured_times(read_table(x, expect="run"))[0] for x in committed)
-                 if committed else float("nan"))
+        new_s, old_s = median_step([f]), median_step(committed)
         steps[f.stem] = (old_s, new_s)
         print(f"{f.stem:28s} {old_s * 1e3:8.0f} ms {new_s * 1e3:8.0f} ms {new_s / old_s - 1:+7.1%}")
     for name, (old_c, new_c) in steps.items():
