@@ -156,7 +156,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         watchdog.start()
 
         rows: list[dict[str, Any]] = []
+        window = [None, None]       # wall clock (Unix s) of the measured steps, for outside probes
         for it in range(args.warmup + args.steps):
+            if it == args.warmup:
+                window[0] = time.time()
             progress.step = it
             progress.touch("step", "none")
             rec.reset()
@@ -188,12 +191,14 @@ def main(argv: Optional[list[str]] = None) -> int:
                              "bytes_remote": v["bytes_remote"]})
             rows.append({"step": step, "rank": rank, "phase": "step", "direction": "none",
                          "seconds": rec._seconds(t0, t1), "count": 1, "bytes": 0, "bytes_remote": None})
+        window[1] = time.time()
         gathered = gather_rows_to_rank0(rows, progress, watchdog)
         if rank == 0:
             meta = torch_meta("run", backend, device, cuda=torch.version.cuda, config=cfg.to_dict(),
                               steps=args.steps, warmup=args.warmup,
                               argv=sys.argv[1:] if argv is None else list(argv), tokens_per_rank=data.tokens,
                               timing="cuda_events" if device.type == "cuda" else "perf_counter",
+                              measured_window_unix=window,
                               phase_directions="fwd/bwd; optimizer and step: none")
             common = {"run_id": meta["run_id"], "host": meta["host"], "backend": backend, "world_size": world,
                       "structure": cfg.moe.structure, "mode": cfg.run.mode, "ep": cfg.parallel.ep,

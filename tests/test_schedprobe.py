@@ -1,0 +1,120 @@
+"""The scheduler probe (real_backend.schedprobe): closed-form summaries of scheduler samples, the
+/proc parsing, its errors, and one real run on a two-host testbed."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from real_backend.schedprobe import (ProbeError, parse_config, runnable_summary, schedstat_summary, stat_fractions,
+                                     stat_state)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_parse_config():
+    assert parse_config("4x1-150mbit-k8") == (4, 1, "150mbit", 8)
+    assert parse_config(" 2x2-none-k2 ") == (2, 2, "none", 2)
+    for bad in ("4x1-150mbit", "4-150mbit-k8", "1x4-none-k2", "4x1-fast-k8"):
+        with pytest.raises(ProbeError, match="configuration"):
+            parse_config(bad)
+
+
+def test_stat_state_survives_odd_command_names():
+    assert stat_state(b"4242 (python) R 1 4242 4242 0 -1") == b"R"
+    assert stat_state(b"4242 (pt (main) thr) S 1 4242") == b"S"
+
+
+def test_runnable_summary_closed_form():
+    # 4 ranks on 2 cores: 2 samples all runnable, 2 samples one runnable, 4 samples none
+    a = np.array([[1, 1, 1, 1]] * 2 + [[1, 0, 0, 0]] * 2 + [[0, 0, 0, 0]] * 4, dtype=bool)
+    s = runnable_summary(a, cores=2)
+    assert s["samples"] == 8
+    assert s["time_by_runnable"] == pytest.approx([0.5, 0.25, 0.0, 0.0, 0.25])
+    # rank-samples: 8 with n = 4, 2 with n = 1
+    assert s["rank_runnable_by_n"] == pytest.approx([0.0, 0.2, 0.0, 0.0, 0.8])
+    assert s["fair_core_share"] == pytest.approx((8 * 0.5 + 2 * 1.0) / 10)
+    assert s["runnable_fraction"] == pytest.approx(10 / 32)
+
+
+def test_runnable_summary_refuses_empty():
+    with pytest.raises(ProbeError, match="no scheduler samples"):
+        runnable_summary(np.zeros((0, 4), dtype=bool), cores=2)
+    with pytest.raises(ProbeError, match="cores"):
+        runnable_summary(np.ones((3, 4), dtype=bool), cores=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 4), st.lists(st.integers(0, 63), min_size=1, max_size=50))
+def test_runnable_summary_properties(ranks, cores, rows):
+    a = np.array([[(r >> i) & 1 for i in range(ranks)] for r in rows], dtype=bool)
+    s = runnable_summary(a, cores)
+    assert sum(s["time_by_runnable"]) == pytest.approx(1.0)
+    if a.any():
+        assert sum(s["rank_runnable_by_n"]) == pytest.approx(1.0)
+        # a runnable rank gets at least the share of all ranks runnable, at most a whole core
+        assert min(1.0, cores / ranks) - 1e-12 <= s["fair_core_share"] <= 1.0 + 1e-12
+    else:
+        assert np.isnan(s["fair_core_share"])
+
+
+def test_schedstat_summary_closed_form():
+    s = schedstat_summary(np.array([1e9, 1e9]), np.array([1e9, 3e9]), seconds=10.0, step_s=1.0)
+    assert s["steps_in_window"] == pytest.approx(10.0)
+    assert s["cpu_s_per_step"] == pytest.approx([0.1, 0.1])
+    assert s["runqueue_wait_s_per_step"] == pytest.approx([0.1, 0.3])
+    assert s["core_share"] == pytest.approx(2 / 6)
+    with pytest.raises(ProbeError, match="empty window"):
+        schedstat_summary(np.ones(2), np.ones(2), seconds=0.0, step_s=1.0)
+
+
+def test_stat_fractions():
+    f = stat_fractions([0, 0, 10, 50, 0, 0, 5, 5], [30, 0, 20, 100, 0, 0, 10, 10])
+    assert f["user"] == pytest.approx(0.3) and f["idle"] == pytest.approx(0.5)
+    assert f["system"] == pytest.approx(0.1) and f["softirq"] + f["steal"] == pytest.approx(0.1)
+    with pytest.raises(ProbeError, match="did not advance"):
+        stat_fractions([1, 2, 3], [1, 2, 3])
+
+
+def _run(args, timeout=60):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "real_backend.schedprobe", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=REPO)
+
+
+def test_bad_configuration_exits_2_and_writes_nothing(tmp_path):
+    out = tmp_path / "p.json"
+    res = _run(["--configs", "4x1-fast-k8", "--out", str(out)])
+    assert res.returncode == 2 and "4x1-fast-k8" in res.stderr and "HOSTSxRANKS" in res.stderr
+    assert not out.exists()
+
+
+HAVE_NET = os.geteuid() == 0 and shutil.which("ip") is not None and shutil.which("tc") is not None
+
+
+@pytest.mark.torch
+@pytest.mark.skipif(not HAVE_NET, reason="the testbed needs root and iproute2 (ip, tc)")
+def test_probe_on_a_real_testbed(tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "probe.json"
+    res = _run(["--configs", "2x1-none-k2", "--structures", "dcca", "--steps", "8", "--no-wait", "--out", str(out)],
+               timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    data = json.loads(out.read_text())
+    (run,) = data["runs"]
+    assert (run["testbed"], run["structure"], run["top_k"]) == ("2x1", "dcca", 2)
+    assert run["samples"] > 20 and len(run["time_by_runnable"]) == 3
+    assert sum(run["time_by_runnable"]) == pytest.approx(1.0)
+    sched = run["schedstat"]
+    # two ranks on this machine's cores: they ran (CPU time), and got a real share of a core
+    assert all(c > 0 for c in sched["cpu_s_per_step"]) and 0 < sched["core_share"] <= 1
+    assert sched["steps_in_window"] == pytest.approx(8, rel=0.35)
+    assert 0 < run["machine"]["idle"] < 1 and run["step_s"] > 0
