@@ -9,6 +9,10 @@ barriers after ``--gap`` seconds of idle link (token buckets full again); plus `
 ``all_to_all_single`` and equal splits. Rank 0 writes one row per pattern and repetition: seconds,
 bytes on the busiest host link (``bottleneck_bytes``: the most any one host sends or receives to
 or from other hosts) and, on a shaped testbed, ``goodput`` = bottleneck bytes / seconds / tc rate.
+``release_first_s`` / ``release_last_s``: when the first and the last rank taking part got its
+own sends and receives back, from the earliest start (wall clock, one machine's clock for every
+namespace), so ``release_spread`` = (last - first) / last is how unevenly the pattern lets its
+ranks go: a fluid model that shares links fairly releases an even All-to-All's ranks together.
 
 Patterns (ranks are hosts when each host holds one rank): ``single`` 0->1; ``pair_two_way`` 0<->1
 on one connection; ``fan_in`` all -> 0; ``fan_out`` 0 -> all; ``ring`` i -> i+1; ``exchange`` every
@@ -24,7 +28,7 @@ from typing import Optional
 
 PROG = "real_backend.patterns"
 COLUMNS = ("pattern", "rep", "ranks", "bytes_per_pair", "pairs", "bottleneck_bytes", "seconds", "goodput",
-           "rate_bits", "run_id", "host", "backend", "world_size")
+           "release_first_s", "release_last_s", "release_spread", "rate_bits", "run_id", "host", "backend", "world_size")
 
 
 def _pairs(name: str, n: int) -> list[tuple[int, int]]:
@@ -55,6 +59,17 @@ def bottleneck_bytes(pairs: list[tuple[int, int]], nbytes: int, host_of) -> int:
             up[host_of(s)] = up.get(host_of(s), 0) + nbytes
             down[host_of(d)] = down.get(host_of(d), 0) + nbytes
     return max([*up.values(), *down.values(), 0])
+
+
+def release_times(starts, ends, pairs: list[tuple[int, int]]) -> tuple[float, float, float]:
+    """(first, last, spread) of the release of the ranks taking part in ``pairs``: ``starts`` and
+    ``ends`` are each rank's wall-clock start and return (s); times count from the earliest start
+    of a taking-part rank; spread = (last - first) / last."""
+    part = sorted({r for pair in pairs for r in pair})
+    t0 = min(starts[r] for r in part)
+    rel = [ends[r] - t0 for r in part]
+    first, last = min(rel), max(rel)
+    return first, last, (last - first) / last if last > 0 else 0.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +120,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             dist.barrier()
             time.sleep(args.gap)
             dist.barrier()
+            w0 = time.time()
             t0 = time.perf_counter()
             if name == "all_to_all":
                 dist.all_to_all_single(a2a_out, a2a_in)
@@ -117,12 +133,18 @@ def main(argv: Optional[list[str]] = None) -> int:
                         reqs.append(dist.irecv(recv[s], s, tag=s * world + d))
                 for q in reqs:
                     q.wait()
+            w1 = time.time()
             dist.barrier()
             dt = time.perf_counter() - t0
+            stamps = torch.zeros(2 * world, dtype=torch.float64)
+            stamps[2 * rank], stamps[2 * rank + 1] = w0, w1
+            dist.all_reduce(stamps)                  # every rank's (start, return), outside the timing
+            first, last, spread = release_times(stamps[0::2].tolist(), stamps[1::2].tolist(), pairs)
             if rep >= args.warmup and rank == 0:
                 rows.append({"pattern": name, "rep": rep - args.warmup, "ranks": world, "bytes_per_pair": elems * 4,
                              "pairs": len(pairs), "bottleneck_bytes": bneck, "seconds": dt,
                              "goodput": (bneck / dt / (rate_bits / 8.0)) if rate_bits and bneck else None,
+                             "release_first_s": first, "release_last_s": last, "release_spread": spread,
                              "rate_bits": rate_bits or None, "world_size": world, "backend": backend})
     if rank == 0:
         meta = torch_meta("patterns", backend, "cpu", argv=list(argv if argv is not None else sys.argv[1:]),
@@ -137,7 +159,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             rs.sort(key=lambda r: r["seconds"])
             m = rs[len(rs) // 2]
             gp = f", goodput {m['goodput']:.2f} of the rate" if m["goodput"] else ""
-            print(f"{PROG}: {name:13s} {m['seconds'] * 1e3:8.1f} ms{gp}", flush=True)
+            spreads = sorted(r["release_spread"] for r in rs)
+            print(f"{PROG}: {name:13s} {m['seconds'] * 1e3:8.1f} ms{gp}, ranks released over the last "
+                  f"{100 * spreads[len(spreads) // 2]:.0f} % (median)", flush=True)
     finish_process_group(PROG)
     return 0
 

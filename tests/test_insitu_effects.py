@@ -17,7 +17,7 @@ from moesim.config import load_config
 from moesim.errors import InputFileError
 from moesim.validate.traffic import _ipf, measured_dispatch_copies
 from moesim.workload import build_program
-from real_backend.patterns import PATTERNS, _pairs, bottleneck_bytes
+from real_backend.patterns import PATTERNS, _pairs, bottleneck_bytes, release_times
 
 ROOT = Path(__file__).resolve().parents[1]
 VAL = ROOT / "calibration" / "validation"
@@ -119,6 +119,20 @@ def test_patterns_probe_runs_on_real_gloo(tmp_path):
     assert set(df["pattern"]) == {"single", "pair_two_way", "all_to_all"} and len(df) == 6
     assert (df["seconds"] > 0).all() and df["goodput"].isna().all()      # not shaped: no rate to compare
     assert set(PATTERNS) >= set(df["pattern"])
+    # every rank is released after the first and no later than the whole pattern (closing barrier)
+    assert (df["release_first_s"] > 0).all() and (df["release_first_s"] <= df["release_last_s"]).all()
+    assert (df["release_last_s"] <= df["seconds"] + 0.05).all()
+    assert df["release_spread"].between(0, 1).all()
+
+
+def test_release_times_closed_form():
+    starts = [10.0, 10.002, 10.001, 50.0]
+    ends = [10.100, 10.052, 10.081, 99.0]
+    # rank 3 takes no part in a ring over ranks 0..2 (its times are ignored)
+    first, last, spread = release_times(starts, ends, [(0, 1), (1, 2), (2, 0)])
+    assert first == pytest.approx(0.052) and last == pytest.approx(0.100)
+    assert spread == pytest.approx(0.048 / 0.100)
+    assert release_times([1.0, 1.0], [1.0, 1.0], [(0, 1)]) == (0.0, 0.0, 0.0)
 
 
 def test_insitu_fit_recovers_a_known_wait_and_two_way_penalty(tmp_path):
