@@ -37,6 +37,7 @@ from typing import Optional
 
 import numpy as np
 
+from moesim.calibrate.campaign import model_args, proc_stat_cpu, repo_root, wait_quiet
 from moesim.errors import MoesimError
 from moesim.io import write_json_atomic
 
@@ -115,10 +116,6 @@ def stat_fractions(before: list[int], after: list[int]) -> dict:
 
 
 # ---- sampling ------------------------------------------------------------------------------------------
-def _proc_stat() -> list[int]:
-    return [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-
-
 def _rank_pids() -> list[int]:
     """PIDs of real_backend.run worker processes (not their torchrun launchers)."""
     out = []
@@ -185,7 +182,7 @@ class Sampler:
                 states.append(row)
                 if now >= next_coarse:
                     try:
-                        coarse.append((now, [_schedstat(p) for p in pids], _proc_stat()))
+                        coarse.append((now, [_schedstat(p) for p in pids], proc_stat_cpu()))
                     except (OSError, ValueError, IndexError):
                         break
                     next_coarse = now + 0.2
@@ -194,7 +191,7 @@ class Sampler:
             for f in files:
                 f.close()
             sampler_cpu = (time.process_time() - cpu0) / max(1e-9, time.monotonic() - wall0)
-        return {"pids": pids, "times": np.array(times), "states": np.array(states, dtype=bool),
+        return {"times": np.array(times), "states": np.array(states, dtype=bool),
                 "coarse": coarse, "sampler_cpu_fraction": sampler_cpu}
 
 
@@ -221,7 +218,6 @@ def summarise(samples: dict, window: tuple[float, float], step_s: float, cores: 
 # ---- driver ----------------------------------------------------------------------------------------------
 def _run_one(hosts: int, rph: int, rate: str, structure: str, top_k: int, steps: int, period: float,
              workdir: Path) -> dict:
-    from moesim.calibrate.campaign import model_args, repo_root
     from real_backend.results import read_table
     out = workdir / f"{hosts}x{rph}-{rate}-{structure}-k{top_k}.csv"
     cmd = [sys.executable, "-m", "real_backend.testbed", "--hosts", str(hosts), "--ranks-per-host", str(rph),
@@ -279,7 +275,6 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise ProbeError("--steps must be >= 5 and --period in (0, 0.1] s")
         if os.geteuid() != 0:
             raise ProbeError("the testbed needs root (network namespaces and tc)")
-        from moesim.calibrate.campaign import wait_quiet
         from moesim.calibrate.profile_io import machine_info
         runs = []
         with tempfile.TemporaryDirectory(prefix="schedprobe-") as tmp:

@@ -80,10 +80,16 @@ def busy_processes() -> list[str]:
     return out
 
 
+def proc_stat_cpu() -> list[int]:
+    """The machine's ``cpu`` line of /proc/stat: user, nice, system, idle, iowait, irq, softirq,
+    steal, ... (clock ticks)."""
+    return [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+
+
 def cpu_busy(window_s: float = 3.0) -> float:
     """Fraction of all cores busy over the next ``window_s`` seconds (from /proc/stat)."""
     def sample():
-        f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        f = proc_stat_cpu()
         idle = f[3] + (f[4] if len(f) > 4 else 0)
         return sum(f), idle
     try:
