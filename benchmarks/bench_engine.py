@@ -6,6 +6,7 @@ rail-optimised 400 Gb/s fabric, H100 profile), 4096 tokens per GPU, ep = 32.
     python benchmarks/bench_engine.py --gpus 32 1024  # a subset
     python benchmarks/bench_engine.py --layers 6 12 24 --gpus 1024   # growth with layers
     python benchmarks/bench_engine.py --profile-run 1024               # cProfile top functions
+    python benchmarks/bench_engine.py --shared-cores                   # cost of the shared-core mode
 
 Each size runs in a fresh subprocess so its peak memory (ru_maxrss) is its own. Prints one line per
 run and a Markdown table; targets (2-core machine): 32 GPUs < 1 s, 1,024 < 10 s, 8,192 < 2 min.
@@ -41,13 +42,43 @@ def one_run(gpus: int, layers: int, structure: str) -> dict:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def shared_cores(reps: int = 20) -> int:
+    """The on-one-machine testbed's campaign model (4 ranks on 2 cores, 150 Mbit/s, top-8) with the
+    committed AVX2 profile: seconds per simulation with shared cores (every rank its own process,
+    processor sharing, staggered release) against the fixed core share, in one run."""
+    from moesim.calibrate.netmodel import testbed_graph
+    from moesim.config import load_config
+    from moesim.engine import SimOptions, simulate
+    from moesim.topology import Topology
+    topo = Topology(testbed_graph(4, 1, 150e6, cores=2), source="<testbed 4x1 150 Mbit/s>")
+    print("| structure | fixed share (ms) | shared cores (ms) | ratio | rank classes |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for structure in ("cdac", "dcca"):
+        cfg = load_config("real_backend/configs/small-gpt.yaml",
+                          ["moe.experts=16", "model.vocab=2048", "model.seq_len=64", "run.global_batch_tokens=768",
+                           "run.batch_size=8", f"moe.structure={structure}", "moe.top_k=8", "parallel.ep=4"])
+        times, classes = {}, {}
+        for pool in (False, True):
+            simulate(cfg, topo, "calibration/avx2/cpu-testbed-avx2.yaml", SimOptions(cpu_pool=pool))  # warm caches
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                res = simulate(cfg, topo, "calibration/avx2/cpu-testbed-avx2.yaml", SimOptions(cpu_pool=pool))
+            times[pool], classes[pool] = (time.perf_counter() - t0) / reps, res.classes.count
+        print(f"| {structure} | {times[False] * 1e3:.1f} | {times[True] * 1e3:.1f} | {times[True] / times[False]:.2f} | "
+              f"{classes[False]} -> {classes[True]} |")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gpus", type=int, nargs="+", default=[32, 1024, 8192])
     ap.add_argument("--layers", type=int, nargs="+", default=[24])
     ap.add_argument("--child", nargs=3, metavar=("GPUS", "LAYERS", "STRUCTURE"), help=argparse.SUPPRESS)
     ap.add_argument("--profile-run", type=int, metavar="GPUS", help="cProfile one DCCA run and print the top 25")
+    ap.add_argument("--shared-cores", action="store_true", help="cost of the shared-core mode on the testbed model")
     args = ap.parse_args()
+    if args.shared_cores:
+        return shared_cores()
     if args.child:
         print(json.dumps(one_run(int(args.child[0]), int(args.child[1]), args.child[2])))
         return 0

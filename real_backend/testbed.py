@@ -302,7 +302,7 @@ class Testbed:
         import networkx as nx
         nic_bw = (self.rate / 8) if self.rate else 10e9
         g = nx.Graph(name=f"testbed-{self.hosts}x{self.rph}", source=PROG, testbed_id=self.id,
-                     tc_rate_bits=self.rate or 0.0,
+                     tc_rate_bits=self.rate or 0.0, shared_cpu_cores=os.cpu_count() or 1,
                      description=(f"emulated testbed: {self.hosts} namespaces x {self.rph} ranks, veth "
                                   + (f"{self.rate / 1e6:g} Mbit/s tbf on both ends (nominal tc rate; calibrate the "
                                      f"effective rate with real_backend.microbench)" if self.rate

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
+
 from moesim.calibrate import campaign
 
 
@@ -50,3 +52,23 @@ def test_validation_runs_come_in_whole_rounds(tmp_path, monkeypatch):
 def test_repeats_must_be_positive(capsys):
     assert campaign.main(["--only", "calibrate", "--repeats", "0", "--out", "/nonexistent"]) == 2
     assert "--repeats" in capsys.readouterr().err
+
+
+def test_fit_command_names_the_options_that_differ_from_the_defaults():
+    cmd = campaign.fit_command("calibration/avx2", "cpu-testbed-avx2", campaign.DEFAULT_PATTERNS)
+    assert cmd == ("python -m moesim.calibrate.campaign --out calibration/avx2 --name cpu-testbed-avx2  (this fit "
+                   "alone: python -m moesim.calibrate.campaign --out calibration/avx2 --name cpu-testbed-avx2 "
+                   "--only calibrate)")
+    assert "--patterns none" in campaign.fit_command("calibration", "cpu-testbed", "none")
+    assert "--name" not in campaign.fit_command("calibration", "cpu-testbed", "none")
+    # the committed profiles record exactly that command
+    for path, name in (("calibration/cpu-testbed.yaml", "cpu-testbed"),
+                       ("calibration/avx2/cpu-testbed-avx2.yaml", "cpu-testbed-avx2")):
+        text = open(path).read()
+        assert "release_patterns:" in text and f"name: {name}" in text
+
+
+def test_patterns_that_match_nothing_stop_the_fit_before_it_starts(tmp_path):
+    args = argparse.Namespace(name="x", patterns="calibration/patterns/no-such-*.csv", tbf_effects=False, out=str(tmp_path))
+    with pytest.raises(SystemExit, match="no such tables"):
+        campaign.finish(args, lambda s: None, tmp_path, tmp_path / "measurements", tmp_path / "validation")

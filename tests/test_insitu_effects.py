@@ -14,7 +14,7 @@ import pytest
 from moesim.calibrate.core import recorded_peak
 from moesim.calibrate.tables import read_table
 from moesim.config import load_config
-from moesim.errors import InputFileError
+from moesim.errors import InputFileError, MoesimError
 from moesim.validate.traffic import _ipf, measured_dispatch_copies
 from moesim.workload import build_program
 from real_backend.patterns import PATTERNS, _pairs, bottleneck_bytes, release_times
@@ -135,34 +135,95 @@ def test_release_times_closed_form():
     assert release_times([1.0, 1.0], [1.0, 1.0], [(0, 1)]) == (0.0, 0.0, 0.0)
 
 
+def _synthetic_runs(tmp_path, names, truth) -> list:
+    """Copies of committed fit runs (with their topologies) whose step time is ``truth(run)``, the
+    simulator's own prediction at known parameters."""
+    import pandas as pd
+
+    from moesim.calibrate.insitu import _Run
+    from moesim.validate.core import RunSpec, load_run
+    paths = []
+    for name in names:
+        src = VAL / name
+        df = pd.read_csv(src, skiprows=2)
+        df.loc[df["phase"] == "step", "seconds"] = truth(_Run([load_run(RunSpec(src))], 64 * 2**20))
+        dst = tmp_path / name
+        dst.write_text("".join(src.read_text().splitlines(keepends=True)[:2]) + df.to_csv(index=False))
+        (tmp_path / name.replace(".csv", ".topology.json")).write_text(
+            (VAL / name.replace(".csv", ".topology.json")).read_text())
+        paths.append(dst)
+    return paths
+
+
+def _fixed_share(profile: dict) -> dict:
+    """The committed profile without its shared-core pool (the fixed core share)."""
+    profile["calibration"].pop("cpu_pool", None)
+    profile["calibration"]["links"]["nic"].pop("release_spread", None)
+    return profile
+
+
+def test_insitu_shared_core_fit_recovers_known_pool_cores_and_alone_factor(tmp_path):
+    """Fit runs whose step times are the simulator's own with shared cores at (K, g) = (2.0, 0.8):
+    the shared-core fit finds them among its grid, writes them to calibration.cpu_pool with the
+    measured release spread, and the profile then turns the mode on by itself."""
+    import copy
+
+    import yaml
+
+    from moesim.calibrate.core import Calibration
+    from moesim.calibrate.insitu import fit_insitu
+    from moesim.calibrate.release import release_spread
+    from moesim.cost.profile import parse_profile
+    patterns = sorted((ROOT / "calibration" / "patterns").glob("release-*.csv"))
+    spread = release_spread(patterns).spread
+    base = _fixed_share(yaml.safe_load((ROOT / "calibration" / "cpu-testbed.yaml").read_text()))
+    base["calibration"]["links"]["nic"]["release_spread"] = spread
+    def truth(run):
+        assert run.topo.graph.graph["shared_cpu_cores"] == 2     # added from the run's cpu_count
+        return run.step(base, 0.005, 0.1, 0.0, 0.0, cpu_pool=True, pool_cores=2.0, alone_factor=0.8)
+    paths = _synthetic_runs(tmp_path, ("4x1-150mbit-cdac-k4.csv", "4x1-150mbit-dcca-k4.csv", "4x1-none-dcca-k4.csv"),
+                            truth)
+    cal = Calibration(profile=copy.deepcopy(_fixed_share(base)), compute=None, contention=None, network=None)
+    cal = fit_insitu(cal, paths, patterns=patterns, refine=0, burst_fractions=(0.0,),
+                     pool_grids=((1.5, 2.0, 2.5), (0.6, 0.8, 0.95), (0.005,), (0.1,), (0.0,)))
+    prof = cal.profile
+    assert prof["calibration"]["cpu_pool"]["pool_cores"] == 2.0
+    assert prof["calibration"]["cpu_pool"]["alone_factor"] == 0.8
+    assert prof["calibration"]["cpu_pool"]["release_spread"] == pytest.approx(spread)
+    assert prof["calibration"]["links"]["nic"]["release_spread"] == pytest.approx(spread)
+    assert prof["calibration"]["insitu"]["residuals"]["max_error"] < 1e-9
+    dev = parse_profile(prof, Path("<fitted>")).device
+    assert (dev.pool_cores, dev.alone_factor) == (2.0, 0.8)
+    # the same profile, fitted with the fixed share, carries neither the pool nor the spread
+    fixed = fit_insitu(Calibration(profile=copy.deepcopy(prof), compute=None, contention=None, network=None),
+                       paths, burst_fractions=(0.0,), wait_grid=(0.005,), penalty_grid=(0.1,)).profile
+    assert "cpu_pool" not in fixed["calibration"] and "release_spread" not in fixed["calibration"]["links"]["nic"]
+    with pytest.raises(MoesimError, match="shared-core fit needs runs"):
+        unshared = tmp_path / "unshared"
+        unshared.mkdir()
+        src = paths[0]
+        (unshared / src.name).write_text(src.read_text().replace('"cpu_count": 2, ', ''))
+        fit_insitu(Calibration(profile=copy.deepcopy(base), compute=None, contention=None, network=None),
+                   [unshared / src.name], patterns=patterns, refine=0,
+                   pool_grids=((2.0,), (0.8,), (0.005,), (0.1,), (0.0,)))
+
+
 def test_insitu_fit_recovers_a_known_wait_and_two_way_penalty(tmp_path):
     """Fit runs whose step times are the simulator's own at (wait, b) = (6 ms, 0.35): the in-situ
     fit finds them again (on the real runs' measured traffic)."""
     import copy
 
-    import pandas as pd
     import yaml
 
     from moesim.calibrate.core import Calibration
-    from moesim.calibrate.insitu import _Run, fit_insitu
-    from moesim.validate.core import RunSpec, load_run
-    base = yaml.safe_load((ROOT / "calibration" / "cpu-testbed.yaml").read_text())
+    from moesim.calibrate.insitu import fit_insitu
+    base = _fixed_share(yaml.safe_load((ROOT / "calibration" / "cpu-testbed.yaml").read_text()))
     prof = copy.deepcopy(base)
     for key in ("two_way_penalty", "burst_s"):
         prof["calibration"]["links"]["nic"].pop(key, None)
     prof["network"]["receiver_wait_s"] = 0.0
-    paths = []
-    for name in ("4x1-150mbit-cdac-k4.csv", "4x1-none-dcca-k4.csv"):
-        src = VAL / name
-        truth = _Run([load_run(RunSpec(src))], 64 * 2**20).step(base, 0.006, 0.35, 0.005)
-        lines = src.read_text().splitlines(keepends=True)
-        df = pd.read_csv(src, skiprows=2)
-        df.loc[df["phase"] == "step", "seconds"] = truth
-        dst = tmp_path / name
-        dst.write_text("".join(lines[:2]) + df.to_csv(index=False))
-        (tmp_path / name.replace(".csv", ".topology.json")).write_text(
-            (VAL / name.replace(".csv", ".topology.json")).read_text())
-        paths.append(dst)
+    paths = _synthetic_runs(tmp_path, ("4x1-150mbit-cdac-k4.csv", "4x1-none-dcca-k4.csv"),
+                            lambda run: run.step(base, 0.006, 0.35, 0.005))
     cal = fit_insitu(Calibration(profile=prof, compute=None, contention=None, network=None), paths,
                      burst_fractions=(0.0, 1.0), penalty_grid=(0.0, 0.2, 0.35, 0.5))
     ins = cal.profile["calibration"]["insitu"]
@@ -178,26 +239,15 @@ def test_insitu_fit_tells_the_peer_term_from_the_two_way_penalty(tmp_path):
     4-host runs only, c is not fitted (it would be confounded with b) and stays out of the profile."""
     import copy
 
-    import pandas as pd
     import yaml
 
     from moesim.calibrate.core import Calibration
-    from moesim.calibrate.insitu import _Run, fit_insitu
-    from moesim.validate.core import RunSpec, load_run
-    base = yaml.safe_load((ROOT / "calibration" / "cpu-testbed.yaml").read_text())
+    from moesim.calibrate.insitu import fit_insitu
+    base = _fixed_share(yaml.safe_load((ROOT / "calibration" / "cpu-testbed.yaml").read_text()))
     for key in ("two_way_penalty", "peer_penalty", "burst_s"):
         base["calibration"]["links"]["nic"].pop(key, None)
-    paths = []
-    for name in ("2x2-150mbit-cdac-k4.csv", "4x1-150mbit-cdac-k4.csv", "4x1-400mbit-cdac-k8.csv"):
-        src = VAL / name
-        truth = _Run([load_run(RunSpec(src))], 64 * 2**20).step(base, 0.006, 0.2, 0.0, 0.35)
-        df = pd.read_csv(src, skiprows=2)
-        df.loc[df["phase"] == "step", "seconds"] = truth
-        dst = tmp_path / name
-        dst.write_text("".join(src.read_text().splitlines(keepends=True)[:2]) + df.to_csv(index=False))
-        (tmp_path / name.replace(".csv", ".topology.json")).write_text(
-            (VAL / name.replace(".csv", ".topology.json")).read_text())
-        paths.append(dst)
+    paths = _synthetic_runs(tmp_path, ("2x2-150mbit-cdac-k4.csv", "4x1-150mbit-cdac-k4.csv", "4x1-400mbit-cdac-k8.csv"),
+                            lambda run: run.step(base, 0.006, 0.2, 0.0, 0.35))
 
     def fit(runs):
         cal = Calibration(profile=copy.deepcopy(base), compute=None, contention=None, network=None)

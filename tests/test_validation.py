@@ -22,7 +22,7 @@ CAMPAIGN = ROOT / "calibration" / "validation"
 #: the committed campaigns: (validation dir, measurements dir, held-out pairs allowed to miss the 10%
 #: speedup target, worst speedup error allowed); the second ran on an AVX2 machine, in 3 rounds
 CAMPAIGNS = [(CAMPAIGN, ROOT / "calibration" / "measurements", 1, 0.15),
-             (ROOT / "calibration" / "avx2" / "validation", ROOT / "calibration" / "avx2" / "measurements", 4, 0.20)]
+             (ROOT / "calibration" / "avx2" / "validation", ROOT / "calibration" / "avx2" / "measurements", 1, 0.15)]
 RUN_COLUMNS = ("step", "rank", "phase", "direction", "seconds", "count", "bytes", "bytes_remote", "run_id", "host",
                "backend", "world_size", "structure", "mode", "ep", "dp")
 
@@ -48,9 +48,9 @@ def test_committed_campaign_meets_targets(committed):
     assert rep["max_error"] >= rep["mape"]
     held_pairs = [p for p in rep["pairs"] if p["role"] == "heldout"]
     assert len(held_pairs) >= 8
-    # Known gap (README "What remains"): top-8 pairs miss the 10% speedup target (2x2 at 400 Mbit/s
-    # in both campaigns: the two-way loss is smaller there than the fitted penalty; on the AVX2
-    # machine DCCA top-8 steps also run slower than modelled); every other held-out pair is within 10%.
+    # Known gap (README "What remains"): one top-8 pair per campaign misses the 10% speedup target
+    # (AVX-512: 2x2 at 400 Mbit/s, the two-way loss is smaller there than the fitted penalty; AVX2:
+    # 2x2 unshaped, CPU-bound copies); every other held-out pair is within 10%.
     missed = [p["label"] for p in held_pairs if p["error"] > 0.10]
     assert len(missed) <= max_missed, missed
     assert all(" k8" in m for m in missed), missed

@@ -16,7 +16,8 @@ validation runs). Steps:
    fit configurations (they calibrate the receiver wait and the two-way goodput penalty, see
    ``moesim.calibrate.insitu``),
    the others are held out;
-3. ``moesim calibrate`` -> ``<out>/<name>.yaml``; the in-situ fit on the fit runs; the manifest
+3. ``moesim calibrate`` -> ``<out>/<name>.yaml``; the in-situ fit on the fit runs (with shared
+   cores, using the All-to-All release spread of the ``--patterns`` tables); the manifest
    ``<out>/validation/manifest.json`` naming the profile, topologies and roles;
 4. ``moesim validate <out>/validation`` prints the result.
 
@@ -28,6 +29,7 @@ committed tables without measuring anything.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import shlex
@@ -39,6 +41,8 @@ from pathlib import Path
 from moesim.calibrate.profile_io import machine_info, now_iso
 
 PROG = "moesim.calibrate.campaign"
+#: the All-to-All release probes the in-situ fit's shared-core model takes its spread from
+DEFAULT_PATTERNS = "calibration/patterns/release-*.csv"
 MODEL = "real_backend/configs/small-gpt.yaml"
 #: the campaign model: small-gpt sized so that one training step takes 0.1-2 s on 4 ranks / 2 cores
 MODEL_SETS = ["moe.experts=16", "model.vocab=2048", "model.seq_len=64", "run.global_batch_tokens=768",
@@ -256,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="let the network microbenchmark fit choose a two-way penalty and burst too, so that "
                          "efficiency and latencies are fitted beside them (the in-situ fit on the fit runs "
                          "then sets both; off: pure-rate links in the microbenchmark fit)")
+    ap.add_argument("--patterns", default=DEFAULT_PATTERNS,
+                    help="real_backend.patterns tables with release times (glob, relative to the repository): "
+                         "the in-situ fit then models the shared cores (moesim.calibrate.insitu); 'none': the "
+                         "fixed core share (default calibration/patterns/release-*.csv)")
     ap.add_argument("--repeats", type=int, default=3,
                     help="runs of every validation configuration, in whole rounds (default 3); validation "
                          "compares predictions with the median over a configuration's runs")
@@ -318,20 +326,35 @@ def compare_repeat(rdir: Path, vdir: Path) -> int:
     return 0
 
 
+def fit_command(out: str, name: str, patterns: str) -> str:
+    """The command that re-creates a campaign profile (options at their defaults left out)."""
+    opts = "".join(f" {k} {shlex.quote(v)}" for k, v, default in
+                   (("--name", name, "cpu-testbed"), ("--patterns", patterns, DEFAULT_PATTERNS)) if v != default)
+    base = f"python -m {PROG} --out {out}{opts}"
+    return f"{base}  (this fit alone: {base} --only calibrate)"
+
+
 def finish(args, log, out: Path, mdir: Path, vdir: Path) -> int:
     """Fit the profile from the measurements (+ the in-situ fit on the fit runs) and write the
     validation manifest; then print the validation."""
     from moesim.calibrate import calibrate, write_profile
     from moesim.calibrate.insitu import fit_insitu
     prof_path = out / f"{args.name}.yaml"
+    root = repo_root()
+    patterns = [] if args.patterns == "none" else sorted(
+        os.path.relpath(f, root) for f in glob.glob(str(root / args.patterns)))
+    if args.patterns != "none" and not patterns:
+        raise SystemExit(f"{PROG}: --patterns {args.patterns}: no such tables (measure them with "
+                         f"real_backend.patterns, or pass --patterns none)")
     log("fitting the profile")
     cal = calibrate([mdir], name=args.name, tbf_effects=args.tbf_effects)
     runs = json.loads((vdir / "runs.json").read_text())["runs"]
     fit_runs = [vdir / r["file"] for r in runs if r["role"] == "fit"]
     if fit_runs:
-        cal = fit_insitu(cal, fit_runs)
-    cal.profile["provenance"]["command"] = (f"python -m {PROG} --out {args.out}  (this fit alone: "
-                                            f"python -m {PROG} --out {args.out} --only calibrate)")
+        cal = fit_insitu(cal, fit_runs, patterns=[root / f for f in patterns] or None)
+    cal.profile["provenance"]["command"] = fit_command(args.out, args.name, args.patterns)
+    if patterns:
+        cal.profile["provenance"]["release_patterns"] = patterns
     write_profile(prof_path, cal.profile)
     manifest = {"kind": "validation", "profile": os.path.relpath(prof_path, vdir), "targets": TARGETS,
                 "runs": runs, "campaign": json.loads((vdir / "runs.json").read_text()).get("campaign"),

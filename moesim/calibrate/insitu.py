@@ -51,6 +51,12 @@ WAIT_GRID_S = tuple(np.arange(0.0, 15.01e-3, 2.5e-3))   # coarse grid, then refi
 PENALTY_GRID = (0.0, 0.1, 0.2, 0.35, 0.5, 0.7)
 PEER_GRID = (0.0, 0.1, 0.2, 0.35)                      # per extra peer host
 BURST_FRACTIONS = (0.0, 0.5, 1.0)                        # of the testbed's configured bucket
+# shared-core mode (see fit_insitu): the pool's effective cores K and the alone factor g join the fit
+POOL_CORES_GRID = (1.5, 2.0, 2.5)
+ALONE_GRID = (0.6, 0.75, 0.9)
+POOL_WAIT_GRID_S = (0.0, 5e-3, 10e-3, 15e-3)
+POOL_PENALTY_GRID = (0.0, 0.15, 0.3, 0.45)
+POOL_PEER_GRID = (0.0, 0.2)
 
 
 class _Run:
@@ -68,7 +74,9 @@ class _Run:
         self.copies = mean_copies(runs)
         self.bucket = bucket_bytes
 
-    def step(self, profile_dict: dict, wait: float, penalty: float, burst_s: float = 0.0, peer: float = 0.0) -> float:
+    def step(self, profile_dict: dict, wait: float, penalty: float, burst_s: float = 0.0, peer: float = 0.0,
+             **options) -> float:
+        """Predicted step (s) with these in-situ parameters; ``options``: more :class:`SimOptions`."""
         from moesim.engine import SimOptions, simulate
         d = copy.deepcopy(profile_dict)
         d["network"]["receiver_wait_s"] = float(wait)
@@ -79,7 +87,8 @@ class _Run:
         prof = parse_profile(d, Path("<in-situ>"))
         prof = replace(prof, network=replace(prof.network, link_efficiency={}))
         topo = effective_topology(self.topo, links) if links else self.topo
-        return simulate(self.cfg, topo, prof, SimOptions(bucket_bytes=self.bucket, a2a_copies=self.copies)).step_time_s
+        return simulate(self.cfg, topo, prof, SimOptions(bucket_bytes=self.bucket, a2a_copies=self.copies,
+                                                         **options)).step_time_s
 
 
 def _key(point, burst_s: float) -> tuple:
@@ -91,22 +100,69 @@ def _loss(runs: list[_Run], prof: dict, point: tuple, cache: dict, burst_s: floa
     key = _key(point, burst_s)
     if key not in cache:
         wait, penalty, peer = point
-        pred = np.array([r.step(prof, wait, penalty, burst_s, peer) for r in runs])
+        pred = np.array([r.step(prof, wait, penalty, burst_s, peer, cpu_pool=False) for r in runs])
         meas = np.array([r.measured for r in runs])
         cache[key] = (float(np.sum(((pred - meas) / meas) ** 2)), pred)
     return cache[key][0]
 
 
+def _fit_pool(runs: list[_Run], prof: dict, grids: tuple, penalties_on: bool, peers_on: bool, bursts: list,
+              refine: int) -> tuple[tuple, np.ndarray, int]:
+    """Shared-core mode: grid over (K, g, wait, b, c) at no burst, then a coordinate search that
+    halves its steps ``refine`` times (the burst among ``bursts``). Returns the best
+    (K, g, wait, b, c, burst), its predictions and the number of evaluations."""
+    cores_grid, alone_grid, wait_grid, penalty_grid, peer_grid = grids
+    meas = np.array([r.measured for r in runs])
+    cache: dict = {}
+
+    def loss(x) -> float:
+        key = tuple(round(v, 9) for v in x)
+        if key not in cache:
+            k, g, wait, b, c, burst = x
+            pred = np.array([r.step(prof, wait, b, burst, c, cpu_pool=True, pool_cores=k, alone_factor=g)
+                             for r in runs])
+            cache[key] = (float(np.sum((pred / meas - 1.0) ** 2)), pred)
+        return cache[key][0]
+
+    grid = itertools.product(cores_grid, alone_grid, wait_grid, penalty_grid if penalties_on else (0.0,),
+                             peer_grid if peers_on else (0.0,), (0.0,))
+    best = min(grid, key=loss)
+    steps = [0.25, 0.075, 2.5e-3, 0.075 if penalties_on else 0.0, 0.1 if peers_on else 0.0]
+    lower, upper = (0.25, 0.05, 0.0, 0.0, 0.0), (64.0, 1.0, 1.0, 5.0, 5.0)
+    for _ in range(refine):
+        for i, h in enumerate(steps):
+            for sign in ((-1, 1) if h > 0 else ()):
+                cand = list(best)
+                cand[i] = min(upper[i], max(lower[i], best[i] + sign * h))
+                if loss(tuple(cand)) < loss(best):
+                    best = tuple(cand)
+        for burst in bursts:
+            cand = best[:5] + (burst,)
+            if loss(cand) < loss(best):
+                best = cand
+        steps = [h / 2 for h in steps]
+    return best, cache[tuple(round(v, 9) for v in best)][1], len(cache)
+
+
 def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s: float | None = None,
                burst_fractions=BURST_FRACTIONS, wait_grid=WAIT_GRID_S, penalty_grid=PENALTY_GRID,
-               peer_grid=PEER_GRID):
+               peer_grid=PEER_GRID, patterns: list | None = None, pool_grids: tuple | None = None,
+               refine: int = 3):
     """Fit ``receiver_wait_s``, the shaped-link two-way penalty b, its peer-host term c and the
     usable token-bucket burst of ``cal.profile`` on the step times of ``run_paths`` (multi-rank
     testbed runs: the fit configurations). c is fitted only when the shaped fit runs include both
     two-host testbeds (k = 1 peer host) and bigger ones (k > 1), which tell b and c apart; else it
     stays 0. ``burst_s``: the configured bucket (s at the rate; default the testbed's); the burst is
     chosen among ``burst_fractions`` of it. Returns ``cal`` with the profile updated and the fit
-    recorded under ``calibration.insitu``."""
+    recorded under ``calibration.insitu``.
+
+    ``patterns`` (``real_backend.patterns`` tables with release times) switch on the shared-core
+    mode (:class:`moesim.engine.SimOptions`): the fit runs' ranks share one machine's cores, the
+    engine shares them among the ranks that compute, and All-to-Alls over shaped links release their
+    members over the measured spread (the median of the tables, :mod:`moesim.calibrate.release`;
+    measured, not fitted). The pool's effective cores K and the alone factor g are fitted with the
+    rest, over ``pool_grids`` = (K, g, wait s, b, c) grids and ``refine`` rounds of coordinate search;
+    they are written to ``calibration.cpu_pool``, the spread to the ``nic`` links."""
     from moesim.validate.core import REAL_BACKEND_BUCKET_BYTES, RunSpec, group_repeats, load_run
     bucket = bucket_bytes or REAL_BACKEND_BUCKET_BYTES
     prof = cal.profile
@@ -121,6 +177,28 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
     peers = tuple(peer_grid) if (has_nic and 2 in shaped_hosts and max(shaped_hosts) > 2) else (0.0,)
     configured = (TESTBED_TBF_BURST_S if burst_s is None else float(burst_s)) if has_nic else 0.0
     bursts = sorted({f * configured for f in burst_fractions}) if has_nic else [0.0]
+    if patterns:
+        from moesim.calibrate.release import release_spread
+        unshared = [r.files[0] for r in runs if not r.topo.graph.graph.get("shared_cpu_cores")]
+        if unshared:
+            raise MoesimError(f"the shared-core fit needs runs whose ranks share one machine's cores; "
+                              f"{unshared[0]} records none (a real_backend.testbed run records cpu_count)")
+        spread = release_spread(patterns)
+        if has_nic:
+            prof["calibration"]["links"]["nic"]["release_spread"] = spread.spread
+        grids = pool_grids or (POOL_CORES_GRID, ALONE_GRID, POOL_WAIT_GRID_S, POOL_PENALTY_GRID, POOL_PEER_GRID)
+        (k_cores, alone, wait, penalty, peer, burst), pred, evaluations = _fit_pool(
+            runs, prof, grids, len(penalties) > 1, len(peers) > 1, bursts, refine)
+        pool = {"pool_cores": float(k_cores), "alone_factor": float(alone), "release_spread": spread.spread,
+                "release_measured": spread.to_dict()["per_file"], "release_repetitions": spread.rows,
+                "meaning": "the fit runs' ranks share one machine's cores: the engine shares pool_cores effective "
+                           "cores among the ranks that compute (a rank alone runs at its alone speed, an op's "
+                           "alone work is alone_factor x its priced seconds), and releases the members of an "
+                           "All-to-All over shaped links over the last release_spread of its time (measured by "
+                           "real_backend.patterns; see moesim.engine.cpupool, moesim.engine.netbridge)"}
+        return _write_fit(cal, prof, runs, pred, wait, penalty, peer, burst, configured, has_nic, evaluations, pool)
+    if has_nic:   # the fixed share: no staggered release either
+        prof["calibration"]["links"]["nic"].pop("release_spread", None)
     cache: dict = {}
     results = []
     for burst in bursts:
@@ -136,6 +214,12 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
         results.append((_loss(runs, prof, best, cache, burst), best, burst))
     _, (wait, penalty, peer), burst = min(results, key=lambda x: x[0])
     pred = cache[_key((wait, penalty, peer), burst)][1]
+    return _write_fit(cal, prof, runs, pred, wait, penalty, peer, burst, configured, has_nic, len(cache), None)
+
+
+def _write_fit(cal, prof: dict, runs: list[_Run], pred: np.ndarray, wait: float, penalty: float, peer: float,
+               burst: float, configured: float, has_nic: bool, evaluations: int, pool: dict | None):
+    """Write the fitted parameters into ``cal.profile`` and record the fit."""
     meas = np.array([r.measured for r in runs])
     prof["network"]["receiver_wait_s"] = float(wait)
     if has_nic:
@@ -152,12 +236,17 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
         "nic_burst_why": "the tc bucket lets a refilled link send its burst at line rate, but TCP paces at its "
                          "bandwidth estimate and uses only part of it: chosen among fractions of the configured bucket",
         "latency_per_message_s": float(prof["network"]["latency_per_message_s"]),
-        "fitted_on": [f for r in runs for f in r.files], "configurations": len(runs), "evaluations": len(cache),
+        "fitted_on": [f for r in runs for f in r.files], "configurations": len(runs), "evaluations": evaluations,
         "why": "in a step, R ranks share C < R cores: a collective waits for descheduled receivers, "
                "overlapped with its transfer; shaped links lose goodput under two-way multi-peer "
                "traffic (see moesim.calibrate.insitu)",
         "residuals": residual_summary(pred, meas),
     }
+    if pool is not None:
+        cal_sec["insitu"]["cpu_pool"] = {"pool_cores": pool["pool_cores"], "alone_factor": pool["alone_factor"]}
+        cal_sec["cpu_pool"] = pool
+    else:
+        cal_sec.pop("cpu_pool", None)
     cal.residuals["insitu_fit_steps"] = residual_summary(pred, meas)
     cal_sec.setdefault("residuals", {})["insitu_fit_steps"] = residual_summary(pred, meas)
     return cal

@@ -13,8 +13,10 @@ across the bridge crosses two ``nic`` links); the profile's ``network.latency_pe
 the software cost of one message (gloo, syscalls), paid once per flow. Optional, shaped links
 only (0 = off): ``two_way_penalty`` b (a link that carries a rank pair's traffic in both
 directions at once carries 1/(1+b) of its rate; ``peer_penalty`` c makes it 1/(1+b+c(k-1)) when
-those flows cross k peer hosts' shaped links) and ``burst_s`` (tbf bucket: ``burst_s * rate`` bytes pass at once at a
-collective's start); see :mod:`moesim.network.fluid`.
+those flows cross k peer hosts' shaped links), ``burst_s`` (tbf bucket: ``burst_s * rate`` bytes pass at once at a
+collective's start; see :mod:`moesim.network.fluid`) and ``release_spread`` s (an All-to-All across
+shaped links returns to its members over the last s of its duration, as ``real_backend.patterns``
+measures; see :mod:`moesim.engine.netbridge`).
 
 Collective times for fitting are computed with the simulator's own network model
 (:mod:`moesim.network`): per stage, the fluid time with one link class at unit capacity (bytes on
@@ -52,6 +54,7 @@ class LinkParams:
     two_way_penalty: float = 0.0     # b: a link carrying two-way rank-pair traffic carries 1/(1+b) of it
     peer_penalty: float = 0.0        # c: ... 1/(1+b+c(k-1)) when those flows cross k peer hosts' links
     burst_s: float = 0.0             # token bucket: an idle shaped link passes burst_s * tc rate bytes at once
+    release_spread: float = 0.0      # an All-to-All over it releases its members over the last fraction of its time
 
     def bandwidth(self, nominal: float | None) -> float:
         """Effective bytes/s for a link with tc rate ``nominal`` (bytes/s; None = unshaped)."""
@@ -69,6 +72,8 @@ class LinkParams:
             out["peer_penalty"] = float(self.peer_penalty)
         if self.burst_s > 0:
             out["burst_s"] = float(self.burst_s)
+        if self.release_spread > 0:
+            out["release_spread"] = float(self.release_spread)
         return out
 
     @classmethod
@@ -77,14 +82,18 @@ class LinkParams:
         return cls(efficiency=None if d.get("efficiency") is None else float(d["efficiency"]),
                    max_bandwidth=math.inf if mb is None else float(mb), latency_s=float(d.get("latency_s", 0.0)),
                    two_way_penalty=float(d.get("two_way_penalty") or 0.0),
-                   peer_penalty=float(d.get("peer_penalty") or 0.0), burst_s=float(d.get("burst_s") or 0.0))
+                   peer_penalty=float(d.get("peer_penalty") or 0.0), burst_s=float(d.get("burst_s") or 0.0),
+                   release_spread=float(d.get("release_spread") or 0.0))
 
 
-def testbed_graph(hosts: int, ranks_per_host: int, rate_bits: float | None) -> nx.Graph:
-    """The graph ``real_backend.testbed`` writes (nominal: tc rate for ``nic``, 2 GB/s loopback)."""
+def testbed_graph(hosts: int, ranks_per_host: int, rate_bits: float | None, cores: int | None = None) -> nx.Graph:
+    """The graph ``real_backend.testbed`` writes (nominal: tc rate for ``nic``, 2 GB/s loopback);
+    ``cores``: the machine's cores, which all its ranks share (``shared_cpu_cores``; None: not recorded)."""
     nic = (rate_bits / 8.0) if rate_bits else 10e9
     g = emulated_testbed(hosts, ranks_per_host, link_bandwidth=nic, loopback_bandwidth=2e9).graph.copy()
     g.graph["tc_rate_bits"] = float(rate_bits or 0.0)
+    if cores:
+        g.graph["shared_cpu_cores"] = int(cores)
     g.graph["source"] = "real_backend.testbed"
     return g
 
@@ -132,6 +141,9 @@ def effective_topology(topology: Topology, links: Mapping[str, LinkParams],
         peer = {cls: float(links[cls].peer_penalty) for cls in inc if links[cls].peer_penalty > 0}
         if peer:
             g.graph["peer_penalty"] = {**dict(g.graph.get("peer_penalty") or {}), **peer}
+    spread = {cls: float(links[cls].release_spread) for cls in burst_or_shaped if links[cls].release_spread > 0}
+    if spread:
+        g.graph["release_spread"] = {**dict(g.graph.get("release_spread") or {}), **spread}
     if burst:
         g.graph["burst_bytes"] = {**dict(g.graph.get("burst_bytes") or {}), **burst}
     if cpu_bound:

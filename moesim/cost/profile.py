@@ -27,6 +27,14 @@ class DeviceProfile:
     gemm_half_size: float
     memory_efficiency: float
     op_overhead_s: float
+    #: measured profiles of a shared machine: the priced speed is ``core_share`` of a rank's speed
+    #: alone when ``ranks_per_machine`` ranks compute together (``calibration.contention``); 1 / None else
+    core_share: float = 1.0
+    ranks_per_machine: int | None = None
+    #: fitted shared-core pool (``calibration.cpu_pool``): effective cores of the machine, and the alone
+    #: work of an op per priced second (:mod:`moesim.engine.cpupool`); None when not calibrated
+    pool_cores: float | None = None
+    alone_factor: float | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,28 @@ def _req(path: Path, sec: Mapping, key: str, where: str) -> Any:
     return sec[key]
 
 
+def _contention(path: Path, data: Mapping) -> dict:
+    """``core_share`` and ``ranks_per_machine`` of a measured profile's ``calibration`` section."""
+    cal = data.get("calibration")
+    if not isinstance(cal, Mapping):
+        return {}
+    out: dict = {}
+    con = cal.get("contention")
+    if isinstance(con, Mapping) and con.get("core_share") is not None:
+        out["core_share"] = _num(path, "calibration.contention.core_share", con["core_share"], at_most=1.0)
+    if cal.get("ranks_per_machine") is not None:
+        out["ranks_per_machine"] = int(_num(path, "calibration.ranks_per_machine", cal["ranks_per_machine"]))
+    pool = cal.get("cpu_pool")
+    if pool is not None:
+        if not isinstance(pool, Mapping):
+            raise InputFileError(path, "field 'calibration.cpu_pool' must be a mapping (pool_cores, alone_factor)")
+        out["pool_cores"] = _num(path, "calibration.cpu_pool.pool_cores", _req(path, pool, "pool_cores",
+                                                                               "calibration.cpu_pool.pool_cores"))
+        out["alone_factor"] = _num(path, "calibration.cpu_pool.alone_factor",
+                                   _req(path, pool, "alone_factor", "calibration.cpu_pool.alone_factor"), at_most=1.0)
+    return out
+
+
 def parse_profile(data: Any, path: Path) -> Profile:
     """Validate a profile mapping (as read from YAML)."""
     if not isinstance(data, Mapping):
@@ -116,6 +146,7 @@ def parse_profile(data: Any, path: Path) -> Profile:
         gemm_half_size=_num(path, "device.gemm.half_size", gemm.get("half_size", 0), allow_zero=True),
         memory_efficiency=_num(path, "device.memory_efficiency", dev.get("memory_efficiency", 1.0), at_most=1.0),
         op_overhead_s=_num(path, "device.op_overhead_s", dev.get("op_overhead_s", 0.0), allow_zero=True),
+        **_contention(path, data),
     )
     net = _section(path, data, "network", required=False)
     eff = net.get("link_efficiency", {}) or {}

@@ -73,3 +73,10 @@ def price_program(program: Program, models: dict, device_of_rank: np.ndarray) ->
     members = [np.flatnonzero(class_of == c) for c in range(order.size)]
     durations = np.stack([table[:, m[0]] for m in members]) if members else np.zeros((0, compute_index.size))
     return RankClasses(durations=durations, class_of=class_of, members=members, compute_index=compute_index)
+
+
+def per_rank(classes: RankClasses) -> RankClasses:
+    """The same prices with one class per rank (ranks that share cores no longer stay in step)."""
+    world = classes.class_of.size
+    return RankClasses(durations=classes.durations[classes.class_of], class_of=np.arange(world),
+                       members=[np.array([r]) for r in range(world)], compute_index=classes.compute_index)

@@ -1,5 +1,16 @@
 """Connect the SimPy clock to the fluid network model: start collectives, advance the network as
-its events fall due, and fire a SimPy event when a collective completes."""
+its events fall due, and fire a SimPy event when a collective completes.
+
+Staggered release (only when the engine simulates ranks one by one and the topology's
+``graph.graph["release_spread"]`` maps a link class to ``s > 0``): on shaped links the TCP flows of an
+All-to-All do not progress evenly, so its members return over the last ``s`` of its duration
+(``real_backend.patterns`` measures s as ``release_spread``) while the last one still returns when the
+bytes are through. The bridge releases the member in release position ``j`` of ``n`` when
+``now >= T - s (T - start) (n - 1 - j) / (n - 1)``, with ``T`` the fluid model's projected end at the
+current rates (re-evaluated whenever rates change), and the last member when the collective ends.
+Positions rotate with the collective's id so that no rank is always first. It applies to
+All-to-Alls whose group spans more than one host; ``s`` is the largest spread of the topology's
+classes."""
 from __future__ import annotations
 
 import math
@@ -26,6 +37,9 @@ class NetworkBridge:
         self._remaining: dict = {}
         self._cache: dict = {}
         self._wake = env.event()
+        spreads = dict(topology.graph.graph.get("release_spread") or {})
+        self.release_spread = max((float(v) for v in spreads.values()), default=0.0)
+        self._stagger: dict = {}   # (key, group) -> [start, member events in release order, next position, staggered]
         env.process(self._drive())
 
     # ---- collectives ------------------------------------------------------------------------------------
@@ -42,16 +56,26 @@ class NetworkBridge:
             self._cache[key] = hit
         return hit
 
-    def start(self, spec, key) -> simpy.Event:
+    def start(self, spec, key, members: dict | None = None) -> simpy.Event:
         """Start every group of ``spec`` now; the returned event fires when the last group's last
-        flow lands (an empty collective still pays its launch overhead)."""
+        flow lands (an empty collective still pays its launch overhead). ``members``: rank -> event,
+        fired when that member is released (staggered, see the module docstring, else at the end of
+        its group)."""
         ev = self.env.event()
         parts = self._collectives(spec)
         self._events[key] = ev
         self._remaining[key] = len(parts)
         self.net.advance(self.env.now)
+        topo = self.topology
         for i, coll in enumerate(parts):
             self.net.start(coll, (key, i), self.env.now)
+            if members is not None:
+                ranks = [int(r) for r in spec.groups[i]]
+                n = len(ranks)
+                order = [members[ranks[(j + int(spec.cid)) % n]] for j in range(n)]
+                staggered = (self.release_spread > 0 and spec.op == "all_to_all" and n > 1
+                             and len({topo.host_of(r) for r in ranks}) > 1)
+                self._stagger[(key, i)] = [self.env.now, order, 0, staggered]
         if not self._wake.triggered:
             self._wake.succeed()
         return ev
@@ -60,23 +84,50 @@ class NetworkBridge:
     def _drive(self):
         env = self.env
         while True:
+            self._release_due()
             t = self.net.next_event_time()
             self._wake = env.event()
-            if math.isinf(t):
+            t_rel = self._next_release()
+            if math.isinf(t) and math.isinf(t_rel):
                 yield self._wake
                 continue
-            delay = max(0.0, t - env.now)
+            delay = max(0.0, min(t, t_rel) - env.now)
             timer = env.timeout(delay)
             fired = yield timer | self._wake
-            if timer in fired:
+            if timer in fired and t <= t_rel:
                 done = self.net.advance(max(t, env.now))
             else:
                 done = self.net.advance(env.now)
-            for key, _group in done:
+            for key, group in done:
+                st = self._stagger.pop((key, group), None)
+                if st is not None:
+                    for member in st[1][st[2]:]:
+                        member.succeed()
                 self._remaining[key] -= 1
                 if self._remaining[key] == 0:
                     del self._remaining[key]
                     self._events.pop(key).succeed()
+
+    # ---- staggered release ----------------------------------------------------------------------------
+    def _release_time(self, part, st) -> float:
+        start, order, j, staggered = st
+        n = len(order)
+        if not staggered or j >= n - 1:
+            return math.inf              # the last member leaves with the collective's end
+        end = self.net.projected_end(part)
+        if math.isinf(end):
+            return math.inf
+        return end - self.release_spread * (end - start) * (n - 1 - j) / (n - 1)
+
+    def _next_release(self) -> float:
+        return min((self._release_time(p, st) for p, st in self._stagger.items()), default=math.inf)
+
+    def _release_due(self) -> None:
+        now = self.env.now
+        for part, st in self._stagger.items():
+            while st[2] < len(st[1]) - 1 and self._release_time(part, st) <= now + 1e-12 * max(1.0, now):
+                st[1][st[2]].succeed()
+                st[2] += 1
 
     # ---- results --------------------------------------------------------------------------------------------
     def link_traffic(self) -> pd.DataFrame:

@@ -50,6 +50,7 @@ class SimResult:
     link_bytes: pd.DataFrame
     topology: object
     profile: object
+    cpu_pool: tuple | None = None     # (effective cores, alone factor) when ranks shared cores
     _cache: dict = field(default_factory=dict, repr=False)
 
     # ---- headline numbers ---------------------------------------------------------------------------
@@ -99,6 +100,17 @@ class SimResult:
     def overlapped_comm_s(self) -> float:
         """Communication time hidden behind compute on the critical rank."""
         return max(0.0, self.comm_busy_s - self.exposed_comm_s)
+
+    def compute_share(self) -> np.ndarray | None:
+        """Per rank class, the share of a core its compute got: alone work (s) over the wall time (s)
+        its compute ops took (1 = a core to itself); None when the ranks did not share cores. The
+        scheduler probe (``real_backend.schedprobe``) measures the same kind of share on the testbed."""
+        if self.cpu_pool is None:
+            return None
+        alone = self.classes.durations.sum(axis=1) * self.cpu_pool[1]
+        wall = np.array([sum(s.end - s.start for s in spans if s.stream == "compute" and not s.name.startswith("wait:"))
+                         for spans in self.class_spans])
+        return np.divide(alone, wall, out=np.ones_like(alone), where=wall > 0)
 
     def comm_by_phase(self) -> dict:
         """Per communication phase: busy seconds (union of its collectives) and exposed seconds."""
@@ -169,6 +181,9 @@ class SimResult:
             "rank_classes": self.classes.count,
             "dropped_fraction": self.program.info.get("dropped_fraction", 0.0),
             "profile": {"name": self.profile.name, "status": self.profile.status},
+            **({"cpu_pool": {"pool_cores": float(self.cpu_pool[0]), "alone_factor": float(self.cpu_pool[1]),
+                             "compute_share": [float(x) for x in self.compute_share()]}}
+               if self.cpu_pool is not None else {}),
         }
 
     def chrome_trace(self, max_classes: int = 64) -> dict:

@@ -4,10 +4,15 @@ the fluid network model says their flows are done. The network is advanced as ev
 concurrent collectives (All-to-Alls of several ep groups, gradient all-reduces overlapping the
 backward pass) share links max-min fairly.
 
+Where ranks share one machine's cores (:class:`SimOptions` ``cpu_pool``), every rank is its own
+process, runs of compute ops share the cores (:mod:`moesim.engine.cpupool`) and All-to-All members
+over shaped links are released staggered (:mod:`moesim.engine.netbridge`).
+
 Simplifications (documented in README): a collective completes for all its members at once (when
-its last flow lands), every group of one SPMD collective starts together (exact when the groups
-are alike, as they are for the layouts moesim builds), and a rank's compute stream runs one op at
-a time (runs of ops between two collectives take a single SimPy event).
+its last flow lands; staggered All-to-Alls aside), every group of one SPMD collective starts
+together (exact when the groups are alike, as they are for the layouts moesim builds), and a rank's
+compute stream runs one op at a time (runs of ops between two collectives take a single SimPy
+event).
 """
 from __future__ import annotations
 
@@ -19,10 +24,12 @@ import simpy
 
 from moesim.config import Config
 from moesim.cost import CostModel, Profile, find_profile
-from moesim.engine.costing import RankClasses, price_program
+from moesim.engine.costing import RankClasses, per_rank, price_program
+from moesim.engine.cpupool import CorePool, pool_of
 from moesim.engine.netbridge import NetworkBridge
 from moesim.engine.result import SimResult, Span
 from moesim.errors import MoesimError
+from moesim.topology.model import Topology
 from moesim.workload import build_program
 from moesim.workload.builder import DEFAULT_BUCKET_BYTES
 from moesim.workload.ops import Compute, Launch, Program
@@ -32,11 +39,25 @@ from moesim.workload.ops import Compute, Launch, Program
 class SimOptions:
     """Engine options: ``a2a_algorithm`` direct | 2d; ``bucket_bytes`` gradient bucket size (bytes);
     ``a2a_copies`` measured routing (token copies per forward dispatch, ep x ep), or None to use the
-    config's routing."""
+    config's routing.
+
+    Shared cores (only for topologies whose ranks share one machine's cores, graph attribute
+    ``shared_cpu_cores``: the on-one-machine testbed): simulate every rank on its own, share the cores
+    among the ranks that compute (:mod:`moesim.engine.cpupool`) and release the members of
+    All-to-Alls across shaped links staggered (:mod:`moesim.engine.netbridge`). ``cpu_pool`` None
+    (default): on when the profile calibrates a pool (``calibration.cpu_pool``); True: on, with
+    ``pool_cores`` (effective cores) and ``alone_factor`` (a priced op's alone work per priced
+    second) defaulting to what the profile implies (:func:`moesim.engine.cpupool.pool_of`); False:
+    off, every op costs the profile's fixed core share. ``release_spread`` overrides the topology's
+    (set, it applies to every All-to-All whose group spans hosts)."""
 
     a2a_algorithm: str = "direct"
     bucket_bytes: float = DEFAULT_BUCKET_BYTES
     a2a_copies: Optional[np.ndarray] = None
+    cpu_pool: Optional[bool] = None
+    pool_cores: Optional[float] = None
+    alone_factor: Optional[float] = None
+    release_spread: Optional[float] = None
 
 
 def _resolve_profiles(topology, profile) -> tuple[dict, np.ndarray, Profile]:
@@ -75,6 +96,17 @@ class Simulation:
         self.topology = apply_profile_network(topology, self.profile)
         self.program: Program = build_program(cfg, options.bucket_bytes, options.a2a_copies)
         self.classes: RankClasses = price_program(self.program, self.models, self.device_of_rank)
+        use_pool = options.cpu_pool if options.cpu_pool is not None else bool(self.profile.device.pool_cores)
+        self.pool = pool_of(self.topology, self.profile.device) if use_pool else None
+        if self.pool is not None:
+            self.pool = (options.pool_cores or self.pool[0], options.alone_factor or self.pool[1])
+            self.classes = per_rank(self.classes)
+            if options.release_spread is not None:
+                if not 0.0 <= options.release_spread < 1.0:
+                    raise MoesimError(f"release_spread must lie in [0, 1), got {options.release_spread!r}")
+                g = self.topology.graph.copy()
+                g.graph["release_spread"] = {"*": float(options.release_spread)}
+                self.topology = Topology(g, source=self.topology.source)
 
     # ------------------------------------------------------------------------------------------------
     def run(self) -> SimResult:
@@ -84,6 +116,15 @@ class Simulation:
         n_classes = classes.count
         arrivals = {cid: 0 for cid in prog.collectives}
         done = {cid: env.event() for cid in prog.collectives}
+        pool = CorePool(env, self.pool[0]) if self.pool else None
+        alone_factor = self.pool[1] if self.pool else 1.0
+        # per-rank mode: each rank is released by its own event (staggered All-to-Alls)
+        released: dict[int, dict] = {}
+
+        def member_events(cid: int) -> dict:
+            if cid not in released:
+                released[cid] = {r: env.event() for r in range(prog.world)}
+            return released[cid]
         started: dict[int, float] = {}
         finished: dict[int, float] = {}
         # channel order: a collective waits for the previous one on its channel
@@ -97,12 +138,15 @@ class Simulation:
 
         def start(cid: int):
             started[cid] = env.now
-            ev = bridge.start(prog.collectives[cid], cid)
+            ev = bridge.start(prog.collectives[cid], cid, member_events(cid) if pool else None)
             ev.callbacks.append(lambda _e, cid=cid: finish(cid))
 
         def finish(cid: int):
             finished[cid] = env.now
             done[cid].succeed()
+            for member in released.get(cid, {}).values():   # ranks outside every group of it
+                if not member.triggered:
+                    member.succeed()
 
         def arrive(cid: int):
             arrivals[cid] += 1
@@ -126,6 +170,7 @@ class Simulation:
                 it = items[i]
                 if isinstance(it, Compute):
                     t0 = t = env.now
+                    first = len(out)
                     while i < n and isinstance(items[i], Compute):
                         op = items[i]
                         d = durations[row]
@@ -133,13 +178,21 @@ class Simulation:
                         t += d
                         row += 1
                         i += 1
-                    if t > t0:
+                    if t > t0 and pool is None:
                         yield env.timeout(t - t0)
+                    elif t > t0:
+                        # shared cores: the run's alone work, at the pool's rate; its ops' spans are
+                        # stretched evenly over the time it took
+                        yield pool.run((t - t0) * alone_factor)
+                        scale = (env.now - t0) / (t - t0)
+                        for k in range(first, len(out)):
+                            sp = out[k]
+                            out[k] = sp._replace(start=t0 + (sp.start - t0) * scale, end=t0 + (sp.end - t0) * scale)
                 elif isinstance(it, Launch):
                     arrive(it.cid)
                     i += 1
                 else:  # Wait
-                    ev = done[it.cid]
+                    ev = member_events(it.cid)[int(classes.members[c][0])] if pool else done[it.cid]
                     t0 = env.now
                     if not ev.processed:
                         yield ev
@@ -158,7 +211,7 @@ class Simulation:
                       for c in prog.collectives.values() if c.cid in finished]
         return SimResult(cfg=self.cfg, program=prog, classes=classes, class_spans=spans, collective_spans=coll_spans,
                          end_time=end_time, link_bytes=bridge.link_traffic(), topology=self.topology,
-                         profile=self.profile)
+                         profile=self.profile, cpu_pool=self.pool)
 
 
 def simulate(cfg: Config, topology, profile=None, options: SimOptions = SimOptions()) -> SimResult:

@@ -225,6 +225,27 @@ class FluidNetwork:
         sums = np.bincount(self.topo.link_class_id, weights=self.link_bytes, minlength=len(self.topo.link_classes))
         return {c: float(v) for c, v in zip(self.topo.link_classes, sums)}
 
+    def projected_end(self, key: Hashable) -> float:
+        """When collective ``key`` (in flight) will end if no rate changes again (absolute s): at the
+        current rates, its last stage's slowest flow plus its arrival latency, and no earlier than the
+        stage's floor. Rates only rise when flows finish, so this bounds the end from above until
+        another collective starts. ``inf`` before its last stage runs (overhead, earlier stages)."""
+        crun = self._colls.get(key)
+        if crun is None:
+            raise KeyError(f"no collective {key!r} in flight")
+        if self._dirty:
+            self._solve()
+        run = next((r for r in self._runs if r.crun is crun), None)
+        stages = crun.coll.stages
+        if run is None or crun.stage_idx < len(stages) - 1 or crun.rep_idx < stages[crun.stage_idx].repeat - 1:
+            return math.inf
+        if not run.sending:
+            return run.end_time
+        a = run.active
+        k = run.stage.latency_steps
+        last = float((run.t_finish[a] + k * run.cells.latency[a]).max()) + k * self.params.latency_per_message_s
+        return max(run.max_arrival, last)
+
     def flow_finish_times(self, key: Hashable) -> list[np.ndarray]:
         """For a finished collective started with ``record_flows=True``: per stage run, the absolute time
         (s) at which each flow's last byte arrived, aligned with that stage's ``src``/``dst`` arrays."""

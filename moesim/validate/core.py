@@ -113,10 +113,16 @@ def topology_for(spec: RunSpec, table: Table, override: str | None = None):
     if cand is None:
         sib = spec.path.with_suffix("").as_posix() + ".topology.json"
         cand = Path(sib) if Path(sib).is_file() else None
+    cores = table.meta.get("cpu_count")
     if cand is not None:
-        return load_topology(cand), str(cand)
+        topo = load_topology(cand)
+        # every rank of the on-one-machine testbed shares its cores (files written before the
+        # testbed recorded them take the run's own cpu_count)
+        if "shared_cpu_cores" not in topo.graph.graph and "tc_rate_bits" in topo.graph.graph and cores:
+            topo.graph.graph["shared_cpu_cores"] = int(cores)
+        return topo, str(cand)
     tb = testbed_of(table.meta)
-    return Topology(testbed_graph(tb["hosts"], tb["ranks_per_host"], tb["rate_bits"] or None),
+    return Topology(testbed_graph(tb["hosts"], tb["ranks_per_host"], tb["rate_bits"] or None, cores),
                     source="<testbed from table meta>"), "(generated from the table's testbed meta)"
 
 

@@ -1,0 +1,111 @@
+"""A processor-sharing pool of cores that several ranks' compute shares (the on-one-machine testbed:
+R ranks on C < R cores).
+
+Each job is a run of compute ops of one rank, given as its *alone* work (seconds it takes with a
+whole core to itself). While n jobs are in the pool, each progresses at ``min(1, capacity / n)``
+seconds of alone work per second (egalitarian processor sharing, what the kernel's fair scheduler
+approximates over its time slices). ``capacity`` is in units of one rank alone: the pool's
+effective cores. A lone rank therefore computes at its alone speed, and R ranks that compute
+together each get ``capacity / R`` of it: the core share the contended microbenchmark measures.
+"""
+from __future__ import annotations
+
+import math
+
+import simpy
+
+from moesim.errors import MoesimError
+
+
+class CorePool:
+    """Processor sharing over ``capacity`` effective cores (> 0), driven by a SimPy environment."""
+
+    def __init__(self, env: simpy.Environment, capacity: float):
+        if not (capacity > 0 and math.isfinite(capacity)):
+            raise MoesimError(f"a CPU pool needs a positive, finite capacity (effective cores), got {capacity!r}")
+        self.env = env
+        self.capacity = float(capacity)
+        self._jobs: dict[int, list] = {}     # id -> [remaining alone seconds, event]
+        self._ids = 0
+        self._last = 0.0
+        self._wake = env.event()
+        self.busy_time = 0.0                 # s with at least one job in the pool
+        env.process(self._drive())
+
+    @property
+    def active(self) -> int:
+        """Jobs in the pool now."""
+        return len(self._jobs)
+
+    def rate(self, n: int | None = None) -> float:
+        """Alone seconds per second each of ``n`` jobs (default: those in the pool) progresses."""
+        n = self.active if n is None else n
+        return min(1.0, self.capacity / n) if n > 0 else 0.0
+
+    def run(self, alone_s: float) -> simpy.Event:
+        """Add a job of ``alone_s`` seconds of alone work; the event fires when it is done."""
+        if not (alone_s >= 0 and math.isfinite(alone_s)):
+            raise MoesimError(f"a compute job needs finite, non-negative work, got {alone_s!r} s")
+        ev = self.env.event()
+        if alone_s == 0:
+            ev.succeed()
+            return ev
+        self._progress()
+        self._ids += 1
+        self._jobs[self._ids] = [float(alone_s), ev]
+        if not self._wake.triggered:
+            self._wake.succeed()
+        return ev
+
+    # ------------------------------------------------------------------------------------------------
+    def _progress(self) -> None:
+        now = self.env.now
+        dt = now - self._last
+        if dt > 0 and self._jobs:
+            r = self.rate()
+            for job in self._jobs.values():
+                job[0] -= r * dt
+            self.busy_time += dt
+        self._last = now
+
+    def _drive(self):
+        env = self.env
+        while True:
+            self._progress()
+            done = [k for k, (rem, _) in self._jobs.items() if rem <= 1e-12 * max(1.0, env.now)]
+            for k in done:
+                self._jobs.pop(k)[1].succeed()
+            self._wake = env.event()
+            if not self._jobs:
+                yield self._wake
+                continue
+            r = self.rate()
+            delay = max(0.0, min(rem for rem, _ in self._jobs.values()) / r)
+            yield env.timeout(delay) | self._wake
+
+
+def pool_of(topology, device) -> tuple[float, float] | None:
+    """The CPU pool of a topology whose ranks all share one machine's cores (graph attribute
+    ``shared_cpu_cores``, set for the on-one-machine testbed), as (capacity in effective cores, alone
+    factor): a priced op's alone work is its priced seconds times the alone factor.
+
+    A profile whose in-situ fit calibrated the pool (``device.pool_cores``, ``device.alone_factor``)
+    gives both. Else a measured profile of the shared machine implies them: its ops are priced at
+    the core share f that ``ranks_per_machine`` R ranks computing together get, so capacity = f R and
+    the factor is f (the pool then reproduces the profile exactly when all R compute at once).
+    Otherwise the ops are priced alone: capacity = the cores, factor 1. None when the topology has no
+    pool."""
+    cores = topology.graph.graph.get("shared_cpu_cores")
+    if not cores:
+        return None
+    try:
+        cores = float(cores)
+    except (TypeError, ValueError):
+        raise MoesimError(f"topology graph attribute 'shared_cpu_cores' must be a number of cores, got {cores!r}") from None
+    if not (cores > 0 and math.isfinite(cores)):
+        raise MoesimError(f"topology graph attribute 'shared_cpu_cores' must be positive, got {cores!r}")
+    if device.pool_cores:
+        return float(device.pool_cores), float(device.alone_factor or 1.0)
+    if device.ranks_per_machine and device.core_share < 1.0:
+        return device.core_share * device.ranks_per_machine, device.core_share
+    return cores, 1.0
