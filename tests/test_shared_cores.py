@@ -169,6 +169,12 @@ def test_staggered_release_lets_shared_cores_finish_sooner():
     assert simulate(cfg, topo, prof, SimOptions(cpu_pool=True, pool_cores=4.0)).step_time_s <= steps[0]
     with pytest.raises(MoesimError, match="release_spread"):
         simulate(cfg, topo, prof, SimOptions(cpu_pool=True, release_spread=1.0))
+    with pytest.raises(MoesimError, match="alone_factor"):
+        simulate(cfg, topo, prof, SimOptions(cpu_pool=True, alone_factor=1.5))
+    with pytest.raises(MoesimError, match="shared_cpu_cores"):
+        simulate(cfg, Topology(netmodel.testbed_graph(4, 1, 150e6), source="<t>"), prof, SimOptions(cpu_pool=True))
+    with pytest.raises(MoesimError, match="capacity"):
+        simulate(cfg, topo, prof, SimOptions(cpu_pool=True, pool_cores=0.0))
 
 
 def test_pool_of_reads_the_topology_and_the_profile():

@@ -51,7 +51,8 @@ def run_study(campaign: str, patterns: list[str], profile: str | None = None, fi
               pool_grids: tuple | None = None, refine: int = 3) -> dict:
     """Refit ``campaign``'s profile with the fixed share and with shared cores; judge both.
     ``fixed_grids``: keyword grids for the fixed-share fit (wait_grid, penalty_grid, peer_grid,
-    burst_fractions); ``pool_grids``/``refine``: those of the shared-core fit."""
+    burst_fractions, the last also used by the shared-core fit); ``pool_grids``/``refine``: those of
+    the shared-core fit."""
     from moesim.calibrate.insitu import fit_insitu
     from moesim.calibrate.profile_io import raw_profile
     from moesim.validate.core import resolve_inputs
@@ -72,7 +73,8 @@ def run_study(campaign: str, patterns: list[str], profile: str | None = None, fi
             if mode == "fixed_share":
                 cal = fit_insitu(cal, fit_runs, **(fixed_grids or {}))
             else:
-                cal = fit_insitu(cal, fit_runs, patterns=patterns, pool_grids=pool_grids, refine=refine)
+                bursts = {k: v for k, v in (fixed_grids or {}).items() if k == "burst_fractions"}
+                cal = fit_insitu(cal, fit_runs, patterns=patterns, pool_grids=pool_grids, refine=refine, **bursts)
             insitu = cal.profile["calibration"]["insitu"]
             params = {k: insitu[k] for k in ("receiver_wait_s", "nic_two_way_penalty", "nic_peer_penalty", "nic_burst_s")}
             if mode == "cpu_pool":
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wait-ms", type=_floats, default=None, help="receiver-wait grid of both fits (ms)")
     ap.add_argument("--penalty", type=_floats, default=None, help="two-way penalty grid b of both fits")
     ap.add_argument("--peer", type=_floats, default=None, help="peer-host penalty grid c of both fits")
-    ap.add_argument("--bursts", type=_floats, default=None, help="burst fractions of both fits")
+    ap.add_argument("--bursts", type=_floats, default=None, help="burst fractions (of the tbf bucket) of both fits")
     ap.add_argument("--cores", type=_floats, default=I.POOL_CORES_GRID, help="grid of effective cores K")
     ap.add_argument("--alone", type=_floats, default=I.ALONE_GRID, help="grid of alone factors g in (0, 1]")
     ap.add_argument("--refine", type=int, default=3, help="coordinate-search rounds of the shared-core fit")

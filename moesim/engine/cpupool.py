@@ -29,7 +29,6 @@ class CorePool:
         self._ids = 0
         self._last = 0.0
         self._wake = env.event()
-        self.busy_time = 0.0                 # s with at least one job in the pool
         env.process(self._drive())
 
     @property
@@ -65,7 +64,6 @@ class CorePool:
             r = self.rate()
             for job in self._jobs.values():
                 job[0] -= r * dt
-            self.busy_time += dt
         self._last = now
 
     def _drive(self):

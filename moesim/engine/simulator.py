@@ -98,8 +98,14 @@ class Simulation:
         self.classes: RankClasses = price_program(self.program, self.models, self.device_of_rank)
         use_pool = options.cpu_pool if options.cpu_pool is not None else bool(self.profile.device.pool_cores)
         self.pool = pool_of(self.topology, self.profile.device) if use_pool else None
+        if options.cpu_pool and self.pool is None:
+            raise MoesimError("cpu_pool=True needs a topology whose ranks share one machine's cores "
+                              "(graph attribute 'shared_cpu_cores')")
         if self.pool is not None:
-            self.pool = (options.pool_cores or self.pool[0], options.alone_factor or self.pool[1])
+            self.pool = (self.pool[0] if options.pool_cores is None else float(options.pool_cores),
+                         self.pool[1] if options.alone_factor is None else float(options.alone_factor))
+            if not 0.0 < self.pool[1] <= 1.0:
+                raise MoesimError(f"alone_factor must lie in (0, 1], got {self.pool[1]!r}")
             self.classes = per_rank(self.classes)
             if options.release_spread is not None:
                 if not 0.0 <= options.release_spread < 1.0:
