@@ -27,6 +27,12 @@
    at 400 Mbit/s, nothing at 150 Mbit/s, where the bucket would allow 31 % and 10 %), so the burst
    is chosen among fractions of the configured bucket.
 
+4. Shared cores (with ``patterns``, what the committed campaigns use): the R ranks share the
+   machine's cores among those computing at each moment (effective cores K, alone factor g) and
+   All-to-Alls over shaped links release their ranks over the measured spread, so ranks that leave
+   a long All-to-All apart compute with more of a core (``real_backend.schedprobe`` measured CDAC
+   0.65 against DCCA 0.47 at 4x1 150 Mbit/s top-8); see :mod:`moesim.engine.cpupool`.
+
 All are fitted jointly, on the fit runs only (never on the held-out ones), by minimising the sum of
 squared relative step errors over a grid refined around its best point; repeated runs of one
 configuration count once, with the median of their step times, and each configuration replays its
