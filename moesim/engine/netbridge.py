@@ -84,10 +84,9 @@ class NetworkBridge:
     def _drive(self):
         env = self.env
         while True:
-            self._release_due()
+            t_rel = self._release_due()
             t = self.net.next_event_time()
             self._wake = env.event()
-            t_rel = self._next_release()
             if math.isinf(t) and math.isinf(t_rel):
                 yield self._wake
                 continue
@@ -119,15 +118,18 @@ class NetworkBridge:
             return math.inf
         return end - self.release_spread * (end - start) * (n - 1 - j) / (n - 1)
 
-    def _next_release(self) -> float:
-        return min((self._release_time(p, st) for p, st in self._stagger.items()), default=math.inf)
-
-    def _release_due(self) -> None:
-        now = self.env.now
+    def _release_due(self) -> float:
+        """Release every member whose time has come; returns the next release time (inf: none)."""
+        now, nxt = self.env.now, math.inf
         for part, st in self._stagger.items():
-            while st[2] < len(st[1]) - 1 and self._release_time(part, st) <= now + 1e-12 * max(1.0, now):
+            while True:
+                t = self._release_time(part, st)
+                if t > now + 1e-12 * max(1.0, now):
+                    nxt = min(nxt, t)
+                    break
                 st[1][st[2]].succeed()
                 st[2] += 1
+        return nxt
 
     # ---- results --------------------------------------------------------------------------------------------
     def link_traffic(self) -> pd.DataFrame:
