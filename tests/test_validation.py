@@ -86,6 +86,49 @@ def test_committed_profile_is_measured_with_provenance(committed):
     assert "residuals" in raw["calibration"]
 
 
+def test_in_step_byte_cost_at_the_slowest_rate_matches_the_pattern_probe(committed):
+    """The in-step marginal cost of an All-to-All byte (``a2a_cost``: the line of All-to-All phase
+    time against remote bytes over a testbed's six configurations) at 150 Mbit/s, where the shaped
+    links bind: measured, it is a goodput of 0.55-0.75 of the rate, the two-way loss that
+    ``real_backend.patterns`` measures for isolated All-to-Alls (0.62-0.79), and the model prices it
+    within 20 %. (At 400 Mbit/s and unshaped the model over-prices bytes: README "What remains".)"""
+    rep = committed[0]
+    cost = {c["label"]: c for c in rep["a2a_cost"]}
+    assert set(cost) == {f"{t} {r}" for t in ("2x2", "4x1") for r in ("150Mbit", "400Mbit", "unshaped")}
+    for label, c in cost.items():
+        assert c["configurations"] == 6
+        assert c["slope_ratio"] == pytest.approx(c["predicted"]["s_per_byte"] / c["measured"]["s_per_byte"])
+        if label.endswith("150Mbit"):
+            goodput = c["measured"]["bytes_per_s"] / (150e6 / 8)
+            assert 0.55 <= goodput <= 0.75, (label, goodput)
+            assert 0.8 <= c["slope_ratio"] <= 1.2, (label, c["slope_ratio"])
+
+
+def test_a2a_cost_recovers_a_known_line():
+    """Closed form: phase times exactly on a line in the remote bytes give back its intercept and
+    slope; testbeds with fewer than 3 configurations, or rows without byte counts, are left out."""
+    import pandas as pd
+    from moesim.validate.a2acost import a2a_cost, remote_bytes_per_step
+
+    def row(hosts, nbytes, meas, pred):
+        return {"hosts": hosts, "ranks_per_host": 1, "rate_bits": 0.0, "a2a_remote_bytes": nbytes,
+                "phases": {"dispatch": {"measured_s": meas / 2, "predicted_s": pred / 2},
+                           "combine": {"measured_s": meas / 2, "predicted_s": pred / 2}}}
+    rows = [row(4, b, 0.05 + 2e-9 * b, 0.02 + 6e-9 * b) for b in (1e6, 3e6, 9e6)]
+    rows += [row(2, 1e6, 0.1, 0.1), row(2, 2e6, 0.2, 0.2), row(4, None, 1.0, 1.0)]
+    (c,) = a2a_cost(rows)
+    assert c["label"] == "4x1 unshaped" and c["configurations"] == 3
+    assert c["measured"]["intercept_s"] == pytest.approx(0.05) and c["measured"]["s_per_byte"] == pytest.approx(2e-9)
+    assert c["predicted"]["intercept_s"] == pytest.approx(0.02) and c["predicted"]["bytes_per_s"] == pytest.approx(1 / 6e-9)
+    assert c["slope_ratio"] == pytest.approx(3.0)
+    # remote bytes per rank-step: All-to-All phases only, summed per (step, rank), averaged
+    df = pd.DataFrame({"step": [0, 0, 0, 1, 1, 0], "rank": [0, 0, 1, 0, 1, 0],
+                       "phase": ["dispatch", "combine", "dispatch", "dispatch", "combine", "attention"],
+                       "bytes_remote": [10.0, 20.0, 40.0, 50.0, 60.0, 999.0]})
+    assert remote_bytes_per_step(df) == pytest.approx((30 + 40 + 50 + 60) / 4)
+    assert remote_bytes_per_step(df.drop(columns="bytes_remote")) is None
+
+
 def test_validate_cli_json_on_committed_campaign(moesim_exe):
     res = subprocess.run([moesim_exe, "validate", str(CAMPAIGN), "--json"], capture_output=True, text=True,
                          timeout=300, cwd=ROOT)
@@ -94,7 +137,12 @@ def test_validate_cli_json_on_committed_campaign(moesim_exe):
     assert {"mape", "max_error", "rows"} <= set(rep)
     assert 0 <= rep["mape"] <= rep["max_error"] <= 1.0
     row = rep["rows"][0]
-    assert {"measured_s", "predicted_s", "ape", "phases"} <= set(row)
+    assert {"measured_s", "predicted_s", "ape", "phases", "a2a_remote_bytes"} <= set(row)
+    assert row["a2a_remote_bytes"] > 0 and len(rep["a2a_cost"]) == 6
+    res = subprocess.run([moesim_exe, "validate", str(CAMPAIGN), "--a2a-cost"], capture_output=True, text=True,
+                         timeout=300, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    assert "intercept + slope x remote bytes" in res.stdout and res.stdout.count("ms/MB") == 12
 
 
 def _run_table(path: Path, cfg_over: list, step_s: float, phases: dict, hosts=2, rph=2, rate=100e6) -> Path:

@@ -28,6 +28,7 @@ from moesim.calibrate.profile_io import raw_profile
 from moesim.calibrate.tables import Table, read_table, testbed_of
 from moesim.config import load_config
 from moesim.errors import InputFileError, MoesimError
+from moesim.validate.a2acost import a2a_cost, remote_bytes_per_step
 from moesim.validate.traffic import measured_dispatch_copies
 from moesim.workload.ops import PHASES
 
@@ -224,6 +225,7 @@ def validate(paths: Sequence[str | os.PathLike], profile: str | None = None, top
             if m > 0 or p > 0:
                 phases[ph] = {"measured_s": m, "predicted_s": p}
         pred = res.step_time_s
+        nbytes = [remote_bytes_per_step(r.table.df) for r in runs]
         rows.append({
             "file": first.spec.path.name, "files": [r.spec.path.name for r in runs], "role": first.spec.role,
             "label": _label(cfg, tb), "structure": cfg.moe.structure, "top_k": cfg.moe.top_k, "hosts": tb["hosts"],
@@ -232,6 +234,7 @@ def validate(paths: Sequence[str | os.PathLike], profile: str | None = None, top
             "measured_spread": (max(step_runs) - min(step_runs)) / meas_step,
             "predicted_s": pred, "ape": abs(pred - meas_step) / meas_step,
             "phases": phases, "topology": topo_src, "_key": config_key(cfg, tb),
+            "a2a_remote_bytes": None if any(b is None for b in nbytes) else float(np.mean(nbytes)),
         })
     return summarise(rows, prof, camp)
 
@@ -268,7 +271,7 @@ def summarise(rows: list, prof, camp: Campaign) -> dict:
         "mape": s["mape"], "max_error": s["max_error"], "judged_on": "heldout" if held else "all",
         "heldout": stats(held), "fit": stats(fit), "all": stats(rows),
         "speedup_max_error": max((p["error"] for p in held_pairs), default=None),
-        "pairs": pairs, "rows": rows,
+        "pairs": pairs, "rows": rows, "a2a_cost": a2a_cost(rows),
         "profile": {"name": prof.name, "status": prof.status, "path": prof.path},
     }
     targets = camp.manifest.get("targets") if camp.manifest else None

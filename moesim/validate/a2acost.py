@@ -1,0 +1,65 @@
+"""What an All-to-All byte costs inside a step, measured against predicted.
+
+Per testbed (hosts x ranks per host x rate), a least-squares line through the testbed's
+configurations (both structures, every top-k): All-to-All phase time per rank-step (dispatch +
+combine, s) against the remote bytes a rank sends in them per step (bytes). The slope is the
+marginal cost of a byte in a step (s/byte; its inverse an in-step bandwidth), the intercept what the
+All-to-All phases cost without bytes (waiting for peers, per-message costs). Measured and predicted
+lines use the same bytes (validation replays the measured traffic), so comparing slopes tells
+whether the model prices the bytes or the waiting wrongly, which step times alone cannot.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+A2A_PHASES = ("dispatch", "combine")
+
+
+def remote_bytes_per_step(df: pd.DataFrame) -> float | None:
+    """Mean over steps and ranks of the remote bytes a rank moves in its All-to-All phases (bytes;
+    None when the table has no byte counts)."""
+    if "bytes_remote" not in df.columns:
+        return None
+    a2a = df[df["phase"].isin(A2A_PHASES)]
+    vals = pd.to_numeric(a2a["bytes_remote"], errors="coerce")
+    if a2a.empty or vals.isna().all():
+        return None
+    per = vals.fillna(0.0).groupby([a2a["step"], a2a["rank"]]).sum()
+    return float(per.mean())
+
+
+def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(intercept, slope) of the least-squares line y = a + b x."""
+    A = np.stack([np.ones_like(x), x], axis=1)
+    (a, b), *_ = np.linalg.lstsq(A, y, rcond=None)
+    return float(a), float(b)
+
+
+def a2a_cost(rows: list) -> list[dict]:
+    """Per testbed with at least 3 configurations and 2 distinct byte counts: the measured and the
+    predicted line (``intercept_s``, ``s_per_byte``, ``bytes_per_s`` = 1 / slope where the slope is
+    positive) and ``slope_ratio`` = predicted / measured slope. ``rows``: validation rows carrying
+    ``a2a_remote_bytes`` and per-phase times."""
+    groups: dict = {}
+    for r in rows:
+        if r.get("a2a_remote_bytes") is None:
+            continue
+        key = (r["hosts"], r["ranks_per_host"], r["rate_bits"])
+        groups.setdefault(key, []).append(r)
+    out = []
+    for (hosts, rph, rate), rs in groups.items():
+        x = np.array([r["a2a_remote_bytes"] for r in rs], dtype=float)
+        if len(rs) < 3 or len(np.unique(x)) < 2:
+            continue
+        lines = {}
+        for side in ("measured", "predicted"):
+            y = np.array([sum(r["phases"].get(ph, {}).get(f"{side}_s", 0.0) for ph in A2A_PHASES) for r in rs])
+            a, b = _line(x, y)
+            lines[side] = {"intercept_s": a, "s_per_byte": b, "bytes_per_s": (1.0 / b) if b > 0 else None}
+        m = lines["measured"]["s_per_byte"]
+        label = f"{hosts}x{rph} " + (f"{rate / 1e6:g}Mbit" if rate else "unshaped")
+        out.append({"label": label, "hosts": hosts, "ranks_per_host": rph, "rate_bits": rate,
+                    "configurations": len(rs), **lines,
+                    "slope_ratio": (lines["predicted"]["s_per_byte"] / m) if m > 0 else None})
+    return out
