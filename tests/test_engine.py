@@ -57,15 +57,16 @@ def test_one_rank_compute_only_is_the_sum_of_op_times():
 
 
 def test_two_ranks_all_to_all_matches_closed_form():
-    """Prefill, ep = 2: every All-to-All sends M[0,1] bytes each way through GPU->switch->GPU;
-    time = overhead + bytes/B + 2 link latencies + per-message latency."""
+    """Prefill, ep = 2: every All-to-All (per layer the split-size exchange, dispatch and combine)
+    sends M[0,1] bytes each way through GPU->switch->GPU; time = overhead + bytes/B + 2 link
+    latencies + per-message latency."""
     B, lat = 1e9, 3e-6
     cfg = small(parallel__ep=2, run__mode="prefill")
     sim = Simulation(cfg, pair_topology(B, lat), "h100-sxm")
     res = sim.run()
     prof = find_profile("h100-sxm").network
     a2a = [c for c in sim.program.collectives.values() if c.op == "all_to_all"]
-    assert len(a2a) == 2 * cfg.model.layers
+    assert len(a2a) == 3 * cfg.model.layers and sum(c.control for c in a2a) == cfg.model.layers
     per = [prof.collective_overhead_s + c.matrix[0, 1] / B + 2 * lat + prof.latency_per_message_s for c in a2a]
     compute = float(sim.classes.durations[0].sum())
     assert res.step_time_s == pytest.approx(compute + sum(per), rel=1e-9)
@@ -118,14 +119,17 @@ def test_dcca_wins_when_network_bound_and_loses_slightly_without_ep():
 
 
 def test_simulated_all_to_all_bytes_reach_the_network():
-    """Prefill (no gradients): every byte GPUs put on their first link is All-to-All traffic."""
+    """Prefill (no gradients): every byte GPUs put on their first link is All-to-All traffic: the
+    tokens (the analytic model's bytes) and the split-size exchanges."""
     from moesim.analytic import a2a_bytes_per_step
     cfg = load_config("gpt3-medium", ["moe.structure=dcca", "moe.top_k=4", "run.mode=prefill"])
     res = simulate(cfg, bigmac_paper())
     links = res.links()
     topo = res.topology
     from_gpu = topo.is_gpu[topo.link_src]
-    assert links["bytes"].to_numpy()[from_gpu].sum() == pytest.approx(a2a_bytes_per_step(cfg).total, rel=1e-9)
+    counts = sum(c.bytes_leaving_ranks() for c in res.program.collectives.values() if c.control)
+    assert 0 < counts < 1e-3 * a2a_bytes_per_step(cfg).total
+    assert links["bytes"].to_numpy()[from_gpu].sum() == pytest.approx(a2a_bytes_per_step(cfg).total + counts, rel=1e-9)
     assert res.a2a_bytes == pytest.approx(a2a_bytes_per_step(cfg).total, rel=1e-12)
     assert (links["utilisation"] <= 1 + 1e-9).all()
 

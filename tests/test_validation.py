@@ -87,21 +87,23 @@ def test_committed_profile_is_measured_with_provenance(committed):
 
 
 def test_in_step_byte_cost_at_the_slowest_rate_matches_the_pattern_probe(committed):
-    """The in-step marginal cost of an All-to-All byte (``a2a_cost``: the line of All-to-All phase
-    time against remote bytes over a testbed's six configurations) at 150 Mbit/s, where the shaped
-    links bind: measured, it is a goodput of 0.55-0.75 of the rate, the two-way loss that
-    ``real_backend.patterns`` measures for isolated All-to-Alls (0.62-0.79), and the model prices it
-    within 20 %. (At 400 Mbit/s and unshaped the model over-prices bytes: README "What remains".)"""
+    """The in-step marginal cost of an All-to-All byte (``a2a_cost``: per testbed and structure, the
+    line of All-to-All phase time against remote bytes over its three top-k configurations). CDAC
+    at 150 Mbit/s, where the shaped links bind and its bytes dominate: measured, a byte moves at
+    0.5-0.75 of the rate, near the two-way loss that ``real_backend.patterns`` measures for
+    isolated All-to-Alls (0.62-0.79), and the model prices it within 30 %. (Elsewhere the model
+    over-prices bytes and under-prices waiting: README "What remains".)"""
     rep = committed[0]
     cost = {c["label"]: c for c in rep["a2a_cost"]}
-    assert set(cost) == {f"{t} {r}" for t in ("2x2", "4x1") for r in ("150Mbit", "400Mbit", "unshaped")}
+    assert set(cost) == {f"{t} {r} {s}" for t in ("2x2", "4x1") for r in ("150Mbit", "400Mbit", "unshaped")
+                         for s in ("cdac", "dcca")}
     for label, c in cost.items():
-        assert c["configurations"] == 6
+        assert c["configurations"] == 3 and c["structure"] == label.split()[-1]
         assert c["slope_ratio"] == pytest.approx(c["predicted"]["s_per_byte"] / c["measured"]["s_per_byte"])
-        if label.endswith("150Mbit"):
+        if label.endswith("150Mbit cdac"):
             goodput = c["measured"]["bytes_per_s"] / (150e6 / 8)
-            assert 0.55 <= goodput <= 0.75, (label, goodput)
-            assert 0.8 <= c["slope_ratio"] <= 1.2, (label, c["slope_ratio"])
+            assert 0.5 <= goodput <= 0.75, (label, goodput)
+            assert 0.7 <= c["slope_ratio"] <= 1.3, (label, c["slope_ratio"])
 
 
 def test_a2a_cost_recovers_a_known_line():
@@ -111,13 +113,13 @@ def test_a2a_cost_recovers_a_known_line():
     from moesim.validate.a2acost import a2a_cost, remote_bytes_per_step
 
     def row(hosts, nbytes, meas, pred):
-        return {"hosts": hosts, "ranks_per_host": 1, "rate_bits": 0.0, "a2a_remote_bytes": nbytes,
+        return {"hosts": hosts, "ranks_per_host": 1, "rate_bits": 0.0, "structure": "cdac", "a2a_remote_bytes": nbytes,
                 "phases": {"dispatch": {"measured_s": meas / 2, "predicted_s": pred / 2},
                            "combine": {"measured_s": meas / 2, "predicted_s": pred / 2}}}
     rows = [row(4, b, 0.05 + 2e-9 * b, 0.02 + 6e-9 * b) for b in (1e6, 3e6, 9e6)]
     rows += [row(2, 1e6, 0.1, 0.1), row(2, 2e6, 0.2, 0.2), row(4, None, 1.0, 1.0)]
     (c,) = a2a_cost(rows)
-    assert c["label"] == "4x1 unshaped" and c["configurations"] == 3
+    assert c["label"] == "4x1 unshaped cdac" and c["configurations"] == 3
     assert c["measured"]["intercept_s"] == pytest.approx(0.05) and c["measured"]["s_per_byte"] == pytest.approx(2e-9)
     assert c["predicted"]["intercept_s"] == pytest.approx(0.02) and c["predicted"]["bytes_per_s"] == pytest.approx(1 / 6e-9)
     assert c["slope_ratio"] == pytest.approx(3.0)
@@ -138,11 +140,11 @@ def test_validate_cli_json_on_committed_campaign(moesim_exe):
     assert 0 <= rep["mape"] <= rep["max_error"] <= 1.0
     row = rep["rows"][0]
     assert {"measured_s", "predicted_s", "ape", "phases", "a2a_remote_bytes"} <= set(row)
-    assert row["a2a_remote_bytes"] > 0 and len(rep["a2a_cost"]) == 6
+    assert row["a2a_remote_bytes"] > 0 and len(rep["a2a_cost"]) == 12
     res = subprocess.run([moesim_exe, "validate", str(CAMPAIGN), "--a2a-cost"], capture_output=True, text=True,
                          timeout=300, cwd=ROOT)
     assert res.returncode == 0, res.stderr
-    assert "intercept + slope x remote bytes" in res.stdout and res.stdout.count("ms/MB") == 12
+    assert "intercept + slope x remote bytes" in res.stdout and res.stdout.count("ms/MB") == 24
 
 
 def _run_table(path: Path, cfg_over: list, step_s: float, phases: dict, hosts=2, rph=2, rate=100e6) -> Path:

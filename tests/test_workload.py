@@ -49,6 +49,27 @@ def test_every_launch_is_waited_or_is_a_gradient_bucket():
     assert phases == {"dispatch", "combine", "grad_allreduce"}
 
 
+@pytest.mark.parametrize("mode", ["train", "decode"])
+def test_each_forward_dispatch_is_preceded_by_its_split_size_exchange(mode):
+    """As in real_backend (and every All-to-All-v dispatcher): before a forward dispatch the ranks
+    exchange their per-expert counts (int64, E/ep per peer), a blocking control All-to-All in the
+    dispatch phase; the backward reuses them, and token byte counts leave them out."""
+    c = cfg("parallel.ep=4", "moe.experts=16", f"run.mode={mode}")
+    prog = build_program(c)
+    colls = list(prog.collectives.values())
+    counts = [s for s in colls if s.name == "dispatch_counts"]
+    dispatch = [s for s in colls if s.name == "dispatch"]
+    assert len(counts) == len([s for s in dispatch if s.direction == "fwd"]) == c.model.layers
+    assert all(s.direction == "fwd" and s.phase == "dispatch" and s.control and s.op == "all_to_all" for s in counts)
+    assert np.all(counts[0].matrix == 8.0 * 16 / 4)
+    order = [prog.collectives[it.cid].name for it in prog.items if isinstance(it, Launch)]
+    first = order.index("dispatch_counts")
+    assert order[first + 1] == "dispatch"
+    tokens = sum(s.bytes_leaving_ranks() for s in dispatch + [s for s in colls if s.name == "combine"])
+    assert prog.a2a_bytes() == pytest.approx(tokens)
+    assert counts[0].bytes_leaving_ranks() > 0
+
+
 def test_ep1_and_dense_have_no_all_to_all():
     for c in (cfg("parallel.ep=1"), cfg("moe.structure=dense", "parallel.ep=1", "parallel.dp=4")):
         prog = build_program(c)

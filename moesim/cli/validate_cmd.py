@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", metavar="FILE.html", help="write an HTML plot (predicted vs measured, speedups, phases)")
     p.add_argument("--phases", action="store_true", help="print every configuration's per-phase times")
     p.add_argument("--a2a-cost", action="store_true",
-                   help="print, per testbed, the line of All-to-All phase time against remote bytes per rank-step, "
+                   help="print, per testbed and structure, the line of All-to-All phase time against remote bytes per rank-step, "
                         "measured and predicted (what a byte and what the waiting cost in a step)")
     p.set_defaults(func=run)
 
@@ -70,13 +70,13 @@ def run(args: argparse.Namespace) -> int:
                   f"{100 * p['error']:5.1f}%" + ("  " + " ".join(f"{x:.2f}" for x in runs) if repeated else ""))
     if args.a2a_cost and rep["a2a_cost"]:
         print("All-to-All phases per rank-step = intercept + slope x remote bytes (least squares over a testbed's "
-              "configurations)")
-        print(f"{'testbed':16s} {'configs':>7s} {'measured':>24s} {'predicted':>24s} {'slope pred/meas':>16s}")
+              "configurations of one structure)")
+        print(f"{'testbed':21s} {'configs':>7s} {'measured':>24s} {'predicted':>24s} {'slope pred/meas':>16s}")
         for c in rep["a2a_cost"]:
             cells = [f"{1e3 * c[s]['intercept_s']:6.1f} ms + {1e9 * c[s]['s_per_byte']:5.2f} ms/MB"
                      for s in ("measured", "predicted")]
             ratio = f"{c['slope_ratio']:.2f}" if c["slope_ratio"] is not None else "-"
-            print(f"{c['label']:16s} {c['configurations']:7d} {cells[0]:>24s} {cells[1]:>24s} {ratio:>16s}")
+            print(f"{c['label']:21s} {c['configurations']:7d} {cells[0]:>24s} {cells[1]:>24s} {ratio:>16s}")
     if "targets_met" in rep:
         t = rep["targets"]
         print(f"targets (MAPE <= {100 * t.get('mape', 0):.0f}%, speedup error <= {100 * t.get('speedup_error', 0):.0f}%): "

@@ -1,12 +1,14 @@
 """What an All-to-All byte costs inside a step, measured against predicted.
 
-Per testbed (hosts x ranks per host x rate), a least-squares line through the testbed's
-configurations (both structures, every top-k): All-to-All phase time per rank-step (dispatch +
-combine, s) against the remote bytes a rank sends in them per step (bytes). The slope is the
-marginal cost of a byte in a step (s/byte; its inverse an in-step bandwidth), the intercept what the
-All-to-All phases cost without bytes (waiting for peers, per-message costs). Measured and predicted
-lines use the same bytes (validation replays the measured traffic), so comparing slopes tells
-whether the model prices the bytes or the waiting wrongly, which step times alone cannot.
+Per testbed (hosts x ranks per host x rate) and structure, a least-squares line through its
+configurations (every top-k): All-to-All phase time per rank-step (dispatch + combine, s) against
+the remote bytes a rank sends in them per step (bytes). The slope is the marginal cost of a byte in
+a step (s/byte; its inverse an in-step bandwidth), the intercept what the All-to-All phases cost
+without bytes (waiting for peers and for a core, per-message costs). The structures get a line each:
+their waiting differs (DCCA's ranks compete for the cores more), so one line through both would
+mistake the difference in waiting for a cost per byte. Measured and predicted lines use the same
+bytes (validation replays the measured traffic), so comparing them tells whether the model prices
+the bytes or the waiting wrongly, which step times alone cannot.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 
 def a2a_cost(rows: list) -> list[dict]:
-    """Per testbed with at least 3 configurations and 2 distinct byte counts: the measured and the
+    """Per testbed and structure with at least 3 configurations and 2 distinct byte counts: the measured and the
     predicted line (``intercept_s``, ``s_per_byte``, ``bytes_per_s`` = 1 / slope where the slope is
     positive) and ``slope_ratio`` = predicted / measured slope. ``rows``: validation rows carrying
     ``a2a_remote_bytes`` and per-phase times."""
@@ -45,10 +47,10 @@ def a2a_cost(rows: list) -> list[dict]:
     for r in rows:
         if r.get("a2a_remote_bytes") is None:
             continue
-        key = (r["hosts"], r["ranks_per_host"], r["rate_bits"])
+        key = (r["hosts"], r["ranks_per_host"], r["rate_bits"], r["structure"])
         groups.setdefault(key, []).append(r)
     out = []
-    for (hosts, rph, rate), rs in groups.items():
+    for (hosts, rph, rate, structure), rs in groups.items():
         x = np.array([r["a2a_remote_bytes"] for r in rs], dtype=float)
         if len(rs) < 3 or len(np.unique(x)) < 2:
             continue
@@ -58,8 +60,8 @@ def a2a_cost(rows: list) -> list[dict]:
             a, b = _line(x, y)
             lines[side] = {"intercept_s": a, "s_per_byte": b, "bytes_per_s": (1.0 / b) if b > 0 else None}
         m = lines["measured"]["s_per_byte"]
-        label = f"{hosts}x{rph} " + (f"{rate / 1e6:g}Mbit" if rate else "unshaped")
-        out.append({"label": label, "hosts": hosts, "ranks_per_host": rph, "rate_bits": rate,
+        label = f"{hosts}x{rph} " + (f"{rate / 1e6:g}Mbit" if rate else "unshaped") + f" {structure}"
+        out.append({"label": label, "hosts": hosts, "ranks_per_host": rph, "rate_bits": rate, "structure": structure,
                     "configurations": len(rs), **lines,
                     "slope_ratio": (lines["predicted"]["s_per_byte"] / m) if m > 0 else None})
     return out

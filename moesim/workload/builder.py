@@ -1,8 +1,8 @@
 """Build one step's SPMD operation graph (:class:`~moesim.workload.ops.Program`) from a config.
 
 Per layer, forward: attention (QKV, core, output projection, norms and residuals) [+ tp all-reduce]
--> gate -> DCCA descend -> permute + dispatch All-to-All (shared experts run while it is in
-flight) -> experts -> combine All-to-All + unpermute -> DCCA ascend [+ tp all-gather]. Backward
+-> gate -> DCCA descend -> permute + split-size exchange (each rank's per-expert counts, a small
+All-to-All; forward only) + dispatch All-to-All (shared experts run while it is in flight) -> experts -> combine All-to-All + unpermute -> DCCA ascend [+ tp all-gather]. Backward
 runs the layers in reverse with twice the forward GEMM work, the All-to-Alls again (transposed),
 and launches data-parallel gradient all-reduces in buckets as layers finish, overlapping the
 backward of earlier layers; the optimizer waits for all of them. With tp > 1, MoE work is split
@@ -24,6 +24,8 @@ from moesim.workload.routing import plan_routing
 OPTIMIZER_BYTES_PER_PARAM = 28.0
 #: default data-parallel gradient bucket (bytes), as PyTorch DDP
 DEFAULT_BUCKET_BYTES = 25e6
+#: bytes per expert count in the split-size exchange before a dispatch (int64)
+COUNT_BYTES = 8.0
 
 
 class _Builder:
@@ -69,13 +71,13 @@ class _Builder:
         scale = 2.0 if direction == "bwd" else 1.0
         self.prog.add(Compute(name, phase, layer, direction, "memory", nbytes=nbytes * scale))
 
-    def coll(self, name, phase, layer, direction, op, channel, nbytes=0.0, matrix=None) -> int:
+    def coll(self, name, phase, layer, direction, op, channel, nbytes=0.0, matrix=None, control=False) -> int:
         return self.prog.collective(name=name, phase=phase, layer=layer, direction=direction, op=op,
                                     channel=channel, groups=tuple(self._groups[channel]),
-                                    nbytes=float(nbytes), matrix=matrix)
+                                    nbytes=float(nbytes), matrix=matrix, control=control)
 
-    def blocking(self, name, phase, layer, direction, op, channel, nbytes=0.0, matrix=None):
-        cid = self.coll(name, phase, layer, direction, op, channel, nbytes, matrix)
+    def blocking(self, name, phase, layer, direction, op, channel, nbytes=0.0, matrix=None, control=False):
+        cid = self.coll(name, phase, layer, direction, op, channel, nbytes, matrix, control)
         self.prog.add(Launch(cid))
         self.prog.add(Wait(cid, phase))
 
@@ -113,6 +115,12 @@ class _Builder:
         if cfg.moe.structure == "dcca":
             self.gemm("descend", "descend", layer, d, Tm, cfg.low_dim, h)
         self.mem("permute", "dispatch", layer, d, 2.0 * self.routed_copies * dim * B)
+        if self.ep > 1:
+            # the split sizes: each rank tells every ep peer how many rows it will send to each of the
+            # peer's experts (int64 counts), before the dispatch can size its buffers; the backward
+            # reuses them
+            counts = np.full((self.ep, self.ep), COUNT_BYTES * cfg.moe.experts / self.ep)
+            self.blocking("dispatch_counts", "dispatch", layer, d, "all_to_all", "ep", matrix=counts, control=True)
         self.dispatch_beside_shared_experts(layer, d, self.a2a_matrix)
         self.gemm("experts", "experts", layer, d, self.expert_m, inner, io, count=2)
         if self.ep > 1:

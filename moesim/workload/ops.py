@@ -54,7 +54,8 @@ class CollectiveSpec:
     """One collective of the program, run by every group in ``groups`` (tuples of global ranks).
     ``op``: all_to_all (``matrix[i, j]`` bytes from the i-th to the j-th member, same for every
     group), all_reduce / all_gather / reduce_scatter (``nbytes`` per rank buffer).
-    ``channel`` is the stream it queues on: ep, tp or dp."""
+    ``channel`` is the stream it queues on: ep, tp or dp. ``control``: it carries control data (the
+    split sizes a dispatch exchanges first), not tokens."""
 
     cid: int
     name: str
@@ -66,6 +67,7 @@ class CollectiveSpec:
     groups: tuple
     nbytes: float = 0.0
     matrix: np.ndarray | None = None
+    control: bool = False
 
     def bytes_leaving_ranks(self) -> float:
         """Bytes that cross from one rank to another, summed over all groups (All-to-All only)."""
@@ -107,5 +109,7 @@ class Program:
         return cid
 
     def a2a_bytes(self) -> float:
-        """All-to-All bytes of the step that leave a rank, summed over ranks."""
-        return sum(c.bytes_leaving_ranks() for c in self.collectives.values() if c.op == "all_to_all")
+        """Token bytes of the step's All-to-Alls that leave a rank, summed over ranks (the split-size
+        exchanges, control data, excluded)."""
+        return sum(c.bytes_leaving_ranks() for c in self.collectives.values()
+                   if c.op == "all_to_all" and not c.control)
