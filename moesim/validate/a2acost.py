@@ -31,13 +31,6 @@ def remote_bytes_per_step(df: pd.DataFrame) -> float | None:
     return float(per.mean())
 
 
-def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """(intercept, slope) of the least-squares line y = a + b x."""
-    A = np.stack([np.ones_like(x), x], axis=1)
-    (a, b), *_ = np.linalg.lstsq(A, y, rcond=None)
-    return float(a), float(b)
-
-
 def a2a_cost(rows: list) -> list[dict]:
     """Per testbed and structure with at least 3 configurations and 2 distinct byte counts: the measured and the
     predicted line (``intercept_s``, ``s_per_byte``, ``bytes_per_s`` = 1 / slope where the slope is
@@ -57,7 +50,7 @@ def a2a_cost(rows: list) -> list[dict]:
         lines = {}
         for side in ("measured", "predicted"):
             y = np.array([sum(r["phases"].get(ph, {}).get(f"{side}_s", 0.0) for ph in A2A_PHASES) for r in rs])
-            a, b = _line(x, y)
+            b, a = (float(v) for v in np.polyfit(x, y, 1))    # least squares y = a + b x
             lines[side] = {"intercept_s": a, "s_per_byte": b, "bytes_per_s": (1.0 / b) if b > 0 else None}
         m = lines["measured"]["s_per_byte"]
         label = f"{hosts}x{rph} " + (f"{rate / 1e6:g}Mbit" if rate else "unshaped") + f" {structure}"
