@@ -2,7 +2,8 @@
 
 Per layer, forward: attention (QKV, core, output projection, norms and residuals) [+ tp all-reduce]
 -> gate -> DCCA descend -> permute + split-size exchange (each rank's per-expert counts, a small
-All-to-All; forward only) + dispatch All-to-All (shared experts run while it is in flight) -> experts -> combine All-to-All + unpermute -> DCCA ascend [+ tp all-gather]. Backward
+All-to-All; forward only) + dispatch All-to-All (shared experts run while it is in flight) ->
+experts -> combine All-to-All + unpermute -> DCCA ascend [+ tp all-gather]. Backward
 runs the layers in reverse with twice the forward GEMM work, the All-to-Alls again (transposed),
 and launches data-parallel gradient all-reduces in buckets as layers finish, overlapping the
 backward of earlier layers; the optimizer waits for all of them. With tp > 1, MoE work is split
@@ -56,6 +57,8 @@ class _Builder:
                 self.prog.info["routing"] = "measured token copies per dispatch"
             self.expert_m = per_expert[pos]                         # (world, local experts) copies
             self.a2a_matrix = matrix * cfg.a2a_dim * self.B        # bytes, [src pos, dst pos]
+            # the split sizes a forward dispatch exchanges first: int64 counts of the peer's experts
+            self.count_matrix = np.full((self.ep, self.ep), COUNT_BYTES * cfg.moe.experts / self.ep)
             self.routed_copies = matrix.sum(axis=1)[pos]           # copies each rank permutes
             self.prog.info["dropped_fraction"] = plan.dropped_fraction if a2a_copies is None else float(
                 max(0.0, 1.0 - matrix.sum() / (self.ep * self.Tm * cfg.moe.top_k)))
@@ -115,12 +118,9 @@ class _Builder:
         if cfg.moe.structure == "dcca":
             self.gemm("descend", "descend", layer, d, Tm, cfg.low_dim, h)
         self.mem("permute", "dispatch", layer, d, 2.0 * self.routed_copies * dim * B)
-        if self.ep > 1:
-            # the split sizes: each rank tells every ep peer how many rows it will send to each of the
-            # peer's experts (int64 counts), before the dispatch can size its buffers; the backward
-            # reuses them
-            counts = np.full((self.ep, self.ep), COUNT_BYTES * cfg.moe.experts / self.ep)
-            self.blocking("dispatch_counts", "dispatch", layer, d, "all_to_all", "ep", matrix=counts, control=True)
+        if self.ep > 1:   # the dispatch sizes its buffers from these; the backward reuses them
+            self.blocking("dispatch_counts", "dispatch", layer, d, "all_to_all", "ep", matrix=self.count_matrix,
+                          control=True)
         self.dispatch_beside_shared_experts(layer, d, self.a2a_matrix)
         self.gemm("experts", "experts", layer, d, self.expert_m, inner, io, count=2)
         if self.ep > 1:
