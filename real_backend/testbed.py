@@ -20,8 +20,9 @@ inside its namespace with ``GLOO_SOCKET_IFNAME`` = its veth; ranks of one host t
 
 On success the matching moesim topology file is written (node-link JSON, the same format as
 ``moesim.topology.generators.emulated_testbed``: ``bridge`` switch, ``host<i>`` cpu nodes,
-``host<i>/rank<k>`` gpu nodes; link classes ``nic`` (bandwidth = the tc rate in bytes/s) and
-``loopback``). Teardown (processes, then namespaces, which removes veths and bridge) always runs:
+``host<i>/rank<k>`` gpu nodes, ``host<i>/lo`` hubs; link classes ``nic`` (bandwidth = the tc rate
+in bytes/s), ``stack`` (a rank's TCP path to its veth) and ``loopback`` (between ranks of one
+host)). Teardown (processes, then namespaces, which removes veths and bridge) always runs:
 on success, error, Ctrl-C, SIGTERM and SIGHUP.
 """
 from __future__ import annotations
@@ -49,7 +50,7 @@ PROG = "real_backend.testbed"
 NS_PREFIX = "rbtb-"
 MASTER_PORT = 29500
 MODULES = {"run": "real_backend.run", "microbench": "real_backend.microbench", "patterns": "real_backend.patterns"}
-DEFAULT_LOOPBACK_BW = 2e9  # bytes/s per rank, nominal (matches moesim.topology.generators.emulated_testbed)
+DEFAULT_LOOPBACK_BW = 2e9  # bytes/s per rank, nominal, of the stack and loopback links (as emulated_testbed)
 
 
 class TestbedError(MoesimError):
@@ -300,23 +301,17 @@ class Testbed:
     def topology(self) -> dict:
         """node-link JSON of the testbed for the simulator (moesim.topology format)."""
         import networkx as nx
+        from moesim.topology.generators import emulated_testbed
         nic_bw = (self.rate / 8) if self.rate else 10e9
-        g = nx.Graph(name=f"testbed-{self.hosts}x{self.rph}", source=PROG, testbed_id=self.id,
-                     tc_rate_bits=self.rate or 0.0, shared_cpu_cores=os.cpu_count() or 1,
-                     description=(f"emulated testbed: {self.hosts} namespaces x {self.rph} ranks, veth "
-                                  + (f"{self.rate / 1e6:g} Mbit/s tbf on both ends (nominal tc rate; calibrate the "
-                                     f"effective rate with real_backend.microbench)" if self.rate
-                                     else "unshaped (nominal 10 GB/s)")
-                                  + f", loopback {self.loopback_bw / 1e9:g} GB/s per rank (nominal)"))
-        g.add_node("bridge", kind="switch")
-        for h in range(self.hosts):
-            host = f"host{h}"
-            g.add_node(host, kind="cpu")
-            g.add_edge(host, "bridge", bandwidth=float(nic_bw), latency=0.0, link_class="nic")
-            for k in range(self.rph):
-                node = f"{host}/rank{k}"
-                g.add_node(node, kind="gpu", rank=h * self.rph + k, host=host)
-                g.add_edge(node, host, bandwidth=float(self.loopback_bw), latency=0.0, link_class="loopback")
+        g = emulated_testbed(self.hosts, self.rph, link_bandwidth=nic_bw, loopback_bandwidth=self.loopback_bw,
+                             stack_bandwidth=self.loopback_bw).graph
+        g.graph.update(source=PROG, testbed_id=self.id, tc_rate_bits=self.rate or 0.0,
+                       shared_cpu_cores=os.cpu_count() or 1,
+                       description=(f"emulated testbed: {self.hosts} namespaces x {self.rph} ranks, veth "
+                                    + (f"{self.rate / 1e6:g} Mbit/s tbf on both ends (nominal tc rate; calibrate the "
+                                       f"effective rate with real_backend.microbench)" if self.rate
+                                       else "unshaped (nominal 10 GB/s)")
+                                    + f"; TCP stack and loopback {self.loopback_bw / 1e9:g} GB/s per rank (nominal)"))
         return nx.node_link_data(g, edges="edges")
 
 
@@ -353,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--topology", default=None,
                     help="topology file to write on success (default: <out>.topology.json next to --out)")
     ap.add_argument("--loopback-bw", type=float, default=DEFAULT_LOOPBACK_BW,
-                    help="nominal bytes/s of a rank's loopback link in the topology file")
+                    help="nominal bytes/s of a rank's stack and loopback links in the topology file")
     ap.add_argument("--deadline", type=float, default=None, help="kill everything after this many seconds")
     ap.add_argument("--grace", type=float, default=20.0,
                     help="seconds the other hosts get to exit after one fails (default 20)")

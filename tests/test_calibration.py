@@ -65,7 +65,8 @@ def synthetic_compute(tmp: Path, world: int = 1, share: float = 1.0, shapes=SHAP
                                           "host": "synthetic", "torch_version": "synthetic"})
 
 
-NET_TRUE = {"links": {"nic": LinkParams(efficiency=0.9, max_bandwidth=8e8, latency_s=40e-6),
+NET_TRUE = {"links": {"nic": LinkParams(efficiency=0.9, latency_s=40e-6),
+                      "stack": LinkParams(efficiency=None, max_bandwidth=8e8, latency_s=0.0),
                       "loopback": LinkParams(efficiency=None, max_bandwidth=2.5e9, latency_s=0.0)},
             "latency_per_message_s": 60e-6, "collective_overhead_s": 150e-6}
 NET_SIZES = [16 << 10, 256 << 10, 1 << 20, 4 << 20]
@@ -74,7 +75,7 @@ NET_SIZES = [16 << 10, 256 << 10, 1 << 20, 4 << 20]
 def synthetic_network(tmp: Path, hosts: int, rph: int, rate_bits: float, use_simulator: bool = False) -> Path:
     rows = []
     nominal = rate_bits / 8 if rate_bits else None
-    bw = {"nic": NET_TRUE["links"]["nic"].bandwidth(nominal), "loopback": NET_TRUE["links"]["loopback"].bandwidth(None)}
+    bw = {c: NET_TRUE["links"][c].bandwidth(nominal if c == "nic" else None) for c in ("nic", "stack", "loopback")}
     groups = ["world"] + (["intra_node", "inter_node"] if hosts > 1 and rph > 1 else [])
     for kind in ("all_to_all", "all_reduce"):
         for group in groups:
@@ -127,16 +128,17 @@ def test_contention_and_profile_scaling(tmp_path):
 @pytest.mark.parametrize("use_simulator", [False, True])
 def test_network_fit_recovers_alpha_beta(tmp_path, use_simulator):
     """Tables from the closed form (and from the simulator's fluid network itself) at two rates and
-    unshaped, two testbed shapes: per-class bandwidths, latencies and overhead come back."""
+    unshaped, two testbed shapes: per-class bandwidths, latencies and overhead come back; an
+    unshaped veth stays unlimited (its copies are the stack links')."""
     for hosts, rph in ((2, 2), (4, 1)):
         for rate in (100e6, 300e6, 0.0):
             synthetic_network(tmp_path, hosts, rph, rate, use_simulator)
     tables = [read_table(p) for p in sorted(tmp_path.glob("net-*.csv"))]
     fit = fit_network(collective_medians(tables))
-    nic, lo = fit.links["nic"], fit.links["loopback"]
-    tn, tl = NET_TRUE["links"]["nic"], NET_TRUE["links"]["loopback"]
-    assert nic.efficiency == pytest.approx(tn.efficiency, rel=0.02)
-    assert nic.max_bandwidth == pytest.approx(tn.max_bandwidth, rel=0.05)
+    nic, st, lo = fit.links["nic"], fit.links["stack"], fit.links["loopback"]
+    tn, ts, tl = NET_TRUE["links"]["nic"], NET_TRUE["links"]["stack"], NET_TRUE["links"]["loopback"]
+    assert nic.efficiency == pytest.approx(tn.efficiency, rel=0.02) and math.isinf(nic.max_bandwidth)
+    assert st.max_bandwidth == pytest.approx(ts.max_bandwidth, rel=0.05)
     assert lo.max_bandwidth == pytest.approx(tl.max_bandwidth, rel=0.05)
     assert fit.latency_per_message_s == pytest.approx(NET_TRUE["latency_per_message_s"], rel=0.1, abs=3e-6)
     assert nic.latency_s == pytest.approx(tn.latency_s, rel=0.1, abs=3e-6)
@@ -148,10 +150,27 @@ def test_closed_form_matches_simulator():
     for kind in ("all_to_all", "all_reduce"):
         for group in ("world", "intra_node", "inter_node"):
             f = collective_features(kind, group, 2, 2, 3 << 20)
-            bw = {"nic": NET_TRUE["links"]["nic"].bandwidth(100e6 / 8), "loopback": 2.5e9}
+            bw = {"nic": NET_TRUE["links"]["nic"].bandwidth(100e6 / 8), "stack": 8e8, "loopback": 2.5e9}
             a = f.predict(bw, 60e-6, 150e-6, 40e-6)
             b = simulate_measured(kind, group, 2, 2, 3 << 20, 100e6, NET_TRUE["links"], 60e-6, 150e-6)
             assert a == pytest.approx(b, rel=1e-9)
+
+
+def test_step_links_are_the_microbenchmark_fit_not_scaled_by_the_core_share(tmp_path):
+    """4 ranks on 2 cores: the microbenchmarks time collectives with every rank copying, as a step's
+    All-to-All does, so the profile's copy rates are the fit's even though compute gets 0.45 of a core."""
+    synthetic_compute(tmp_path, 1, shapes=SHAPES + [(2048, 512, 512), (512, 1024, 1024)])
+    synthetic_compute(tmp_path, 4, share=0.45, shapes=[(1024, 1024, 1024), (2048, 512, 512), (512, 1024, 1024)],
+                      name="gemm4.csv")
+    for hosts, rph in ((2, 2), (4, 1)):
+        for rate in (100e6, 0.0):
+            synthetic_network(tmp_path, hosts, rph, rate)
+    cal = calibrate([tmp_path], name="syn", peak_flops=PEAK)
+    assert cal.contention.factor == pytest.approx(0.45, rel=1e-6)
+    links = cal.profile["calibration"]["links"]
+    assert links["stack"]["max_bandwidth"] == pytest.approx(8e8, rel=0.05)
+    assert links["loopback"]["max_bandwidth"] == pytest.approx(2.5e9, rel=0.05)
+    assert links["nic"]["max_bandwidth"] is None and links["nic"]["efficiency"] == pytest.approx(0.9, rel=0.02)
 
 
 def test_calibrate_cli_writes_measured_profile_with_provenance(tmp_path, capsys):
@@ -269,3 +288,38 @@ def test_real_tiny_microbench_calibrates_through_entry_point(tmp_path, moesim_ex
     # a fitted curve explains real GEMMs to within tens of percent (noise on a shared machine)
     assert rep["residuals"]["gemm"]["mape"] < 0.5
     assert math.isfinite(rep["residuals"]["memory"]["mape"])
+
+
+def test_old_testbed_topology_files_are_rebuilt_in_the_current_layout(tmp_path):
+    """Files real_backend.testbed wrote before ranks had a stack link (one per-rank loopback link to
+    the host carried every flow) are rebuilt from what they record; others come back as they are."""
+    import networkx as nx
+    from moesim.calibrate.netmodel import upgrade_testbed_topology
+    from moesim.network.routing import Router
+    from moesim.topology import load_topology
+    from moesim.topology.generators import cluster, emulated_testbed
+    g = nx.Graph(name="testbed-2x2", source="real_backend.testbed", testbed_id="abc123", tc_rate_bits=150e6,
+                 shared_cpu_cores=2)
+    g.add_node("bridge", kind="switch")
+    for h in range(2):
+        g.add_node(f"host{h}", kind="cpu")
+        g.add_edge(f"host{h}", "bridge", bandwidth=18.75e6, latency=0.0, link_class="nic")
+        for k in range(2):
+            g.add_node(f"host{h}/rank{k}", kind="gpu", rank=2 * h + k, host=f"host{h}")
+            g.add_edge(f"host{h}/rank{k}", f"host{h}", bandwidth=2e9, latency=0.0, link_class="loopback")
+    path = tmp_path / "old.topology.json"
+    path.write_text(json.dumps(nx.node_link_data(g, edges="edges")))
+    old = load_topology(path)
+    new = upgrade_testbed_topology(old)
+    assert old.link_classes == ["loopback", "nic"] and new.link_classes == ["loopback", "nic", "stack"]
+    assert new.graph.graph["testbed_id"] == "abc123" and new.graph.graph["shared_cpu_cores"] == 2
+    assert new.num_gpus == 4 and new.hosts == old.hosts
+    nic = new.links[new.links["link_class"] == "nic"]
+    assert (nic["capacity"] == 18.75e6).all()
+    cls = new.links["link_class"]
+    assert list(cls.iloc[Router(new).routes([0], [1]).links]) == ["loopback", "loopback"]
+    other = cluster(2, 4)
+    assert upgrade_testbed_topology(other) is other
+    current = emulated_testbed(2, 2)
+    assert upgrade_testbed_topology(current) is current
+    assert upgrade_testbed_topology(new) is new

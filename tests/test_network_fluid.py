@@ -31,7 +31,7 @@ def _drive(net: FluidNetwork, starts: list[tuple[float, object, Collective]]) ->
 
 
 def test_two_transfers_share_a_link_fairly():
-    topo = emulated_testbed(2, 1, link_bandwidth=1e9, loopback_bandwidth=1e12)
+    topo = emulated_testbed(2, 1, link_bandwidth=1e9, stack_bandwidth=1e12)
     net = FluidNetwork(topo, ZERO)
     assert net.next_event_time() == math.inf and net.advance(5.0) == [] and net.now == 5.0
     done = _drive(net, [(5.0, "a", collectives.p2p(0, 1, 2e9)), (6.0, "b", collectives.p2p(0, 1, 1e9))])
@@ -41,7 +41,7 @@ def test_two_transfers_share_a_link_fairly():
 
 
 def test_event_api_and_overheads():
-    topo = emulated_testbed(2, 1, link_bandwidth=1e9, loopback_bandwidth=1e12)
+    topo = emulated_testbed(2, 1, link_bandwidth=1e9, stack_bandwidth=1e12)
     net = FluidNetwork(topo, NetworkParams(latency_per_message_s=0.25, collective_overhead_s=0.5))
     net.start(collectives.p2p(0, 1, 1e9), "x", 0.0)
     assert net.next_event_time() == pytest.approx(0.5)           # delayed stage start

@@ -17,7 +17,7 @@ CAP = 1e6
 
 
 def _topo(hosts=4, **attrs) -> Topology:
-    g = emulated_testbed(hosts, 1, link_bandwidth=CAP, loopback_bandwidth=1e12).graph.copy()
+    g = emulated_testbed(hosts, 1, link_bandwidth=CAP, stack_bandwidth=1e12).graph.copy()
     for _, _, a in g.edges(data=True):
         a["latency"] = 0.0
     g.graph.update(attrs)

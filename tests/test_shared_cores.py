@@ -90,7 +90,7 @@ def test_pool_rejects_bad_capacity_and_work():
 
 
 def test_projected_end_of_a_flow_and_after_a_second_one_joins():
-    net = FluidNetwork(emulated_testbed(2, 1, link_bandwidth=1e9, loopback_bandwidth=1e10), NetworkParams(0.0, 0.5))
+    net = FluidNetwork(emulated_testbed(2, 1, link_bandwidth=1e9, stack_bandwidth=1e10), NetworkParams(0.0, 0.5))
     net.start(collectives.p2p(0, 1, 1e9), "x", 0.0)
     assert net.projected_end("x") == math.inf          # still paying its launch overhead
     net.advance(0.5)

@@ -22,8 +22,11 @@ def test_generators_write_loadable_files(tmp_path, capsys):
         assert load_topology(path).num_gpus == gpus
     path = tmp_path / "tb.graphml"
     assert main(["topology", "testbed", "--hosts", "3", "--ranks-per-host", "2", "--link-bandwidth", "500Mbit/s",
-                 "--loopback-bandwidth", "4GB/s", "--out", str(path)]) == 0
-    assert load_topology(path).num_gpus == 6
+                 "--loopback-bandwidth", "4GB/s", "--stack-bandwidth", "1GB/s", "--out", str(path)]) == 0
+    tb = load_topology(path)
+    assert tb.num_gpus == 6
+    caps = tb.links.groupby("link_class")["capacity"].unique()
+    assert list(caps["loopback"]) == [4e9] and list(caps["stack"]) == [1e9] and list(caps["nic"]) == [62.5e6]
 
 
 def test_show(repo_root, capsys):

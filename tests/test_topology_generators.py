@@ -61,10 +61,22 @@ def test_pcie_cluster_and_single_leaf_has_no_spines():
 
 
 def test_testbed():
-    topo = emulated_testbed(3, 2, link_bandwidth=1e9 / 8, loopback_bandwidth=3e9)
+    topo = emulated_testbed(3, 2, link_bandwidth=1e9 / 8, loopback_bandwidth=3e9, stack_bandwidth=1e9)
     assert topo.num_gpus == 6 and topo.hosts == ["host0", "host1", "host2"]
-    assert topo.link_classes == ["loopback", "nic"] and topo.device_of(0) is None
+    assert topo.link_classes == ["loopback", "nic", "stack"] and topo.device_of(0) is None
     assert bisection_bandwidth(topo) == pytest.approx(1e9 / 8)
+    # one rank per host: no loopback device traffic, so no lo hub
+    assert emulated_testbed(4, 1).link_classes == ["nic", "stack"]
+
+
+def test_testbed_routes_local_traffic_over_loopback_and_the_rest_over_the_stack():
+    from moesim.network.routing import Router
+    topo = emulated_testbed(2, 2)
+    r = Router(topo)
+    links = topo.links
+    path = lambda s, d: list(links["link_class"].iloc[r.routes([s], [d]).links])  # noqa: E731
+    assert path(0, 1) == ["loopback", "loopback"]                 # same namespace: lo only
+    assert path(0, 2) == ["stack", "nic", "nic", "stack"]         # across the bridge: never lo
 
 
 @pytest.mark.parametrize("kwargs, fragment", [

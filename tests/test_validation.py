@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CAMPAIGN = ROOT / "calibration" / "validation"
 #: the committed campaigns: (validation dir, measurements dir, held-out pairs allowed to miss the 10%
 #: speedup target, worst speedup error allowed); the second ran on an AVX2 machine, in 3 rounds
-CAMPAIGNS = [(CAMPAIGN, ROOT / "calibration" / "measurements", 1, 0.15),
-             (ROOT / "calibration" / "avx2" / "validation", ROOT / "calibration" / "avx2" / "measurements", 1, 0.15)]
+CAMPAIGNS = [(CAMPAIGN, ROOT / "calibration" / "measurements", 2, 0.15),
+             (ROOT / "calibration" / "avx2" / "validation", ROOT / "calibration" / "avx2" / "measurements", 0, 0.10)]
 RUN_COLUMNS = ("step", "rank", "phase", "direction", "seconds", "count", "bytes", "bytes_remote", "run_id", "host",
                "backend", "world_size", "structure", "mode", "ep", "dp")
 
@@ -48,9 +48,10 @@ def test_committed_campaign_meets_targets(committed):
     assert rep["max_error"] >= rep["mape"]
     held_pairs = [p for p in rep["pairs"] if p["role"] == "heldout"]
     assert len(held_pairs) >= 8
-    # Known gap (README "What remains"): one top-8 pair per campaign misses the 10% speedup target
-    # (AVX-512: 2x2 at 400 Mbit/s, the two-way loss is smaller there than the fitted penalty; AVX2:
-    # 2x2 unshaped, CPU-bound copies); every other held-out pair is within 10%.
+    # Known gap (README "What remains" (1)): on the AVX-512 campaign two top-8 pairs miss the 10%
+    # speedup target, both the rate- and peer-dependent two-way loss of tbf that one b and c per link
+    # class fit in between (2x2 400 Mbit/s over-predicted, 4x1 150 Mbit/s under-predicted); every
+    # other held-out pair, and every one of the AVX2 campaign, is within 10%.
     missed = [p["label"] for p in held_pairs if p["error"] > 0.10]
     assert len(missed) <= max_missed, missed
     assert all(" k8" in m for m in missed), missed

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -252,13 +252,14 @@ def calibrate(paths: Sequence[str | os.PathLike], name: str = "cpu-testbed", pea
                "collective_overhead_s": network.collective_overhead_s}
         if nic and nic.efficiency is not None:
             net["link_efficiency"] = {"nic": nic.efficiency}
-        # unshaped veth and loopback move bytes with the kernel's TCP copies on the ranks' own cores: in a
-        # step each rank has the core share `factor`, so their (CPU-bound) throughput is scaled by it
-        in_step = {k: replace(v, max_bandwidth=v.max_bandwidth * factor) for k, v in network.links.items()}
-        cal["links"] = {k: v.to_dict() for k, v in in_step.items()}
-        cal["links_isolated"] = {k: v.to_dict() for k, v in network.links.items()}
-        cal["links_note"] = ("links: what a step sees (max_bandwidth = isolated microbenchmark x core share); "
-                             "links_isolated: the microbenchmark fit itself")
+        # the stack and loopback links' rates are the kernel's TCP copies on the ranks' cores, measured with
+        # every rank copying at once; the ranks of a step meet in an All-to-All and copy together the same
+        # way (their compute, shared by the core pool or the core share, does not overlap it), so a step
+        # uses the microbenchmark fit as it is
+        cal["links"] = {k: v.to_dict() for k, v in network.links.items()}
+        cal["links_note"] = ("stack and loopback max_bandwidth: the kernel's TCP copies with every rank copying "
+                             "at once (as in a step's All-to-All); nic: tbf efficiency of the tc rate, an unshaped "
+                             "veth is not a limit of its own")
         cal["alpha_beta"] = _alpha_beta(network)
     cal["residuals"] = residuals
     profile = {"name": name, "status": "measured", "provenance": prov, "device": device}
@@ -296,8 +297,9 @@ def _alpha_beta(nf: F.NetworkFit) -> dict:
     for cls, lp in nf.links.items():
         hops = 2 if cls == "nic" else 0
         out[cls] = {"alpha_s": nf.latency_per_message_s + hops * lp.latency_s,
-                    "beta": ("min(efficiency * tc_rate, max_bandwidth)" if lp.efficiency is not None
-                             else "max_bandwidth"),
+                    "beta": ("max_bandwidth" if lp.efficiency is None
+                             else "efficiency * tc_rate (unshaped: not limited)" if math.isinf(lp.max_bandwidth)
+                             else "min(efficiency * tc_rate, max_bandwidth)"),
                     "beta_unshaped_bytes_per_s": None if math.isinf(lp.max_bandwidth) else lp.max_bandwidth}
         if lp.efficiency is not None:
             out[cls]["beta_at_100mbit_bytes_per_s"] = lp.bandwidth(100e6 / 8)

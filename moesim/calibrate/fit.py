@@ -13,9 +13,10 @@ time-slice them fairly; shorter ones finish inside one slice and would hide the 
 profile for a rank of the shared machine has ``peak * f``, ``memory_bandwidth * f`` and
 ``op_overhead / f``.
 
-Network: :func:`fit_network` fits, per link class, ``efficiency`` (of the tc rate) and
-``max_bandwidth`` (TCP over veth / loopback), the ``nic`` link latency, the per-message latency and
-the per-collective overhead, so that the simulator's own collective model
+Network: :func:`fit_network` fits the ``nic`` links' ``efficiency`` (of the tc rate), the
+``max_bandwidth`` of the ``stack`` and ``loopback`` links (the kernel's TCP copies on the ranks'
+cores: to and from the veth, and between ranks of one host), the ``nic`` link latency, the
+per-message latency and the per-collective overhead, so that the simulator's own collective model
 (:mod:`moesim.calibrate.netmodel`) reproduces the measured All-to-All and all-reduce times.
 """
 from __future__ import annotations
@@ -231,7 +232,7 @@ def _fit_network_at(coll: pd.DataFrame, feats: list, nic_two_way: float, burst_s
         for c in CLASSES:
             unit[c][i, :s] = f.unit_time.get(c, np.zeros(s))
     uses = {c: bool((unit[c] > 0).any()) for c in CLASSES}
-    have_shaped, have_unshaped = bool(shaped.any()), bool((~shaped & (unit["nic"] > 0).any(axis=1)).any())
+    have_shaped = bool(shaped.any())
     # linear unknowns: overhead, per-message latency, nic link latency
     X = np.stack([np.ones(n), msgs.sum(axis=1), hops.sum(axis=1)], axis=1)
     if not (hops > 0).any():
@@ -239,30 +240,31 @@ def _fit_network_at(coll: pd.DataFrame, feats: list, nic_two_way: float, burst_s
     Xw = X / meas[:, None]
 
     def transfer(c: np.ndarray) -> np.ndarray:
-        """(cand, rows) transfer seconds for candidates (efficiency, veth max, loopback max)."""
-        e, bmax, blo = c[:, 0:1], c[:, 1:2], c[:, 2:3]
-        bw_nic = np.where(shaped[None, :], np.minimum(e * rate[None, :], bmax), bmax)     # (cand, rows)
-        t = np.zeros((len(c), n))
-        per = np.maximum(unit["nic"][None] / bw_nic[..., None], unit["loopback"][None] / blo[..., None])
-        t += per.sum(axis=2)
-        return t
+        """(cand, rows) transfer seconds for candidates (efficiency, stack max, loopback max). An
+        unshaped veth is not a limit of its own: its copies are the ranks' (their ``stack`` links)."""
+        e, bst, blo = c[:, 0:1], c[:, 1:2], c[:, 2:3]
+        bw_nic = np.where(shaped[None, :], e * rate[None, :], np.inf)     # (cand, rows)
+        per = np.maximum(unit["nic"][None] / bw_nic[..., None], unit["stack"][None] / bst[..., None])
+        per = np.maximum(per, unit["loopback"][None] / blo[..., None])
+        return per.sum(axis=2)
 
     def objective(c: np.ndarray) -> np.ndarray:
         y = 1.0 - transfer(c) / meas[None, :]
         _, sse = nnls_relative(Xw, y)
         return sse
 
-    lo = np.array([0.2 if have_shaped else 1.0, min_bandwidth if have_unshaped else max_bandwidth,
-                   min_bandwidth if uses["loopback"] else max_bandwidth])
+    # a class no measured collective crosses stays pinned at max_bandwidth
+    lo = np.array([0.2 if have_shaped else 1.0] + [min_bandwidth if uses[c] else max_bandwidth
+                                                   for c in ("stack", "loopback")])
     hi = np.array([1.0, max_bandwidth, max_bandwidth])
     best, _ = refine_grid(objective, lo, hi, points=25, rounds=7, log=np.array([False, True, True]))
     best = best[None, :]
     coef, _ = nnls_relative(Xw, 1.0 - transfer(best) / meas[None, :])
     overhead, lat_msg, lat_nic = (float(x) for x in coef[0])
-    e, bmax, blo = (float(x) for x in best[0])
-    links = {"nic": LinkParams(efficiency=e if have_shaped else None,
-                               max_bandwidth=bmax if have_unshaped else math.inf, latency_s=lat_nic,
+    e, bst, blo = (float(x) for x in best[0])
+    links = {"nic": LinkParams(efficiency=e if have_shaped else None, latency_s=lat_nic,
                                two_way_penalty=float(nic_two_way), burst_s=float(burst_s) if have_shaped else 0.0),
+             "stack": LinkParams(efficiency=None, max_bandwidth=bst if uses["stack"] else math.inf, latency_s=0.0),
              "loopback": LinkParams(efficiency=None, max_bandwidth=blo if uses["loopback"] else math.inf, latency_s=0.0)}
     pred = transfer(best)[0] + X @ coef[0]
     fit = NetworkFit(links, lat_msg, overhead)

@@ -58,7 +58,7 @@ PENALTY_GRID = (0.0, 0.1, 0.2, 0.35, 0.5, 0.7)
 PEER_GRID = (0.0, 0.1, 0.2, 0.35)                      # per extra peer host
 BURST_FRACTIONS = (0.0, 0.5, 1.0)                        # of the testbed's configured bucket
 # shared-core mode (see fit_insitu): the pool's effective cores K and the alone factor g join the fit
-POOL_CORES_GRID = (1.5, 2.0, 2.5)
+POOL_CORES_GRID = (1.0, 1.5, 2.0, 2.5)
 ALONE_GRID = (0.6, 0.75, 0.9)
 POOL_WAIT_GRID_S = (0.0, 5e-3, 10e-3, 15e-3)
 POOL_PENALTY_GRID = (0.0, 0.15, 0.3, 0.45)

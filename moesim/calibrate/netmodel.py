@@ -2,21 +2,26 @@
 
 Link model (per link class, fitted by :func:`moesim.calibrate.fit.fit_network`)::
 
-    effective bandwidth = min(efficiency * tc_rate, max_bandwidth)     shaped link (tc tbf)
-                        = max_bandwidth                                unshaped veth, loopback
+    effective bandwidth = efficiency * tc_rate      nic (a namespace's veth), shaped by tc tbf
+                        = (not limited)             nic, unshaped
+                        = max_bandwidth             stack (a rank's TCP path to its veth), loopback
 
 ``efficiency`` is what tbf lets through of its nominal rate (it counts Ethernet/IP/TCP headers,
-so payload goodput is below the rate); ``max_bandwidth`` is the throughput of the kernel's TCP
-path itself (copies on the CPU, shared with the ranks' compute), which is what bounds a veth or
-the loopback when nothing shapes them. ``latency_s`` is added per link on a route (a message
-across the bridge crosses two ``nic`` links); the profile's ``network.latency_per_message_s`` is
-the software cost of one message (gloo, syscalls), paid once per flow. Optional, shaped links
-only (0 = off): ``two_way_penalty`` b (a link that carries a rank pair's traffic in both
-directions at once carries 1/(1+b) of its rate; ``peer_penalty`` c makes it 1/(1+b+c(k-1)) when
-those flows cross k peer hosts' shaped links), ``burst_s`` (tbf bucket: ``burst_s * rate`` bytes pass at once at a
-collective's start; see :mod:`moesim.network.fluid`) and ``release_spread`` s (an All-to-All across
-shaped links returns to its members over the last s of its duration, as ``real_backend.patterns``
-measures; see :mod:`moesim.engine.netbridge`).
+so payload goodput is below the rate). ``max_bandwidth`` is the throughput of the kernel's TCP
+copies on the ranks' cores: through a rank's ``stack`` for traffic to other namespaces, over the
+``loopback`` device between ranks of one namespace (the kernel routes local addresses over ``lo``,
+never the veth). An unshaped veth has no rate of its own; the copies its traffic costs are the
+ranks' (their ``stack`` links). The microbenchmarks time collectives with every rank copying at
+once, as the ranks of a step do in an All-to-All, so a step uses these rates as fitted.
+``latency_s`` is added per link on a route (a message across the bridge crosses two ``nic``
+links); the profile's ``network.latency_per_message_s`` is the software cost of one message (gloo,
+syscalls), paid once per flow. Optional, shaped links only (0 = off): ``two_way_penalty`` b (a
+link that carries a rank pair's traffic in both directions at once carries 1/(1+b) of its rate;
+``peer_penalty`` c makes it 1/(1+b+c(k-1)) when those flows cross k peer hosts' shaped links),
+``burst_s`` (tbf bucket: ``burst_s * rate`` bytes pass at once at a collective's start; see
+:mod:`moesim.network.fluid`) and ``release_spread`` s (an All-to-All across shaped links returns
+to its members over the last s of its duration, as ``real_backend.patterns`` measures; see
+:mod:`moesim.engine.netbridge`).
 
 Collective times for fitting are computed with the simulator's own network model
 (:mod:`moesim.network`): per stage, the fluid time with one link class at unit capacity (bytes on
@@ -38,7 +43,7 @@ from moesim.topology.generators import emulated_testbed
 from moesim.testbed_shaping import TBF_BURST_S
 from moesim.topology.model import Topology
 
-CLASSES = ("nic", "loopback")
+CLASSES = ("nic", "stack", "loopback")
 #: the testbed's tc tbf bucket, in seconds at the rate (see :mod:`moesim.testbed_shaping`)
 TESTBED_TBF_BURST_S = TBF_BURST_S
 BIG = 1e30
@@ -87,15 +92,34 @@ class LinkParams:
 
 
 def testbed_graph(hosts: int, ranks_per_host: int, rate_bits: float | None, cores: int | None = None) -> nx.Graph:
-    """The graph ``real_backend.testbed`` writes (nominal: tc rate for ``nic``, 2 GB/s loopback);
-    ``cores``: the machine's cores, which all its ranks share (``shared_cpu_cores``; None: not recorded)."""
+    """The graph ``real_backend.testbed`` writes (nominal: tc rate for ``nic``, 2 GB/s per rank for
+    ``stack`` and ``loopback``); ``cores``: the machine's cores, which all its ranks share
+    (``shared_cpu_cores``; None: not recorded)."""
     nic = (rate_bits / 8.0) if rate_bits else 10e9
-    g = emulated_testbed(hosts, ranks_per_host, link_bandwidth=nic, loopback_bandwidth=2e9).graph.copy()
+    g = emulated_testbed(hosts, ranks_per_host, link_bandwidth=nic).graph.copy()
     g.graph["tc_rate_bits"] = float(rate_bits or 0.0)
     if cores:
         g.graph["shared_cpu_cores"] = int(cores)
     g.graph["source"] = "real_backend.testbed"
     return g
+
+
+def upgrade_testbed_topology(topology: Topology) -> Topology:
+    """A testbed topology in the current layout. Files ``real_backend.testbed`` wrote before ranks had a
+    ``stack`` link (every flow crossed one per-rank ``loopback`` link to its host, even between two
+    namespaces) are rebuilt from what they record: hosts, ranks per host, tc rate and cores (their
+    graph attributes are kept). Other topologies are returned as they are."""
+    g = topology.graph
+    if "tc_rate_bits" not in g.graph or "stack" in set(topology.links["link_class"]):
+        return topology
+    rph = {len(topology.ranks_of_host(h)) for h in topology.hosts}
+    if len(rph) != 1:
+        return topology
+    new = testbed_graph(len(topology.hosts), rph.pop(), float(g.graph.get("tc_rate_bits") or 0.0) or None,
+                        g.graph.get("shared_cpu_cores"))
+    new.graph.update({k: v for k, v in g.graph.items() if k not in ("name", "description")})
+    new.graph["layout_upgraded_from"] = "per-rank loopback link carrying every flow"
+    return Topology(new, source=topology.source)
 
 
 def nominal_rate(topology: Topology, link_class: str, bandwidth: float) -> float | None:
@@ -106,7 +130,7 @@ def nominal_rate(topology: Topology, link_class: str, bandwidth: float) -> float
         if link_class == "nic":
             rate = float(gattr.get("tc_rate_bits") or 0.0)
             return rate / 8.0 if rate > 0 else None
-        return None  # loopback: not shaped
+        return None  # stack, loopback: not shaped
     return bandwidth
 
 
@@ -128,9 +152,11 @@ def effective_topology(topology: Topology, links: Mapping[str, LinkParams],
                 burst_or_shaped.add(cls)
             if lp.burst_s > 0 and nominal is not None and lp.efficiency is not None:
                 burst[cls] = max(burst.get(cls, 0.0), lp.burst_s * nominal)
-            a["bandwidth"] = float(lp.bandwidth(nominal))
-            if nominal is None or lp.efficiency is None or lp.efficiency * nominal >= lp.max_bandwidth:
-                cpu_bound.add(cls)   # the bandwidth is the kernel's copy rate, not a wire rate
+            bw = lp.bandwidth(nominal)
+            if math.isfinite(bw):          # else not limited by the fit: the link keeps its own bandwidth
+                a["bandwidth"] = float(bw)
+                if nominal is None or lp.efficiency is None or lp.efficiency * nominal >= lp.max_bandwidth:
+                    cpu_bound.add(cls)   # the bandwidth is the kernel's copy rate, not a wire rate
             a["latency"] = float(a.get("latency", 0.0)) + lp.latency_s
         elif cls in eff:
             a["bandwidth"] = float(a["bandwidth"]) * eff[cls]
@@ -188,9 +214,10 @@ def build_collectives(kind: str, groups: list[list[int]], size_bytes: float, top
     raise ValueError(f"unknown collective kind {kind!r}")
 
 
-def _unit_topology(hosts: int, rph: int, nic_bw: float, lo_bw: float, nic_lat: float = 0.0,
+def _unit_topology(hosts: int, rph: int, nic_bw: float, stack_bw: float, lo_bw: float, nic_lat: float = 0.0,
                    nic_two_way: float = 0.0, nic_burst: float = 0.0) -> Topology:
-    g = emulated_testbed(hosts, rph, link_bandwidth=nic_bw, loopback_bandwidth=lo_bw).graph.copy()
+    g = emulated_testbed(hosts, rph, link_bandwidth=nic_bw, stack_bandwidth=stack_bw,
+                         loopback_bandwidth=lo_bw).graph.copy()
     if nic_two_way > 0:
         g.graph["two_way_penalty"] = {"nic": float(nic_two_way)}
     if nic_burst > 0:
@@ -238,19 +265,20 @@ def collective_features(kind: str, group: str, hosts: int, rph: int, size_bytes:
     """``nic_burst``: token-bucket burst in bytes at the row's tc rate (it scales with the rate, so the
     unit-rate feature carries ``burst_s * rate`` bytes)."""
     groups = group_members(group, hosts, rph)
-    base = build_collectives(kind, groups, size_bytes, _unit_topology(hosts, rph, 1.0, 1.0))
+    base = build_collectives(kind, groups, size_bytes, _unit_topology(hosts, rph, 1.0, 1.0, 1.0))
     n_stages = len(base[0].stages)
     unit = {c: np.zeros(n_stages) for c in CLASSES}
     msgs, hops = np.zeros(n_stages), np.zeros(n_stages)
-    topos = {"nic": _unit_topology(hosts, rph, 1.0, BIG, nic_two_way=nic_two_way, nic_burst=nic_burst),
-             "loopback": _unit_topology(hosts, rph, BIG, 1.0)}
-    free = _unit_topology(hosts, rph, BIG, BIG)
-    lat_topo = _unit_topology(hosts, rph, BIG, BIG, nic_lat=1.0)
+    topos = {"nic": _unit_topology(hosts, rph, 1.0, BIG, BIG, nic_two_way=nic_two_way, nic_burst=nic_burst),
+             "stack": _unit_topology(hosts, rph, BIG, 1.0, BIG),
+             "loopback": _unit_topology(hosts, rph, BIG, BIG, 1.0)}
+    free = _unit_topology(hosts, rph, BIG, BIG, BIG)
+    lat_topo = _unit_topology(hosts, rph, BIG, BIG, BIG, nic_lat=1.0)
     for s in range(n_stages):
         colls = [Collective(c.op, c.algorithm, c.ranks, [c.stages[s]], c.bytes_per_rank) for c in base]
         for cls, topo in topos.items():
             if cls == "nic" and s > 0 and nic_burst > 0:  # later stages find the buckets empty
-                topo = _unit_topology(hosts, rph, 1.0, BIG, nic_two_way=nic_two_way)
+                topo = _unit_topology(hosts, rph, 1.0, BIG, BIG, nic_two_way=nic_two_way)
             unit[cls][s] = _run_together(topo, colls)
         msgs[s] = round(_run_together(free, colls, NetworkParams(1.0, 0.0)))
         hops[s] = round(_run_together(lat_topo, colls))

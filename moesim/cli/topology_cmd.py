@@ -69,7 +69,10 @@ def register(subparsers) -> None:
     t.add_argument("--hosts", type=int, default=2)
     t.add_argument("--ranks-per-host", type=int, default=2)
     t.add_argument("--link-bandwidth", type=_bandwidth, default="1 Gbit/s", help="shaped veth rate per direction")
-    t.add_argument("--loopback-bandwidth", type=_bandwidth, default="2 GB/s", help="per rank, per direction")
+    t.add_argument("--loopback-bandwidth", type=_bandwidth, default="2 GB/s",
+                   help="between ranks of one host, per rank, per direction")
+    t.add_argument("--stack-bandwidth", type=_bandwidth, default="2 GB/s",
+                   help="a rank's TCP stack to its host's veth, per rank, per direction")
     t.add_argument("--out", required=True, metavar="FILE")
     t.set_defaults(func=_testbed)
 
@@ -126,5 +129,6 @@ def _testbed(args) -> int:
     if args.hosts < 1 or args.ranks_per_host < 1:
         raise MoesimError("--hosts and --ranks-per-host must be at least 1")
     topo = emulated_testbed(args.hosts, args.ranks_per_host, link_bandwidth=_bw(args.link_bandwidth),
-                            loopback_bandwidth=_bw(args.loopback_bandwidth))
+                            loopback_bandwidth=_bw(args.loopback_bandwidth),
+                            stack_bandwidth=_bw(args.stack_bandwidth))
     return _write(topo, args.out)

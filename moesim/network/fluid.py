@@ -6,9 +6,9 @@ fair rate among all flows then sending, over every collective in flight. A flow'
 path latency plus ``NetworkParams.latency_per_message_s`` after it was sent; a stage ends when its last
 byte has arrived, and no earlier than ``NetworkParams.receiver_wait_s`` after it started (once per
 stage, a pipelined ring included): a wait that overlaps the transfer instead of adding to it. On links whose bandwidth
-is the CPU's copy rate (``graph.graph["cpu_bound"]`` maps their class to 1: loopback, unshaped
-veth) the copies need the same cores as the wait, so there the floor is the wait plus the stage's
-time alone on its busiest such link.
+is the CPU's copy rate (``graph.graph["cpu_bound"]`` maps their class to 1: the testbed's ``stack``
+and ``loopback``) the copies need the same cores as the wait, so there the floor is the wait plus
+the stage's time alone on its busiest such link.
 
 Rates are re-solved only when the set of sending flows changes: when a stage starts, and when flows
 finish (an All-to-All-v with n distinct flow sizes has up to n such events; a uniform All-to-All has
@@ -104,7 +104,7 @@ class FluidNetwork:
 
     >>> from moesim.topology.generators import emulated_testbed
     >>> from moesim.network import collectives
-    >>> net = FluidNetwork(emulated_testbed(2, 1, link_bandwidth=1e9, loopback_bandwidth=1e10),
+    >>> net = FluidNetwork(emulated_testbed(2, 1, link_bandwidth=1e9, stack_bandwidth=1e10),
     ...                    NetworkParams(0.0, 0.0))
     >>> net.start(collectives.p2p(0, 1, 1e9), "x", 0.0)
     >>> net.advance(net.next_event_time())            # the start

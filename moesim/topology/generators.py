@@ -211,27 +211,38 @@ def dgx_h100_node(nvlink_bandwidth: float = NVLINK4, nic_bandwidth: float = NDR_
 
 
 def emulated_testbed(hosts: int = 2, ranks_per_host: int = 2, link_bandwidth: float = 1e9 / 8,
-                     loopback_bandwidth: float = 2e9, device: str | None = None) -> Topology:
+                     loopback_bandwidth: float = 2e9, stack_bandwidth: float = 2e9,
+                     device: str | None = None) -> Topology:
     """The on-one-machine testbed: ``hosts`` network namespaces on one bridge (a ``switch``), each joined
-    by a shaped veth of ``link_bandwidth`` (class ``nic``); ranks are processes joined to their host by
-    loopback links of ``loopback_bandwidth`` each (class ``loopback``). Latencies are 0: per-message
-    latency comes from NetworkParams (calibrated)."""
+    by a shaped veth of ``link_bandwidth`` (class ``nic``). Ranks are processes; each reaches its
+    namespace's veth through its own TCP stack, a ``stack`` link of ``stack_bandwidth`` to its
+    ``host<i>`` node, and the other ranks of its namespace over the loopback device, a ``loopback``
+    link of ``loopback_bandwidth`` to the namespace's ``host<i>/lo`` hub (present when a host has two
+    or more ranks). ``stack`` links cost 2, so traffic between ranks of one host takes ``lo`` (as the
+    kernel routes local addresses) and never the veth path. Bandwidths are per direction, bytes/s.
+    Latencies are 0: per-message latency comes from NetworkParams (calibrated)."""
     hosts = _count("hosts", hosts)
     ranks_per_host = _count("ranks_per_host", ranks_per_host)
     link_bandwidth = _positive("link_bandwidth", link_bandwidth)
     loopback_bandwidth = _positive("loopback_bandwidth", loopback_bandwidth)
+    stack_bandwidth = _positive("stack_bandwidth", stack_bandwidth)
     g = nx.Graph(name=f"testbed-{hosts}x{ranks_per_host}", description=(
         f"emulated testbed: {hosts} namespaces x {ranks_per_host} ranks, veth {link_bandwidth * 8 / 1e6:g} Mbit/s, "
-        f"loopback {loopback_bandwidth / 1e9:g} GB/s per rank"))
+        f"TCP stack to the veth {stack_bandwidth / 1e9:g} GB/s per rank"
+        + (f", loopback {loopback_bandwidth / 1e9:g} GB/s per rank" if ranks_per_host > 1 else "")))
     g.add_node("bridge", kind="switch")
     for h in range(hosts):
         host = f"host{h}"
         g.add_node(host, kind="cpu")
         _link(g, host, "bridge", link_bandwidth, 0.0, "nic")
+        if ranks_per_host > 1:
+            g.add_node(f"{host}/lo", kind="switch")
         for k in range(ranks_per_host):
             rank = f"{host}/rank{k}"
             g.add_node(rank, kind="gpu", rank=h * ranks_per_host + k, host=host, **({"device": device} if device else {}))
-            _link(g, rank, host, loopback_bandwidth, 0.0, "loopback")
+            _link(g, rank, host, stack_bandwidth, 0.0, "stack", cost=2)
+            if ranks_per_host > 1:
+                _link(g, rank, f"{host}/lo", loopback_bandwidth, 0.0, "loopback")
     return Topology(g, source=f"<testbed-{hosts}x{ranks_per_host}>")
 
 

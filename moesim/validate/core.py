@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from moesim.calibrate.netmodel import testbed_graph
+from moesim.calibrate.netmodel import testbed_graph, upgrade_testbed_topology
 from moesim.calibrate.profile_io import raw_profile
 from moesim.calibrate.tables import Table, read_table, testbed_of
 from moesim.config import load_config
@@ -116,7 +116,7 @@ def topology_for(spec: RunSpec, table: Table, override: str | None = None):
         cand = Path(sib) if Path(sib).is_file() else None
     cores = table.meta.get("cpu_count")
     if cand is not None:
-        topo = load_topology(cand)
+        topo = upgrade_testbed_topology(load_topology(cand))
         # every rank of the on-one-machine testbed shares its cores (files written before the
         # testbed recorded them take the run's own cpu_count)
         if "shared_cpu_cores" not in topo.graph.graph and "tc_rate_bits" in topo.graph.graph and cores:
