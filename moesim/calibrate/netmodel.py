@@ -110,7 +110,7 @@ def upgrade_testbed_topology(topology: Topology) -> Topology:
     namespaces) are rebuilt from what they record: hosts, ranks per host, tc rate and cores (their
     graph attributes are kept). Other topologies are returned as they are."""
     g = topology.graph
-    if "tc_rate_bits" not in g.graph or "stack" in set(topology.links["link_class"]):
+    if "tc_rate_bits" not in g.graph or "stack" in topology.link_classes:
         return topology
     rph = {len(topology.ranks_of_host(h)) for h in topology.hosts}
     if len(rph) != 1:
