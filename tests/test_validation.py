@@ -19,22 +19,26 @@ from test_calibration import write_table
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMPAIGN = ROOT / "calibration" / "validation"
-#: the committed campaigns: (validation dir, measurements dir, held-out pairs allowed to miss the 10%
-#: speedup target, worst speedup error allowed); the second ran on an AVX2 machine, in 3 rounds
-CAMPAIGNS = [(CAMPAIGN, ROOT / "calibration" / "measurements", 2, 0.15),
-             (ROOT / "calibration" / "avx2" / "validation", ROOT / "calibration" / "avx2" / "measurements", 0, 0.10)]
+#: the committed campaigns: (validation dir, measurements dir, the held-out pairs that miss the 10%
+#: speedup target, worst speedup error allowed). The AVX-512 campaign ran one run per configuration;
+#: the AVX2 campaign and its replication (measured after the model was frozen, fitted on its own
+#: tables) ran 3 rounds each on an AVX2 machine.
+CAMPAIGNS = [(CAMPAIGN, ROOT / "calibration" / "measurements", {"2x2 400Mbit k8", "4x1 150Mbit k8"}, 0.15),
+             (ROOT / "calibration" / "avx2" / "validation", ROOT / "calibration" / "avx2" / "measurements", set(), 0.10),
+             (ROOT / "calibration" / "avx2-replication" / "validation",
+              ROOT / "calibration" / "avx2-replication" / "measurements", {"2x2 400Mbit k2"}, 0.12)]
 RUN_COLUMNS = ("step", "rank", "phase", "direction", "seconds", "count", "bytes", "bytes_remote", "run_id", "host",
                "backend", "world_size", "structure", "mode", "ep", "dp")
 
 
-@pytest.fixture(scope="module", params=CAMPAIGNS, ids=["avx512", "avx2"])
+@pytest.fixture(scope="module", params=CAMPAIGNS, ids=["avx512", "avx2", "avx2-replication"])
 def committed(request):
     vdir, mdir, missed, worst = request.param
     return validate([vdir]), vdir, mdir, (missed, worst)
 
 
 def test_committed_campaign_meets_targets(committed):
-    rep, vdir, _, (max_missed, worst) = committed
+    rep, vdir, _, (allowed_misses, worst) = committed
     manifest = json.loads((vdir / "manifest.json").read_text())
     assert rep["judged_on"] == "heldout" and rep["heldout"]["rows"] >= 16
     assert rep["fit"]["rows"] >= 1            # the split is real: fit runs exist and are not judged
@@ -48,13 +52,13 @@ def test_committed_campaign_meets_targets(committed):
     assert rep["max_error"] >= rep["mape"]
     held_pairs = [p for p in rep["pairs"] if p["role"] == "heldout"]
     assert len(held_pairs) >= 8
-    # Known gap (README "What remains" (1)): on the AVX-512 campaign two top-8 pairs miss the 10%
+    # Known gaps (README "What remains"): on the AVX-512 campaign two top-8 pairs miss the 10%
     # speedup target, both the rate- and peer-dependent two-way loss of tbf that one b and c per link
-    # class fit in between (2x2 400 Mbit/s over-predicted, 4x1 150 Mbit/s under-predicted); every
-    # other held-out pair, and every one of the AVX2 campaign, is within 10%.
-    missed = [p["label"] for p in held_pairs if p["error"] > 0.10]
-    assert len(missed) <= max_missed, missed
-    assert all(" k8" in m for m in missed), missed
+    # class fit in between (2x2 400 Mbit/s over-predicted, 4x1 150 Mbit/s under-predicted); on the
+    # replication, 2x2 400 Mbit/s top-2, whose rounds drifted (per-round speedups 0.99, 0.89, 1.00).
+    # Every other held-out pair is within 10%, and any new miss fails here.
+    missed = {p["label"] for p in held_pairs if p["error"] > 0.10}
+    assert missed <= allowed_misses, missed
     assert rep["speedup_max_error"] <= worst, rep["speedup_max_error"]
     assert rep["targets"]["mape"] == 0.10 and rep["targets"]["speedup_error"] == 0.10
     assert rep["targets_met"] == (rep["mape"] <= 0.10 and rep["speedup_max_error"] <= 0.10)
@@ -101,7 +105,11 @@ def test_in_step_byte_cost_at_the_slowest_rate_matches_the_pattern_probe(committ
                          for s in ("cdac", "dcca")}
     for label, c in cost.items():
         assert c["configurations"] == 3 and c["structure"] == label.split()[-1]
-        assert c["slope_ratio"] == pytest.approx(c["predicted"]["s_per_byte"] / c["measured"]["s_per_byte"])
+        m = c["measured"]["s_per_byte"]
+        if m > 0:
+            assert c["slope_ratio"] == pytest.approx(c["predicted"]["s_per_byte"] / m)
+        else:   # a line through noise (the replication's 4x1 unshaped DCCA): no ratio, no rate
+            assert c["slope_ratio"] is None and c["measured"]["bytes_per_s"] is None
         if label.endswith("150Mbit cdac"):
             goodput = c["measured"]["bytes_per_s"] / (150e6 / 8)
             assert 0.5 <= goodput <= 0.75, (label, goodput)
