@@ -101,6 +101,11 @@ def test_burst_passes_first_bytes_and_refills_while_idle():
     st = [FlowStage(np.array([1]), np.array([0]), np.array([1e6])) for _ in range(2)]
     coll = Collective("p2p", "direct", np.array([0, 1]), st)
     assert _time(_topo(burst_bytes={"nic": B}), coll) == pytest.approx((2e6 - B) / CAP, rel=1e-9)
+    # token accounting: a small stage (a dispatch's split-size exchange) spends only its own bytes,
+    # so the big stage right after it still finds B - 1e3 in the bucket
+    st = [FlowStage(np.array([1]), np.array([0]), np.array([n])) for n in (1e3, 1e6)]
+    coll = Collective("p2p", "direct", np.array([0, 1]), st)
+    assert _time(_topo(burst_bytes={"nic": B}), coll) == pytest.approx((1e6 - (B - 1e3)) / CAP, rel=1e-6)
     # a second collective after an idle gap finds CAP * gap in its bucket (at most B)
     first_end = (1e6 - B) / CAP
     for gap, credit in ((0.05, 0.05 * CAP), (1.0, B)):

@@ -28,13 +28,15 @@ measures it: one-way fan-in, fan-out and rings keep 0.92-1.0 of the rate, two-wa
 other hosts' flows). An All-to-All is two-way; a ring of three or more ranks is not.
 
 Burst (optional, off unless ``graph.graph["burst_bytes"]`` maps a link class to bytes ``B > 0``): a
-token-bucket link refills its bucket at its rate while idle, up to ``B``, and passes what the bucket
-holds without waiting for tokens. When a stage starts, each such link that no other stage is using
-holds ``min(B, rate * idle time)``; each flow's bytes shrink by ``min`` over the burst links of its
-route of that amount divided by the stage's flows on the link (the burst is shared evenly by the
-flows that start together; those bytes pass at line rate, much faster than the token rate). A
-stage that follows another back to back on the same links finds their buckets empty; collectives
-separated by compute find them refilled.
+token-bucket link gains tokens at its rate, up to ``B``, and passes what the bucket holds without
+waiting for tokens. When a stage starts, each such link that no other stage is using holds what its
+last stage left plus its rate times the idle time since, up to ``B``; a stage leaves ``its start
+level + rate * its duration - its bytes on the link`` (token accounting: a split-size exchange
+barely drains a bucket, a stage that kept the link at its rate empties it). Each flow's bytes
+shrink by ``min`` over the burst links of its route of that amount divided by the stage's flows on
+the link (the burst is shared evenly by the flows that start together; those bytes pass at line
+rate, much faster than the token rate). So a stage right after one that filled the link finds the
+bucket empty, and collectives separated by compute find it refilled.
 """
 from __future__ import annotations
 
@@ -93,6 +95,7 @@ class _StageRun:
         self.end_time = math.inf        # set when the last cell has finished sending
         self.projected_end = math.inf   # stage end if no re-solve comes first
         self.links: np.ndarray | None = None  # links it sends over (token-bucket bookkeeping)
+        self.bucket_start: np.ndarray | None = None  # per link: bytes its token bucket held at the start
 
     def bytes_per_flow(self) -> np.ndarray:
         c = self.cells
@@ -135,7 +138,9 @@ class FluidNetwork:
         peer = class_values(topology, "peer_penalty")
         self._peer = peer if (peer is not None and self._two_way is not None) else None
         self._burst = class_values(topology, "burst_bytes")
-        self._idle_since = None if self._burst is None else np.full(topology.num_links, -np.inf)
+        # token buckets: per link the bytes held at ``_bucket_time`` (full at the start)
+        self._bucket = None if self._burst is None else self._burst.astype(float).copy()
+        self._bucket_time = None if self._burst is None else np.zeros(topology.num_links)
         self._cpu_bound = class_values(topology, "cpu_bound")
 
     # -- public API ------------------------------------------------------------------------------
@@ -320,9 +325,8 @@ class FluidNetwork:
 
     def _finish_stage(self, r: _StageRun, t: float, done: list) -> None:
         self._runs.remove(r)
-        if self._idle_since is not None and r.cells is not None:
-            links = self._run_links(r)
-            self._idle_since[links] = np.maximum(self._idle_since[links], r.end_time)
+        if self._bucket is not None and r.cells is not None:
+            self._drain_buckets(r)
         self._account(r)
         crun = r.crun
         crun.stage_ends.append(r.end_time)
@@ -483,12 +487,34 @@ class FluidNetwork:
         return r.links
 
     def _bucket_levels(self, starting: _StageRun) -> np.ndarray:
-        """Per link: the bytes its token bucket holds now (0 on links another stage is using)."""
-        level = np.minimum(self._burst, self.topo.link_capacity * np.maximum(self.now - self._idle_since, 0.0))
+        """Per link: the bytes its token bucket holds now (0 on links another stage is using); kept
+        on ``starting`` for :meth:`_drain_buckets`."""
+        level = np.minimum(self._burst, self._bucket + self.topo.link_capacity
+                           * np.maximum(self.now - self._bucket_time, 0.0))
         for r in self._runs:
             if r is not starting and r.cells is not None:
                 level[self._run_links(r)] = 0.0
+        starting.bucket_start = level
         return level
+
+    def _drain_buckets(self, r: _StageRun) -> None:
+        """Token accounting when ``r`` ends: each of its links held ``bucket_start`` when it began and
+        gained its rate in tokens while it ran, and its bytes spent them, so a link left idle keeps
+        ``min(B, start + rate * duration - bytes)``: a small stage (a split-size exchange) leaves the
+        bucket nearly full, a stage that kept the link at its rate leaves it empty. Links another
+        stage still uses are left empty."""
+        links = self._run_links(r)
+        lo = self._book.orbits(r.labels, r.p_sig)
+        sent = self._class_totals(r, r.bytes_per_flow())[lo.of_link[links]]
+        start = r.bucket_start[links] if r.bucket_start is not None else 0.0
+        level = np.clip(start + self.topo.link_capacity[links] * max(r.end_time - r.start, 0.0) - sent,
+                        0.0, self._burst[links])
+        busy = np.zeros(len(links), dtype=bool)
+        for other in self._runs:
+            if other.cells is not None:
+                busy |= np.isin(links, self._run_links(other))
+        self._bucket[links] = np.where(busy, 0.0, level)
+        self._bucket_time[links] = r.end_time
 
     def _burst_share(self, cells: Cells, labels: np.ndarray, p_sig: bytes, level: np.ndarray) -> np.ndarray:
         """Per cell: the burst bytes each of its flows gets (see the module docstring)."""
