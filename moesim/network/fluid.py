@@ -457,7 +457,8 @@ class FluidNetwork:
         if r.cells is None:
             r.rem = (np.full(len(cells), r.stage.bytes_per_flow) if cells.nbytes is None else cells.nbytes.copy())
             if self._burst is not None:
-                r.rem = np.maximum(r.rem - self._burst_share(cells, labels, p_sig, self._bucket_levels(r)), 1e-9 * r.rem)
+                r.bucket_start = self._bucket_levels(r)
+                r.rem = np.maximum(r.rem - self._burst_share(cells, labels, p_sig, r.bucket_start), 1e-9 * r.rem)
             r.active = np.ones(len(cells), dtype=bool)
             r.done = np.full(len(cells), np.nan)
             if self.params.receiver_wait_s > 0 and self._cpu_bound is not None:
@@ -487,14 +488,12 @@ class FluidNetwork:
         return r.links
 
     def _bucket_levels(self, starting: _StageRun) -> np.ndarray:
-        """Per link: the bytes its token bucket holds now (0 on links another stage is using); kept
-        on ``starting`` for :meth:`_drain_buckets`."""
+        """Per link: the bytes its token bucket holds now (0 on links another stage is using)."""
         level = np.minimum(self._burst, self._bucket + self.topo.link_capacity
                            * np.maximum(self.now - self._bucket_time, 0.0))
         for r in self._runs:
             if r is not starting and r.cells is not None:
                 level[self._run_links(r)] = 0.0
-        starting.bucket_start = level
         return level
 
     def _drain_buckets(self, r: _StageRun) -> None:
@@ -504,10 +503,8 @@ class FluidNetwork:
         bucket nearly full, a stage that kept the link at its rate leaves it empty. Links another
         stage still uses are left empty."""
         links = self._run_links(r)
-        lo = self._book.orbits(r.labels, r.p_sig)
-        sent = self._class_totals(r, r.bytes_per_flow())[lo.of_link[links]]
-        start = r.bucket_start[links] if r.bucket_start is not None else 0.0
-        level = np.clip(start + self.topo.link_capacity[links] * max(r.end_time - r.start, 0.0) - sent,
+        sent = self._expand(r, r.bytes_per_flow())[links]
+        level = np.clip(r.bucket_start[links] + self.topo.link_capacity[links] * max(r.end_time - r.start, 0.0) - sent,
                         0.0, self._burst[links])
         busy = np.zeros(len(links), dtype=bool)
         for other in self._runs:
