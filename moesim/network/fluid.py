@@ -491,10 +491,16 @@ class FluidNetwork:
         """Per link: the bytes its token bucket holds now (0 on links another stage is using)."""
         level = np.minimum(self._burst, self._bucket + self.topo.link_capacity
                            * np.maximum(self.now - self._bucket_time, 0.0))
-        for r in self._runs:
-            if r is not starting and r.cells is not None:
-                level[self._run_links(r)] = 0.0
+        level[self._links_in_use(starting)] = 0.0
         return level
+
+    def _links_in_use(self, exclude: _StageRun) -> np.ndarray:
+        """Per link: whether a bound stage run other than ``exclude`` sends over it."""
+        used = np.zeros(self.topo.num_links, dtype=bool)
+        for r in self._runs:
+            if r is not exclude and r.cells is not None:
+                used[self._run_links(r)] = True
+        return used
 
     def _drain_buckets(self, r: _StageRun) -> None:
         """Token accounting when ``r`` ends: each of its links held ``bucket_start`` when it began and
@@ -506,11 +512,7 @@ class FluidNetwork:
         sent = self._expand(r, r.bytes_per_flow())[links]
         level = np.clip(r.bucket_start[links] + self.topo.link_capacity[links] * max(r.end_time - r.start, 0.0) - sent,
                         0.0, self._burst[links])
-        busy = np.zeros(len(links), dtype=bool)
-        for other in self._runs:
-            if other.cells is not None:
-                busy |= np.isin(links, self._run_links(other))
-        self._bucket[links] = np.where(busy, 0.0, level)
+        self._bucket[links] = np.where(self._links_in_use(r)[links], 0.0, level)
         self._bucket_time[links] = r.end_time
 
     def _burst_share(self, cells: Cells, labels: np.ndarray, p_sig: bytes, level: np.ndarray) -> np.ndarray:
