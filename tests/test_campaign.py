@@ -4,6 +4,9 @@ measurements themselves need root and an hour: ``moesim.calibrate.campaign``).""
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +75,70 @@ def test_patterns_that_match_nothing_stop_the_fit_before_it_starts(tmp_path):
     args = argparse.Namespace(name="x", patterns="calibration/patterns/no-such-*.csv", tbf_effects=False, out=str(tmp_path))
     with pytest.raises(SystemExit, match="no such tables"):
         campaign.finish(args, lambda s: None, tmp_path, tmp_path / "measurements", tmp_path / "validation")
+
+
+def _fake_testbed(monkeypatch, fail_after: int | None = None):
+    """Runs the campaign's real Runner with the testbed launch replaced: each launch writes its
+    table and topology; the launch after ``fail_after`` successes crashes (exit 1, three tries)."""
+    launched = []
+    real_run = campaign.subprocess.run
+
+    def fake_run(cmd, *a, **kw):
+        if cmd[0] == "git":
+            return real_run(cmd, *a, **kw)
+        out = Path(cmd[cmd.index("--out") + 1])
+        if fail_after is not None and len(launched) >= fail_after:
+            return subprocess.CompletedProcess(cmd, 1, "", "worker crashed")
+        launched.append(out.name)
+        out.write_text("table")
+        out.with_name(out.stem + ".topology.json").write_text("{}")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(campaign.subprocess, "run", fake_run)
+    monkeypatch.setattr(campaign, "wait_quiet", lambda *a, **k: [0.1, 0.1, 0.1, 0.0])
+    monkeypatch.setattr(campaign.time, "sleep", lambda s: None)
+    return launched
+
+
+def test_an_interrupted_campaign_resumes_where_it_stopped(tmp_path, monkeypatch):
+    launched = _fake_testbed(monkeypatch, fail_after=5)
+    with pytest.raises(SystemExit, match="failed 3 times"):
+        campaign.validation_runs(_args(), lambda s: None, tmp_path)
+    ledger = json.loads((tmp_path / "progress.json").read_text())
+    assert sorted(ledger["records"]) == sorted(launched) and len(launched) == 5
+    assert not (tmp_path / "runs.json").exists()
+    first = list(launched)
+    launched = _fake_testbed(monkeypatch)
+    runs = campaign.validation_runs(_args(resume=True), lambda s: None, tmp_path)
+    # the five finished runs are kept, the rest run once each, in the campaign's order
+    assert not set(first) & set(launched) and len(first) + len(launched) == len(runs)
+    assert [r["file"] for r in runs][:5] == first
+    assert json.loads((tmp_path / "runs.json").read_text())["runs"] == runs
+    assert not (tmp_path / "progress.json").exists()
+
+
+def test_resume_refuses_another_design_and_a_missing_table_runs_again(tmp_path, monkeypatch):
+    _fake_testbed(monkeypatch, fail_after=3)
+    with pytest.raises(SystemExit):
+        campaign.validation_runs(_args(), lambda s: None, tmp_path)
+    launched = _fake_testbed(monkeypatch)
+    with pytest.raises(SystemExit, match=r"progress.json.*another design.*steps: 10 then, 20 now"):
+        campaign.validation_runs(_args(resume=True, steps=20), lambda s: None, tmp_path)
+    assert launched == []                        # nothing was measured under the new design
+    gone = json.loads((tmp_path / "progress.json").read_text())["records"]
+    (tmp_path / sorted(gone)[0]).unlink()        # a recorded table that is no longer there
+    campaign.validation_runs(_args(resume=True), lambda s: None, tmp_path)
+    assert sorted(gone)[0] in launched and len(launched) == 3 * 16 - 2
+
+
+def test_without_resume_a_campaign_starts_over_and_a_broken_ledger_is_named(tmp_path, monkeypatch):
+    _fake_testbed(monkeypatch, fail_after=4)
+    with pytest.raises(SystemExit):
+        campaign.validation_runs(_args(), lambda s: None, tmp_path)
+    launched = _fake_testbed(monkeypatch)
+    messages = []
+    campaign.validation_runs(_args(), messages.append, tmp_path)
+    assert len(launched) == 3 * 16 and any("starting over" in m for m in messages)
+    (tmp_path / "progress.json").write_text("{not json")
+    with pytest.raises(SystemExit, match=r"progress.json: not a campaign progress ledger"):
+        campaign.validation_runs(_args(resume=True), lambda s: None, tmp_path)

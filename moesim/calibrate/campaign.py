@@ -24,7 +24,9 @@ validation runs). Steps:
 Before every measurement it waits until the machine is quiet (1-minute load below ``--max-load``
 and no other torchrun / pytest processes), because other jobs on a 2-core machine distort every
 number; the load before each measurement is recorded. ``--only calibrate`` re-fits from the
-committed tables without measuring anything.
+committed tables without measuring anything. Each stage records its finished runs in a progress
+ledger (``<stage>/progress.json``, :mod:`moesim.calibrate.ledger`); ``--resume`` continues an
+interrupted campaign from it, on the same machine with the same options and measuring code.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ import sys
 import time
 from pathlib import Path
 
+from moesim.calibrate.ledger import Ledger, code_version, design_of
 from moesim.calibrate.profile_io import machine_info, now_iso
 
 PROG = "moesim.calibrate.campaign"
@@ -130,12 +133,22 @@ def wait_quiet(max_load: float, timeout_s: float, log, max_busy: float = 0.15) -
 
 
 class Runner:
-    def __init__(self, args, log):
+    """Runs a stage's measurements one at a time on a quiet machine, recording each in ``ledger``
+    (a :class:`~moesim.calibrate.ledger.Ledger`; a run it already holds is kept, not repeated)."""
+
+    def __init__(self, args, log, ledger: Ledger | None = None):
         self.args, self.log = args, log
         self.py = sys.executable
         self.records: list[dict] = []
+        self.ledger = ledger
 
     def run(self, cmd: list[str], out: Path, extra_env: dict | None = None, tries: int = 3) -> dict:
+        topology = out.with_name(out.stem + ".topology.json")
+        kept = self.ledger.get(out.name) if self.ledger else None
+        if kept is not None and out.is_file() and (topology.is_file() or "real_backend.testbed" not in cmd):
+            self.records.append(kept)
+            self.log(f"  {out.name}: kept (finished {kept.get('finished', '?')})")
+            return kept
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(extra_env or {}))
         for attempt in range(1, tries + 1):
             la = wait_quiet(self.args.max_load, self.args.wait_timeout, self.log)
@@ -146,11 +159,13 @@ class Runner:
                 rec = {"file": out.name, "command": " ".join(shlex.quote(c) for c in cmd), "loadavg_before": la,
                        "loadavg_after": loadavg(), "wall_s": round(wall, 1), "attempts": attempt, "finished": now_iso()}
                 self.records.append(rec)
+                if self.ledger:
+                    self.ledger.add(out.name, rec)
                 self.log(f"  {out.name}: {wall:.0f} s (load before {la[0]:.2f})")
                 return rec
             self.log(f"  {out.name}: attempt {attempt} failed (exit {res.returncode}): "
                      f"{(res.stderr or res.stdout).strip().splitlines()[-1:] or ''}")
-            for p in (out, out.with_suffix("").with_name(out.stem + ".topology.json")):
+            for p in (out, topology):
                 if p.exists():
                     p.unlink()
             time.sleep(3)
@@ -169,9 +184,17 @@ def model_args(structure: str, top_k: int, extra: list[str] = ()) -> list[str]:
     return out
 
 
+def stage_ledger(args, log, directory: Path) -> Ledger:
+    """The progress ledger of one stage directory, for this campaign's design (``--resume``)."""
+    extra = {"reps": getattr(args, "reps", None), "rank_tokens": getattr(args, "rank_tokens", None),
+             "code": code_version(repo_root())}
+    return Ledger(directory, design_of(campaign_info(args), extra), bool(getattr(args, "resume", False)), log)
+
+
 def measure(args, log, mdir: Path) -> None:
-    r = Runner(args, log)
     mdir.mkdir(parents=True, exist_ok=True)
+    ledger = stage_ledger(args, log, mdir)
+    r = Runner(args, log, ledger)
     py = sys.executable
     reps = ["--reps", str(args.reps), "--warmup", "2"]
     log("measurements: compute")
@@ -202,11 +225,15 @@ def measure(args, log, mdir: Path) -> None:
                                                        "--allreduce-sizes", NET_SIZES, *reps], out)
     write_manifest(mdir / "manifest.json", {"kind": "measurements", "campaign": campaign_info(args),
                                             "measurements": r.records})
+    ledger.close()
 
 
 def validation_runs(args, log, vdir: Path) -> list[dict]:
-    r = Runner(args, log)
+    """Run every validation configuration ``--repeats`` times into ``vdir`` (whole rounds) and
+    write ``vdir/runs.json``; returns its runs."""
     vdir.mkdir(parents=True, exist_ok=True)
+    ledger = stage_ledger(args, log, vdir)
+    r = Runner(args, log, ledger)
     log("validation runs on the testbed")
     runs = []
     repeats = max(1, int(getattr(args, "repeats", 1)))
@@ -230,11 +257,13 @@ def validation_runs(args, log, vdir: Path) -> list[dict]:
                                      "structure": s, "top_k": k, "command": rec["command"],
                                      "loadavg_before": rec["loadavg_before"],
                                      "loadavg_after": rec["loadavg_after"], "finished": rec["finished"]})
+    write_manifest(vdir / "runs.json", {"runs": runs, "campaign": campaign_info(args)})
+    ledger.close()
     return runs
 
 
 def campaign_info(args) -> dict:
-    return {"command": " ".join(["python -m", PROG, *map(shlex.quote, args.argv)]), "date": now_iso(),
+    return {"command": " ".join(["python -m", PROG, *map(shlex.quote, getattr(args, "argv", []))]), "date": now_iso(),
             "machine": machine_info(), "model": MODEL, "model_overrides": MODEL_SETS, "steps": args.steps,
             "warmup": args.warmup, "rates": list(args.rates), "shapes": [f"{h}x{r}" for h, r in SHAPES],
             "top_k": list(args.top_k), "repeats": int(getattr(args, "repeats", 1)), "max_load": args.max_load}
@@ -274,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-load", type=float, default=0.5, help="wait for a 1-minute load below this before measuring")
     ap.add_argument("--wait-timeout", type=float, default=3600.0,
                     help="give up (exit non-zero) when the machine stays busy this long (s)")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue an interrupted campaign in --out: keep the runs its progress ledger "
+                         "(<stage>/progress.json) records, measure the rest (the same options, machine and "
+                         "measuring code are required)")
     args = ap.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
     args.rates = [x for x in args.rates.split(",") if x]
@@ -292,14 +325,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.only == "repeat":
         args.repeats = 1
         rdir = out / "repeat"
-        runs = validation_runs(args, log, rdir)
-        write_manifest(rdir / "runs.json", {"runs": runs, "campaign": campaign_info(args)})
+        validation_runs(args, log, rdir)
         return compare_repeat(rdir, vdir)
     if args.only in ("all", "measure"):
         measure(args, log, mdir)
     if args.only in ("all", "validation"):
-        runs = validation_runs(args, log, vdir)
-        write_manifest(vdir / "runs.json", {"runs": runs, "campaign": campaign_info(args)})
+        validation_runs(args, log, vdir)
     return finish(args, log, out, mdir, vdir)
 
 
