@@ -26,12 +26,14 @@ CAMPAIGN = ROOT / "calibration" / "validation"
 CAMPAIGNS = [(CAMPAIGN, ROOT / "calibration" / "measurements", {"2x2 400Mbit k8", "4x1 150Mbit k8"}, 0.15),
              (ROOT / "calibration" / "avx2" / "validation", ROOT / "calibration" / "avx2" / "measurements", set(), 0.10),
              (ROOT / "calibration" / "avx2-replication" / "validation",
-              ROOT / "calibration" / "avx2-replication" / "measurements", {"2x2 400Mbit k2", "4x1 400Mbit k8"}, 0.12)]
+              ROOT / "calibration" / "avx2-replication" / "measurements", {"2x2 400Mbit k2", "4x1 400Mbit k8"}, 0.12),
+             (ROOT / "calibration" / "avx2-5r" / "validation", ROOT / "calibration" / "avx2-5r" / "measurements",
+              {"4x1 400Mbit k8", "4x1 unshaped k2"}, 0.14)]
 RUN_COLUMNS = ("step", "rank", "phase", "direction", "seconds", "count", "bytes", "bytes_remote", "run_id", "host",
                "backend", "world_size", "structure", "mode", "ep", "dp")
 
 
-@pytest.fixture(scope="module", params=CAMPAIGNS, ids=["avx512", "avx2", "avx2-replication"])
+@pytest.fixture(scope="module", params=CAMPAIGNS, ids=["avx512", "avx2", "avx2-replication", "avx2-5r"])
 def committed(request):
     vdir, mdir, missed, worst = request.param
     return validate([vdir]), vdir, mdir, (missed, worst)
@@ -56,7 +58,9 @@ def test_committed_campaign_meets_targets(committed):
     # speedup target, both the rate- and peer-dependent two-way loss of tbf that one b and c per link
     # class fit in between (2x2 400 Mbit/s over-predicted, 4x1 150 Mbit/s under-predicted); on the
     # replication, 2x2 400 Mbit/s top-2, whose rounds drifted (per-round speedups 0.99, 0.89, 1.00),
-    # and 4x1 400 Mbit/s top-8 at 10.02% (the 400 Mbit/s over-prediction).
+    # and 4x1 400 Mbit/s top-8 at 10.02% (the 400 Mbit/s over-prediction); on the pre-registered
+    # five-round campaign, 4x1 400 Mbit/s top-8 at 13.5% (the same over-prediction) and 4x1
+    # unshaped top-2 at 10.8% (per-round speedups 0.85-1.10).
     # Every other held-out pair is within 10%, and any new miss fails here.
     missed = {p["label"] for p in held_pairs if p["error"] > 0.10}
     assert missed <= allowed_misses, missed
