@@ -142,3 +142,14 @@ def test_without_resume_a_campaign_starts_over_and_a_broken_ledger_is_named(tmp_
     (tmp_path / "progress.json").write_text("{not json")
     with pytest.raises(SystemExit, match=r"progress.json: not a campaign progress ledger"):
         campaign.validation_runs(_args(resume=True), lambda s: None, tmp_path)
+
+
+def test_resume_skips_a_finished_stage_of_the_same_design_only(tmp_path, monkeypatch):
+    launched = _fake_testbed(monkeypatch)
+    runs = campaign.validation_runs(_args(), lambda s: None, tmp_path)
+    assert json.loads((tmp_path / "runs.json").read_text())["design"]["steps"] == 10
+    launched.clear()
+    assert campaign.validation_runs(_args(resume=True), lambda s: None, tmp_path) == runs
+    assert launched == []                        # complete: nothing measured again
+    with pytest.raises(SystemExit, match=r"runs.json: this stage was completed under another design.*warmup"):
+        campaign.validation_runs(_args(resume=True, warmup=5), lambda s: None, tmp_path)

@@ -184,16 +184,21 @@ def model_args(structure: str, top_k: int, extra: list[str] = ()) -> list[str]:
     return out
 
 
-def stage_ledger(args, log, directory: Path) -> Ledger:
-    """The progress ledger of one stage directory, for this campaign's design (``--resume``)."""
+def stage_ledger(args, log, directory: Path, manifest: str) -> Ledger:
+    """The progress ledger of one stage directory (whose finished stage writes ``manifest``), for
+    this campaign's design (``--resume``)."""
     extra = {"reps": getattr(args, "reps", None), "rank_tokens": getattr(args, "rank_tokens", None),
              "code": code_version(repo_root())}
-    return Ledger(directory, design_of(campaign_info(args), extra), bool(getattr(args, "resume", False)), log)
+    return Ledger(directory, design_of(campaign_info(args), extra), bool(getattr(args, "resume", False)), log,
+                  manifest)
 
 
 def measure(args, log, mdir: Path) -> None:
     mdir.mkdir(parents=True, exist_ok=True)
-    ledger = stage_ledger(args, log, mdir)
+    ledger = stage_ledger(args, log, mdir, "manifest.json")
+    if ledger.complete:
+        log(f"measurements: complete in {mdir}, kept")
+        return
     r = Runner(args, log, ledger)
     py = sys.executable
     reps = ["--reps", str(args.reps), "--warmup", "2"]
@@ -224,7 +229,7 @@ def measure(args, log, mdir: Path) -> None:
             r.testbed(hosts, rph, rate, "microbench", ["--kinds", "all_to_all,all_reduce", "--a2a-sizes", NET_SIZES,
                                                        "--allreduce-sizes", NET_SIZES, *reps], out)
     write_manifest(mdir / "manifest.json", {"kind": "measurements", "campaign": campaign_info(args),
-                                            "measurements": r.records})
+                                            "design": ledger.design, "measurements": r.records})
     ledger.close()
 
 
@@ -232,7 +237,10 @@ def validation_runs(args, log, vdir: Path) -> list[dict]:
     """Run every validation configuration ``--repeats`` times into ``vdir`` (whole rounds) and
     write ``vdir/runs.json``; returns its runs."""
     vdir.mkdir(parents=True, exist_ok=True)
-    ledger = stage_ledger(args, log, vdir)
+    ledger = stage_ledger(args, log, vdir, "runs.json")
+    if ledger.complete:
+        log(f"validation runs: complete in {vdir}, kept")
+        return ledger.complete["runs"]
     r = Runner(args, log, ledger)
     log("validation runs on the testbed")
     runs = []
@@ -257,7 +265,7 @@ def validation_runs(args, log, vdir: Path) -> list[dict]:
                                      "structure": s, "top_k": k, "command": rec["command"],
                                      "loadavg_before": rec["loadavg_before"],
                                      "loadavg_after": rec["loadavg_after"], "finished": rec["finished"]})
-    write_manifest(vdir / "runs.json", {"runs": runs, "campaign": campaign_info(args)})
+    write_manifest(vdir / "runs.json", {"runs": runs, "campaign": campaign_info(args), "design": ledger.design})
     ledger.close()
     return runs
 

@@ -7,7 +7,8 @@ and the code that measures) and one record per finished table. A resumed stage k
 where its record and its file are both there, and only when the design is the same as the one that
 made it; any difference stops the campaign with the field that differs, because mixing tables
 measured under two designs would make one configuration's rounds incomparable. When the stage ends,
-its manifest replaces the ledger.
+its manifest (which records the design too) replaces the ledger, and a resumed campaign skips a stage
+whose manifest holds the same design.
 """
 from __future__ import annotations
 
@@ -58,11 +59,15 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 class Ledger:
     """The finished runs of one campaign stage directory, kept in ``<dir>/progress.json``."""
 
-    def __init__(self, directory: Path, design: dict, resume: bool, log):
+    def __init__(self, directory: Path, design: dict, resume: bool, log, manifest: str):
         self.path = Path(directory) / LEDGER
         self.design = design
         self.records: dict[str, dict] = {}
+        #: the stage's manifest when a resumed campaign finds the stage complete (same design), else None
+        self.complete: dict | None = None
         if not self.path.is_file():
+            if resume:
+                self.complete = self._finished(Path(directory) / manifest)
             return
         if not resume:
             log(f"  {self.path}: an interrupted campaign's progress; starting over (--resume continues it)")
@@ -84,6 +89,23 @@ class Ledger:
         self.records = {name: rec for name, rec in records.items() if (directory / name).is_file()}
         if self.records:
             log(f"  resuming: {len(self.records)} finished run(s) kept from {self.path}")
+
+    def _finished(self, manifest: Path) -> dict | None:
+        """The stage's manifest if it was written under this design (the stage is complete)."""
+        try:
+            data = json.loads(manifest.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"{manifest}: unreadable ({exc}); remove it to measure the stage again")
+        if not isinstance(data, dict) or "design" not in data:
+            return None
+        diffs = _differences(data["design"], self.design)
+        if diffs:
+            raise SystemExit(f"{manifest}: this stage was completed under another design, so the campaign cannot "
+                             f"be continued: {'; '.join(diffs[:4])}. Re-run it as it was, or start over "
+                             "without --resume")
+        return data
 
     def get(self, name: str) -> dict | None:
         """The record of a finished table ``name`` (a file name in the stage directory), or None."""
