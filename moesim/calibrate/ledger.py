@@ -80,11 +80,7 @@ class Ledger:
                 raise TypeError("records is not an object")
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise SystemExit(f"{self.path}: not a campaign progress ledger ({exc}); remove it to start over")
-        diffs = _differences(old_design, design)
-        if diffs:
-            raise SystemExit(f"{self.path}: the interrupted campaign had another design, so its tables cannot "
-                             f"be continued: {'; '.join(diffs[:4])}. Re-run it as it was, or remove the "
-                             "directory to start over")
+        self._same_design(self.path, old_design, "the interrupted campaign had another design")
         directory = Path(directory)
         self.records = {name: rec for name, rec in records.items() if (directory / name).is_file()}
         if self.records:
@@ -100,12 +96,15 @@ class Ledger:
             raise SystemExit(f"{manifest}: unreadable ({exc}); remove it to measure the stage again")
         if not isinstance(data, dict) or "design" not in data:
             return None
-        diffs = _differences(data["design"], self.design)
-        if diffs:
-            raise SystemExit(f"{manifest}: this stage was completed under another design, so the campaign cannot "
-                             f"be continued: {'; '.join(diffs[:4])}. Re-run it as it was, or start over "
-                             "without --resume")
+        self._same_design(manifest, data["design"], "this stage was completed under another design")
         return data
+
+    def _same_design(self, source: Path, old: dict, what: str) -> None:
+        """Stop, naming the fields that differ, unless ``old`` (recorded in ``source``) is this design."""
+        diffs = _differences(old, self.design)
+        if diffs:
+            raise SystemExit(f"{source}: {what}, so the campaign cannot be continued: {'; '.join(diffs[:4])}. "
+                             "Re-run it as it was, or start over without --resume")
 
     def get(self, name: str) -> dict | None:
         """The record of a finished table ``name`` (a file name in the stage directory), or None."""
