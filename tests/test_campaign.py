@@ -57,6 +57,12 @@ def test_repeats_must_be_positive(capsys):
     assert "--repeats" in capsys.readouterr().err
 
 
+def test_time_slice_must_be_skew_or_seconds(capsys):
+    for bad in ("fast", "-0.01", "2", "nan"):
+        assert campaign.main(["--only", "calibrate", "--time-slice", bad, "--out", "/nonexistent"]) == 2
+        assert "--time-slice must be 'skew' or seconds" in capsys.readouterr().err
+
+
 def test_fit_command_names_the_options_that_differ_from_the_defaults():
     cmd = campaign.fit_command("calibration/avx2", "cpu-testbed-avx2", campaign.DEFAULT_PATTERNS)
     assert cmd == ("python -m moesim.calibrate.campaign --out calibration/avx2 --name cpu-testbed-avx2  (this fit "
@@ -64,6 +70,8 @@ def test_fit_command_names_the_options_that_differ_from_the_defaults():
                    "--only calibrate)")
     assert "--patterns none" in campaign.fit_command("calibration", "cpu-testbed", "none")
     assert "--name" not in campaign.fit_command("calibration", "cpu-testbed", "none")
+    assert campaign.fit_command("c", "cpu-testbed", campaign.DEFAULT_PATTERNS, "together", "0", "fit").startswith(
+        "python -m moesim.calibrate.campaign --out c --a2a-start together --time-slice 0 --burst fit  (")
     # the committed profiles record exactly that command
     for path, name in (("calibration/cpu-testbed.yaml", "cpu-testbed"),
                        ("calibration/avx2/cpu-testbed-avx2.yaml", "cpu-testbed-avx2")):

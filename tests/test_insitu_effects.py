@@ -180,20 +180,29 @@ def test_insitu_shared_core_fit_recovers_known_pool_cores_and_alone_factor(tmp_p
     base["calibration"]["links"]["nic"]["release_spread"] = spread
     def truth(run):
         assert run.topo.graph.graph["shared_cpu_cores"] == 2     # added from the run's cpu_count
-        return run.step(base, 0.005, 0.1, 0.0, 0.0, cpu_pool=True, pool_cores=2.0, alone_factor=0.8)
+        return run.step(base, 0.005, 0.1, 0.0, 0.0, cpu_pool=True, pool_cores=2.0, alone_factor=0.8,
+                        time_slice_s=0.03, pairwise_a2a=True)
     paths = _synthetic_runs(tmp_path, ("4x1-150mbit-cdac-k4.csv", "4x1-150mbit-dcca-k4.csv", "4x1-none-dcca-k4.csv"),
                             truth)
     cal = Calibration(profile=copy.deepcopy(_fixed_share(base)), compute=None, contention=None, network=None)
     cal = fit_insitu(cal, paths, patterns=patterns, refine=0, burst_fractions=(0.0,),
-                     pool_grids=((1.5, 2.0, 2.5), (0.6, 0.8, 0.95), (0.005,), (0.1,), (0.0,)))
+                     pool_grids=((1.5, 2.0, 2.5), (0.6, 0.8, 0.95), (0.005,), (0.1,), (0.0,)), slice_grid=(0.0, 0.03),
+                     time_slice_s=None, pairwise_a2a=True)
     prof = cal.profile
     assert prof["calibration"]["cpu_pool"]["pool_cores"] == 2.0
     assert prof["calibration"]["cpu_pool"]["alone_factor"] == 0.8
+    # the time slice comes from the runs' measured rank skew (real: the tables are committed runs),
+    # which processor sharing (slice 0) cannot produce: ranks in step reach the All-to-Alls together
+    pool = prof["calibration"]["cpu_pool"]
+    assert pool["time_slice_s"] == 0.03 and pool["pairwise_a2a"] is True
+    rms = pool["rank_skew"]["rms_by_time_slice_s"]
+    assert rms["0.03"] < rms["0"]
+    assert all(v > 1e-3 for v in pool["rank_skew"]["measured_s"].values())
     assert prof["calibration"]["cpu_pool"]["release_spread"] == pytest.approx(spread)
     assert prof["calibration"]["links"]["nic"]["release_spread"] == pytest.approx(spread)
     assert prof["calibration"]["insitu"]["residuals"]["max_error"] < 1e-9
     dev = parse_profile(prof, Path("<fitted>")).device
-    assert (dev.pool_cores, dev.alone_factor) == (2.0, 0.8)
+    assert (dev.pool_cores, dev.alone_factor, dev.time_slice_s, dev.pairwise_a2a) == (2.0, 0.8, 0.03, True)
     # the same profile, fitted with the fixed share, carries neither the pool nor the spread
     fixed = fit_insitu(Calibration(profile=copy.deepcopy(prof), compute=None, contention=None, network=None),
                        paths, burst_fractions=(0.0,), wait_grid=(0.005,), penalty_grid=(0.1,)).profile

@@ -23,6 +23,7 @@ from moesim.engine.netbridge import NetworkBridge
 from moesim.errors import InputFileError, MoesimError
 from moesim.network import FluidNetwork, NetworkParams
 from moesim.network import collectives
+from moesim.network.stages import FlowStage
 from moesim.topology import Topology
 from moesim.topology.generators import emulated_testbed
 from moesim.workload.ops import CollectiveSpec
@@ -30,10 +31,10 @@ from moesim.workload.ops import CollectiveSpec
 AVX2 = "calibration/avx2/cpu-testbed-avx2.yaml"
 
 
-def _finish_times(capacity, jobs):
+def _finish_times(capacity, jobs, quantum=0.0, slots=None):
     """Run ``jobs`` = [(arrival s, alone work s)] through a pool; their finish times."""
     env = simpy.Environment()
-    pool = CorePool(env, capacity)
+    pool = CorePool(env, capacity, quantum, slots)
     out = [None] * len(jobs)
 
     def job(i, at, work):
@@ -80,6 +81,37 @@ def test_pool_matches_processor_sharing_closed_form(works, capacity):
     assert got.max() >= max(sum(works) / capacity, max(works)) * (1 - 1e-9)
 
 
+def test_time_slices_closed_form():
+    # 4 jobs of 3 s on 2 cores, 1 s slices: jobs 0 and 1 run in [0,1], [2,3], [4,5]; 2 and 3 in [1,2],
+    # [3,4], [5,6]. Processor sharing would end all four at 6 s.
+    assert _finish_times(2.0, [(0, 3.0)] * 4, quantum=1.0, slots=2) == pytest.approx([5.0, 5.0, 6.0, 6.0])
+    assert _finish_times(2.0, [(0, 3.0)] * 4) == pytest.approx([6.0] * 4)
+    # a job that arrives waits at the back of the queue; alone, a job runs at its alone speed
+    assert _finish_times(1.0, [(0, 2.0), (0.5, 1.0)], quantum=1.0, slots=1) == pytest.approx([3.0, 2.0])
+    assert _finish_times(2.0, [(0, 1.5)], quantum=0.1, slots=2) == pytest.approx([1.5])
+    # slices can leave a core idle at the end that processor sharing would use: on 2 cores with 0.5 s
+    # slices, jobs of 1, 1, 0.5 s end at 1.0, 1.5, 1.0 (processor sharing: 1.25, 1.25, 0.75)
+    assert _finish_times(2.0, [(0, 1.0), (0, 1.0), (0, 0.5)], quantum=0.5, slots=2) == pytest.approx([1.0, 1.5, 1.0])
+    assert _finish_times(2.0, [(0, 1.0), (0, 1.0), (0, 0.5)]) == pytest.approx([1.25, 1.25, 0.75])
+    # fewer effective cores than slots: the jobs on a core share the capacity
+    assert _finish_times(1.0, [(0, 1.0)] * 2, quantum=10.0, slots=2) == pytest.approx([2.0, 2.0])
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.0, 2.0), st.floats(0.05, 3.0)), min_size=1, max_size=6),
+       st.sampled_from([1, 2, 3]))
+def test_time_slices_conserve_work_and_approach_processor_sharing(jobs, cores):
+    """Short slices approach processor sharing, and no slice length makes the cores do more than they can."""
+    ps = np.asarray(_finish_times(float(cores), jobs))
+    fine = np.asarray(_finish_times(float(cores), jobs, quantum=1e-3, slots=cores))
+    assert fine == pytest.approx(ps, abs=2e-3 * len(jobs))
+    coarse = np.asarray(_finish_times(float(cores), jobs, quantum=0.5, slots=cores))
+    starts = np.array([a for a, _ in jobs])
+    works = np.array([w for _, w in jobs])
+    assert np.all(coarse >= starts + works - 1e-9)        # never faster than alone
+    assert coarse.max() >= starts.min() + works.sum() / cores - 1e-9   # nor than the cores allow
+
+
 def test_pool_rejects_bad_capacity_and_work():
     env = simpy.Environment()
     for bad in (0.0, -1.0, math.inf, math.nan):
@@ -87,6 +119,9 @@ def test_pool_rejects_bad_capacity_and_work():
             CorePool(env, bad)
     with pytest.raises(MoesimError, match="work"):
         CorePool(env, 1.0).run(-1.0)
+    for bad in (-1e-3, math.inf, math.nan):
+        with pytest.raises(MoesimError, match="time slice"):
+            CorePool(env, 1.0, bad)
 
 
 def test_projected_end_of_a_flow_and_after_a_second_one_joins():
@@ -132,6 +167,70 @@ def test_staggered_release_closed_form():
         assert got[r] == pytest.approx(T - s * T * (3 - j) / 3, rel=1e-9)
 
 
+def _pairwise_release(arrive: dict, matrix: np.ndarray, spread: float = 0.0):
+    """Release times of a 4x1 All-to-All (``matrix`` bytes) whose ranks arrive at ``arrive[rank]`` s,
+    with pairwise start (and a release spread)."""
+    topo = Topology(netmodel.testbed_graph(4, 1, 150e6), source="<t>")
+    if spread:
+        topo.graph.graph["release_spread"] = {"nic": spread}
+    env = simpy.Environment()
+    bridge = NetworkBridge(env, topo, NetworkProfile(latency_per_message_s=0.0, collective_overhead_s=0.0))
+    spec = CollectiveSpec(cid=1, name="a2a", phase="dispatch", layer=0, direction="fwd", op="all_to_all",
+                          channel="ep", groups=((0, 1, 2, 3),), matrix=matrix)
+    members = {r: env.event() for r in range(4)}
+    times = {}
+    for r, ev in members.items():
+        ev.callbacks.append(lambda _e, r=r: times.__setitem__(r, env.now))
+
+    def rank(r):
+        yield env.timeout(arrive[r])
+        bridge.arrive_pairwise(spec, 1, r, members, lambda: times.__setitem__("end", env.now))
+    for r in range(4):
+        env.process(rank(r))
+    env.run()
+    return times
+
+
+def _alone(matrix: np.ndarray, ranks) -> float:
+    """Seconds the flows of ``matrix`` among ``ranks`` take, as one stage on an idle 4x1 testbed."""
+    src, dst = zip(*[(a, b) for a in ranks for b in ranks if a != b])
+    net = FluidNetwork(Topology(netmodel.testbed_graph(4, 1, 150e6), source="<t>"), NetworkParams(0.0, 0.0))
+    net.start(collectives.Collective("all_to_all", "direct", np.arange(4),
+                                     [FlowStage(src, dst, matrix[list(src), list(dst)])]), "x", 0.0)
+    t = 0.0
+    while net.in_flight:
+        t = net.next_event_time()
+        net.advance(t)
+    return t
+
+
+def test_pairwise_start_overlaps_early_pairs_with_a_late_rank():
+    # ranks 0-2 exchange 1 MB per pair, rank 3 0.1 MB with each of them
+    m = np.full((4, 4), 1e6)
+    m[3, :] = m[:, 3] = 1e5
+    whole = _alone(m, range(4))
+    # everyone at once: the same flows in one stage or as six pair stages take the same time, but a rank
+    # leaves as soon as its own exchanges have landed (rank 3's small ones first)
+    together = _pairwise_release({r: 0.0 for r in range(4)}, m)
+    assert [together[r] for r in range(3)] == pytest.approx([whole] * 3, rel=1e-9)
+    assert together["end"] == pytest.approx(whole, rel=1e-9) and together[3] < whole / 2
+    # rank 3 arrives 1 s late: ranks 0-2 exchange meanwhile, and then every rank waits only for rank
+    # 3's own exchanges, which run alone on the network
+    late = _pairwise_release({0: 0.0, 1: 0.0, 2: 0.0, 3: 1.0}, m)
+    early, star = _alone(m, range(3)), _alone(np.where(m == 1e5, m, 0.0), range(4))
+    assert early < 1.0 and star < whole / 5
+    assert all(late[r] == pytest.approx(1.0 + star, rel=1e-9) for r in range(4))
+    assert late["end"] == pytest.approx(1.0 + star, rel=1e-9)
+    # with a release spread, a complete group leaves staggered as a whole All-to-All does
+    # (test_staggered_release_closed_form), the last rank when the bytes are through
+    uniform = np.full((4, 4), 1e6)
+    T = _alone(uniform, range(4))
+    got = _pairwise_release({r: 0.0 for r in range(4)}, uniform, spread=0.3)
+    for j, r in enumerate([1, 2, 3, 0]):
+        assert got[r] == pytest.approx(T - 0.3 * T * (3 - j) / 3, rel=1e-9)
+    assert got["end"] == pytest.approx(T, rel=1e-9)
+
+
 def _campaign_cfg(structure="cdac", top_k=8):
     return load_config({"model": {"name": "small-gpt", "layers": 2, "hidden": 256, "heads": 4, "seq_len": 64,
                                   "vocab": 2048, "dtype": "fp32"},
@@ -148,7 +247,7 @@ def test_per_rank_pool_reproduces_the_fixed_share_when_ranks_stay_in_step():
         cfg = _campaign_cfg(structure)
         fixed = simulate(cfg, topo, prof, SimOptions(cpu_pool=False))
         pooled = simulate(cfg, topo, prof, SimOptions(cpu_pool=True, pool_cores=f * r, alone_factor=f,
-                                                       release_spread=0.0))
+                                                       release_spread=0.0, time_slice_s=0.0, pairwise_a2a=False))
         assert pooled.classes.count == 4 and fixed.classes.count < 4
         assert pooled.step_time_s == pytest.approx(fixed.step_time_s, rel=1e-9)
     # the committed profile calibrates a pool: the mode is on by default where cores are shared only
@@ -288,3 +387,39 @@ def test_simulated_core_share_follows_the_scheduler_probe():
     assert checked >= 4
     assert simulate(_campaign_cfg(), Topology(netmodel.testbed_graph(4, 1, 150e6), source="<t>"),
                     prof).compute_share() is None
+
+
+def test_measured_rank_skew_closed_form():
+    from moesim.calibrate.skew import measured_skew, pick_time_slice
+    import pandas as pd
+    rows = []
+    for step in (0, 1, 2):
+        for rank, per_call in enumerate((0.010, 0.012, 0.014, 0.020)):   # mean 14 ms, min 10 ms
+            rows.append({"step": step, "rank": rank, "phase": "dispatch", "direction": "fwd",
+                         "seconds": 2 * per_call, "count": 2})
+            rows.append({"step": step, "rank": rank, "phase": "combine", "direction": "fwd",
+                         "seconds": per_call + 0.001 * step, "count": 1})   # + same offset: skew unchanged
+            rows.append({"step": step, "rank": rank, "phase": "attention", "direction": "fwd",
+                         "seconds": 1.0 * rank, "count": 1})                 # not an All-to-All
+    assert measured_skew(pd.DataFrame(rows)) == pytest.approx(0.004)
+    with pytest.raises(MoesimError, match="two ranks"):
+        measured_skew(pd.DataFrame([r for r in rows if r["rank"] == 0]))
+    # the slice whose simulated skew is closest; a tie goes to the shorter slice
+    sims = {0.0: [0.0, 0.001], 0.01: [0.003, 0.004], 0.03: [0.005, 0.005], 0.05: [0.005, 0.005]}
+    best, rms = pick_time_slice(sims, np.array([0.006, 0.007]), lambda q: sims[q])
+    assert best == 0.03 and rms[0.03] == rms[0.05] < rms[0.01] < rms[0.0]
+
+
+def test_time_slices_put_simulated_ranks_apart_as_measured():
+    """Processor sharing keeps the ranks of a step in step (no skew); time slices as long as the
+    compute between All-to-Alls let the ranks reach them apart, as on the testbed."""
+    from moesim.calibrate.skew import simulated_skew
+    prof = find_profile(AVX2)
+    topo = Topology(netmodel.testbed_graph(4, 1, 400e6, cores=2), source="<t>")
+    cfg = _campaign_cfg("dcca")
+    skews = [simulated_skew(simulate(cfg, topo, prof, SimOptions(cpu_pool=True, pairwise_a2a=True, release_spread=0.0,
+                                                                time_slice_s=q))) for q in (0.0, 0.004, 0.03)]
+    assert skews[0] < 2e-4 < skews[1] < skews[2]
+    # the engine is work conserving: the step hardly changes
+    steps = [simulate(cfg, topo, prof, SimOptions(cpu_pool=True, time_slice_s=q)).step_time_s for q in (0.0, 0.03)]
+    assert steps[1] == pytest.approx(steps[0], rel=0.03)

@@ -301,6 +301,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="real_backend.patterns tables with release times (glob, relative to the repository): "
                          "the in-situ fit then models the shared cores (moesim.calibrate.insitu); 'none': the "
                          "fixed core share (default calibration/patterns/release-*.csv)")
+    ap.add_argument("--a2a-start", choices=("together", "pairwise"), default="pairwise",
+                    help="shared-core model: each rank pair of an All-to-All starts as soon as both ranks are "
+                         "there (pairwise, default; moesim.engine.netbridge), or the All-to-All when all are "
+                         "(together)")
+    ap.add_argument("--time-slice", default="skew",
+                    help="shared-core model: the CPU scheduler's time slice, 'skew' (default: chosen by the fit "
+                         "runs' measured rank skew, moesim.calibrate.skew) or seconds (0: processor sharing)")
+    ap.add_argument("--burst", choices=("fit", "whole"), default="whole",
+                    help="the usable token-bucket burst of shaped links: the whole bucket, as the rate sweep of "
+                         "real_backend.patterns measures for All-to-Alls (whole, default), or chosen by the "
+                         "in-situ fit among 0, half and all of the bucket (fit)")
     ap.add_argument("--repeats", type=int, default=3,
                     help="runs of every validation configuration, in whole rounds (default 3); validation "
                          "compares predictions with the median over a configuration's runs")
@@ -320,6 +331,14 @@ def main(argv: list[str] | None = None) -> int:
     args.rates = [x for x in args.rates.split(",") if x]
     args.top_k = [int(x) for x in args.top_k.split(",") if x]
     args.fit_top_k = {int(x) for x in args.fit_top_k.split(",") if x}
+    if args.time_slice != "skew":
+        try:
+            if not 0.0 <= float(args.time_slice) <= 1.0:
+                raise ValueError
+        except ValueError:
+            print(f"{PROG}: error: --time-slice must be 'skew' or seconds in [0, 1], got {args.time_slice!r}",
+                  file=sys.stderr)
+            return 2
     out = Path(args.out).resolve()
     mdir, vdir = out / "measurements", out / "validation"
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
@@ -365,10 +384,13 @@ def compare_repeat(rdir: Path, vdir: Path) -> int:
     return 0
 
 
-def fit_command(out: str, name: str, patterns: str) -> str:
+def fit_command(out: str, name: str, patterns: str, a2a_start: str = "pairwise", time_slice: str = "skew",
+                burst: str = "whole") -> str:
     """The command that re-creates a campaign profile (options at their defaults left out)."""
     opts = "".join(f" {k} {shlex.quote(v)}" for k, v, default in
-                   (("--name", name, "cpu-testbed"), ("--patterns", patterns, DEFAULT_PATTERNS)) if v != default)
+                   (("--name", name, "cpu-testbed"), ("--patterns", patterns, DEFAULT_PATTERNS),
+                    ("--a2a-start", a2a_start, "pairwise"), ("--time-slice", time_slice, "skew"),
+                    ("--burst", burst, "whole")) if v != default)
     base = f"python -m {PROG} --out {out}{opts}"
     return f"{base}  (this fit alone: {base} --only calibrate)"
 
@@ -389,9 +411,15 @@ def finish(args, log, out: Path, mdir: Path, vdir: Path) -> int:
     cal = calibrate([mdir], name=args.name, tbf_effects=args.tbf_effects)
     runs = json.loads((vdir / "runs.json").read_text())["runs"]
     fit_runs = [vdir / r["file"] for r in runs if r["role"] == "fit"]
+    a2a_start, time_slice = getattr(args, "a2a_start", "pairwise"), getattr(args, "time_slice", "skew")
+    burst = getattr(args, "burst", "whole")
     if fit_runs:
-        cal = fit_insitu(cal, fit_runs, patterns=[root / f for f in patterns] or None)
-    cal.profile["provenance"]["command"] = fit_command(args.out, args.name, args.patterns)
+        cal = fit_insitu(cal, fit_runs, patterns=[root / f for f in patterns] or None,
+                         pairwise_a2a=a2a_start == "pairwise",
+                         time_slice_s=None if time_slice == "skew" else float(time_slice),
+                         **({"burst_fractions": (1.0,)} if burst == "whole" else {}))
+    cal.profile["provenance"]["command"] = fit_command(args.out, args.name, args.patterns, a2a_start, time_slice,
+                                                       burst)
     if patterns:
         cal.profile["provenance"]["release_patterns"] = patterns
     write_profile(prof_path, cal.profile)

@@ -28,10 +28,18 @@
    is chosen among fractions of the configured bucket.
 
 4. Shared cores (with ``patterns``, what the committed campaigns use): the R ranks share the
-   machine's cores among those computing at each moment (effective cores K, alone factor g) and
-   All-to-Alls over shaped links release their ranks over the measured spread, so ranks that leave
-   a long All-to-All apart compute with more of a core (``real_backend.schedprobe`` measured CDAC
-   0.65 against DCCA 0.47 at 4x1 150 Mbit/s top-8); see :mod:`moesim.engine.cpupool`.
+   machine's cores (effective cores K, alone factor g), and All-to-Alls over shaped links release their
+   ranks over the measured spread, so ranks that leave a long All-to-All apart compute with more of a
+   core (``real_backend.schedprobe`` measured CDAC 0.65 against DCCA 0.47 at 4x1 150 Mbit/s top-8);
+   see :mod:`moesim.engine.cpupool`.
+5. The scheduler and pairwise start (shared cores): gloo exchanges each rank pair's data over the
+   pair's own connection, so a pair starts as soon as both ranks are there (``pairwise_a2a``); and the
+   kernel runs ranks in time slices, so ranks reach an All-to-All apart. The slice is not fitted on
+   step times (which hardly depend on it: the cores do the same work either way) but chosen by the
+   rank skew the fit runs measured (:mod:`moesim.calibrate.skew`), among ``SLICE_GRID_S``: the fit runs
+   at ``SLICE_START_S``, the slice whose simulated skew comes closest to the measured one is taken,
+   and the fit is repeated at it. What the slice changes is how much of a short All-to-All's bytes
+   move while its last rank is still computing.
 
 All are fitted jointly, on the fit runs only (never on the held-out ones), by minimising the sum of
 squared relative step errors over a grid refined around its best point; repeated runs of one
@@ -63,6 +71,10 @@ ALONE_GRID = (0.6, 0.75, 0.9)
 POOL_WAIT_GRID_S = (0.0, 5e-3, 10e-3, 15e-3)
 POOL_PENALTY_GRID = (0.0, 0.15, 0.3, 0.45)
 POOL_PEER_GRID = (0.0, 0.2)
+# the pool's scheduler (shared-core mode): time slices chosen by the measured rank skew
+# (moesim.calibrate.skew), starting from SLICE_START_S; 0 = processor sharing, 4 ms = this kernel's tick
+SLICE_GRID_S = (0.0, 0.004, 0.01, 0.02, 0.03, 0.05)
+SLICE_START_S = 0.03
 
 
 class _Run:
@@ -79,10 +91,21 @@ class _Run:
         self.topo, _ = topology_for(first.spec, first.table)
         self.copies = mean_copies(runs)
         self.bucket = bucket_bytes
+        self.tables = [r.table for r in runs]
+
+    def measured_skew(self) -> float:
+        """Median rank skew of the runs (s; :mod:`moesim.calibrate.skew`)."""
+        from moesim.calibrate.skew import measured_skew
+        return float(np.median([measured_skew(t.df) for t in self.tables]))
 
     def step(self, profile_dict: dict, wait: float, penalty: float, burst_s: float = 0.0, peer: float = 0.0,
              **options) -> float:
         """Predicted step (s) with these in-situ parameters; ``options``: more :class:`SimOptions`."""
+        return self.simulate(profile_dict, wait, penalty, burst_s, peer, **options).step_time_s
+
+    def simulate(self, profile_dict: dict, wait: float, penalty: float, burst_s: float = 0.0, peer: float = 0.0,
+                 **options):
+        """The simulated step (:class:`moesim.engine.SimResult`) with these in-situ parameters."""
         from moesim.engine import SimOptions, simulate
         d = copy.deepcopy(profile_dict)
         d["network"]["receiver_wait_s"] = float(wait)
@@ -94,7 +117,7 @@ class _Run:
         prof = replace(prof, network=replace(prof.network, link_efficiency={}))
         topo = effective_topology(self.topo, links) if links else self.topo
         return simulate(self.cfg, topo, prof, SimOptions(bucket_bytes=self.bucket, a2a_copies=self.copies,
-                                                         **options)).step_time_s
+                                                         **options))
 
 
 def _key(point, burst_s: float) -> tuple:
@@ -113,10 +136,11 @@ def _loss(runs: list[_Run], prof: dict, point: tuple, cache: dict, burst_s: floa
 
 
 def _fit_pool(runs: list[_Run], prof: dict, grids: tuple, penalties_on: bool, peers_on: bool, bursts: list,
-              refine: int) -> tuple[tuple, np.ndarray, int]:
-    """Shared-core mode: grid over (K, g, wait, b, c) at no burst, then a coordinate search that
-    halves its steps ``refine`` times (the burst among ``bursts``). Returns the best
-    (K, g, wait, b, c, burst), its predictions and the number of evaluations."""
+              refine: int, time_slice_s: float = 0.0, pairwise_a2a: bool = False) -> tuple[tuple, np.ndarray, int]:
+    """Shared-core mode: grid over (K, g, wait, b, c) at no burst (at the one burst when ``bursts``
+    offers only one: a burst fixed by measurement), then a coordinate search that halves its steps
+    ``refine`` times (the burst among ``bursts``). Returns the best (K, g, wait, b, c, burst), its
+    predictions and the number of evaluations."""
     cores_grid, alone_grid, wait_grid, penalty_grid, peer_grid = grids
     meas = np.array([r.measured for r in runs])
     cache: dict = {}
@@ -125,13 +149,13 @@ def _fit_pool(runs: list[_Run], prof: dict, grids: tuple, penalties_on: bool, pe
         key = tuple(round(v, 9) for v in x)
         if key not in cache:
             k, g, wait, b, c, burst = x
-            pred = np.array([r.step(prof, wait, b, burst, c, cpu_pool=True, pool_cores=k, alone_factor=g)
-                             for r in runs])
+            pred = np.array([r.step(prof, wait, b, burst, c, cpu_pool=True, pool_cores=k, alone_factor=g,
+                                    time_slice_s=time_slice_s, pairwise_a2a=pairwise_a2a) for r in runs])
             cache[key] = (float(np.sum((pred / meas - 1.0) ** 2)), pred)
         return cache[key][0]
 
     grid = itertools.product(cores_grid, alone_grid, wait_grid, penalty_grid if penalties_on else (0.0,),
-                             peer_grid if peers_on else (0.0,), (0.0,))
+                             peer_grid if peers_on else (0.0,), (bursts[0],) if len(bursts) == 1 else (0.0,))
     best = min(grid, key=loss)
     steps = [0.25, 0.075, 2.5e-3, 0.075 if penalties_on else 0.0, 0.1 if peers_on else 0.0]
     lower, upper = (0.25, 0.05, 0.0, 0.0, 0.0), (64.0, 1.0, 1.0, 5.0, 5.0)
@@ -153,13 +177,15 @@ def _fit_pool(runs: list[_Run], prof: dict, grids: tuple, penalties_on: bool, pe
 def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s: float | None = None,
                burst_fractions=BURST_FRACTIONS, wait_grid=WAIT_GRID_S, penalty_grid=PENALTY_GRID,
                peer_grid=PEER_GRID, patterns: list | None = None, pool_grids: tuple | None = None,
-               refine: int = 3):
+               refine: int = 3, time_slice_s: float | None = 0.0, pairwise_a2a: bool = False,
+               slice_grid=SLICE_GRID_S):
     """Fit ``receiver_wait_s``, the shaped-link two-way penalty b, its peer-host term c and the
     usable token-bucket burst of ``cal.profile`` on the step times of ``run_paths`` (multi-rank
     testbed runs: the fit configurations). c is fitted only when the shaped fit runs include both
     two-host testbeds (k = 1 peer host) and bigger ones (k > 1), which tell b and c apart; else it
     stays 0. ``burst_s``: the configured bucket (s at the rate; default the testbed's); the burst is
-    chosen among ``burst_fractions`` of it. Returns ``cal`` with the profile updated and the fit
+    chosen among ``burst_fractions`` of it (one fraction: the burst is that, e.g. ``(1.0,)``, the whole
+    bucket, as ``real_backend.patterns``' rate sweep measures for All-to-Alls). Returns ``cal`` with the profile updated and the fit
     recorded under ``calibration.insitu``.
 
     ``patterns`` (``real_backend.patterns`` tables with release times) switch on the shared-core
@@ -193,15 +219,49 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
         if has_nic:
             prof["calibration"]["links"]["nic"]["release_spread"] = spread.spread
         grids = pool_grids or (POOL_CORES_GRID, ALONE_GRID, POOL_WAIT_GRID_S, POOL_PENALTY_GRID, POOL_PEER_GRID)
-        (k_cores, alone, wait, penalty, peer, burst), pred, evaluations = _fit_pool(
-            runs, prof, grids, len(penalties) > 1, len(peers) > 1, bursts, refine)
-        pool = {"pool_cores": float(k_cores), "alone_factor": float(alone), "release_spread": spread.spread,
+
+        def fit_at(q: float):
+            return _fit_pool(runs, prof, grids, len(penalties) > 1, len(peers) > 1, bursts, refine, q, pairwise_a2a)
+        skew = None
+        if time_slice_s is None:   # the scheduler's slice from the measured rank skew, then refit at it
+            from moesim.calibrate.skew import pick_time_slice
+            start = SLICE_START_S if SLICE_START_S in slice_grid else float(max(slice_grid))
+            best, pred, evaluations = fit_at(start)
+            measured = np.array([r.measured_skew() for r in runs])
+            sims: dict = {}
+
+            def skews_at(q: float) -> list[float]:
+                from moesim.calibrate.skew import simulated_skew
+                k, g, wait, b, c, burst = best
+                sims[q] = [simulated_skew(r.simulate(prof, wait, b, burst, c, cpu_pool=True, pool_cores=k,
+                                                     alone_factor=g, time_slice_s=q, pairwise_a2a=pairwise_a2a))
+                           for r in runs]
+                return sims[q]
+            time_slice_s, rms = pick_time_slice(slice_grid, measured, skews_at)
+            if time_slice_s != start:
+                best, pred, more = fit_at(time_slice_s)
+                evaluations += more
+            skew = {"measured_s": {r.files[0]: float(m) for r, m in zip(runs, measured)},
+                    "simulated_s": {r.files[0]: float(v) for r, v in zip(runs, sims[time_slice_s])},
+                    "rms_by_time_slice_s": {f"{q:g}": v for q, v in rms.items()},
+                    "meaning": "mean minus min over ranks of a rank's time per All-to-All call, median over a "
+                               "run's steps and phases (moesim.calibrate.skew); the time slice is the candidate "
+                               "whose simulated skew, with the parameters fitted at the starting slice, comes "
+                               "closest to the measured one on the fit runs; the fit is then repeated at it"}
+        else:
+            best, pred, evaluations = fit_at(float(time_slice_s))
+        k_cores, alone, wait, penalty, peer, burst = best
+        pool = {"pool_cores": float(k_cores), "alone_factor": float(alone), "time_slice_s": float(time_slice_s),
+                "pairwise_a2a": bool(pairwise_a2a), **({"rank_skew": skew} if skew else {}),
+                "release_spread": spread.spread,
                 "release_measured": spread.to_dict()["per_file"], "release_repetitions": spread.rows,
-                "meaning": "the fit runs' ranks share one machine's cores: the engine shares pool_cores effective "
-                           "cores among the ranks that compute (a rank alone runs at its alone speed, an op's "
-                           "alone work is alone_factor x its priced seconds), and releases the members of an "
-                           "All-to-All over shaped links over the last release_spread of its time (measured by "
-                           "real_backend.patterns; see moesim.engine.cpupool, moesim.engine.netbridge)"}
+                "meaning": "the fit runs' ranks share one machine's cores: the engine runs the ranks that compute "
+                           "on the machine's cores in time slices of time_slice_s (0: processor sharing) at "
+                           "pool_cores effective cores (a rank on a core runs at its alone speed, an op's alone "
+                           "work is alone_factor x its priced seconds); with pairwise_a2a each rank pair of an "
+                           "All-to-All exchanges as soon as both ranks are there, else the members of an "
+                           "All-to-All over shaped links are released over the last release_spread of its time "
+                           "(measured by real_backend.patterns); see moesim.engine.cpupool, moesim.engine.netbridge"}
         return _write_fit(cal, prof, runs, pred, wait, penalty, peer, burst, configured, has_nic, evaluations, pool)
     if has_nic:   # the fixed share: no staggered release either
         prof["calibration"]["links"]["nic"].pop("release_spread", None)

@@ -35,6 +35,12 @@ class DeviceProfile:
     #: work of an op per priced second (:mod:`moesim.engine.cpupool`); None when not calibrated
     pool_cores: float | None = None
     alone_factor: float | None = None
+    #: the pool's scheduler: 0 = processor sharing, else round-robin time slices of this many seconds
+    #: on the machine's cores (``calibration.cpu_pool.time_slice_s``)
+    time_slice_s: float = 0.0
+    #: All-to-All rank pairs start their exchange as soon as both ranks arrive
+    #: (``calibration.cpu_pool.pairwise_a2a``; :mod:`moesim.engine.netbridge`)
+    pairwise_a2a: bool = False
 
 
 @dataclass(frozen=True)
@@ -114,6 +120,14 @@ def _contention(path: Path, data: Mapping) -> dict:
                                                                                "calibration.cpu_pool.pool_cores"))
         out["alone_factor"] = _num(path, "calibration.cpu_pool.alone_factor",
                                    _req(path, pool, "alone_factor", "calibration.cpu_pool.alone_factor"), at_most=1.0)
+        if pool.get("time_slice_s") is not None:
+            out["time_slice_s"] = _num(path, "calibration.cpu_pool.time_slice_s", pool["time_slice_s"],
+                                       allow_zero=True, at_most=1.0)
+        if pool.get("pairwise_a2a") is not None:
+            if not isinstance(pool["pairwise_a2a"], bool):
+                raise InputFileError(path, f"field 'calibration.cpu_pool.pairwise_a2a' must be true or false, "
+                                           f"got {pool['pairwise_a2a']!r}")
+            out["pairwise_a2a"] = pool["pairwise_a2a"]
     return out
 
 

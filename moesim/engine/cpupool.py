@@ -7,6 +7,12 @@ seconds of alone work per second (egalitarian processor sharing, what the kernel
 approximates over its time slices). ``capacity`` is in units of one rank alone: the pool's
 effective cores. A lone rank therefore computes at its alone speed, and R ranks that compute
 together each get ``capacity / R`` of it: the core share the contended microbenchmark measures.
+
+Time slices (``quantum_s > 0``): the jobs queue in arrival order and the first ``slots`` (the
+machine's cores) run, each at ``min(1, capacity / running)``; a job whose slice is over goes to the
+back of the queue when others wait, and a new job joins at the back. The cores do the same work as
+under processor sharing, but jobs that start together end apart (by up to a slice, or a whole run of
+ops when the slice is longer than the run): on the testbed, ranks reach the next collective apart.
 """
 from __future__ import annotations
 
@@ -20,12 +26,18 @@ from moesim.errors import MoesimError
 class CorePool:
     """Processor sharing over ``capacity`` effective cores (> 0), driven by a SimPy environment."""
 
-    def __init__(self, env: simpy.Environment, capacity: float):
+    def __init__(self, env: simpy.Environment, capacity: float, quantum_s: float = 0.0, slots: int | None = None):
         if not (capacity > 0 and math.isfinite(capacity)):
             raise MoesimError(f"a CPU pool needs a positive, finite capacity (effective cores), got {capacity!r}")
+        if not (quantum_s >= 0 and math.isfinite(quantum_s)):
+            raise MoesimError(f"a CPU pool's time slice must be finite and >= 0 s, got {quantum_s!r}")
         self.env = env
         self.capacity = float(capacity)
+        self.quantum = float(quantum_s)
+        self.slots = max(1, int(slots if slots else math.ceil(self.capacity - 1e-9)))
         self._jobs: dict[int, list] = {}     # id -> [remaining alone seconds, event]
+        self._queue: list[int] = []          # time slices: jobs in run order, the first `slots` on a core
+        self._slice_end: dict[int, float] = {}
         self._ids = 0
         self._last = 0.0
         self._wake = env.event()
@@ -37,8 +49,11 @@ class CorePool:
         return len(self._jobs)
 
     def rate(self, n: int | None = None) -> float:
-        """Alone seconds per second each of ``n`` jobs (default: those in the pool) progresses."""
+        """Alone seconds per second each of ``n`` jobs (default: those in the pool) progresses; with time
+        slices, each job on a core."""
         n = self.active if n is None else n
+        if self.quantum > 0:
+            n = min(n, self.slots)
         return min(1.0, self.capacity / n) if n > 0 else 0.0
 
     def run(self, alone_s: float) -> simpy.Event:
@@ -52,19 +67,40 @@ class CorePool:
         self._progress()
         self._ids += 1
         self._jobs[self._ids] = [float(alone_s), ev]
+        self._queue.append(self._ids)
         if not self._wake.triggered:
             self._wake.succeed()
         return ev
 
     # ------------------------------------------------------------------------------------------------
+    def _running(self) -> list[int]:
+        return self._queue[:self.slots] if self.quantum > 0 else self._queue
+
     def _progress(self) -> None:
         now = self.env.now
         dt = now - self._last
         if dt > 0 and self._jobs:
             r = self.rate()
-            for job in self._jobs.values():
-                job[0] -= r * dt
+            for k in self._running():
+                self._jobs[k][0] -= r * dt
         self._last = now
+
+    def _rotate(self) -> None:
+        """Time slices: a job on a core whose slice is over goes to the back of the queue when others wait."""
+        if self.quantum <= 0:
+            return
+        now = self.env.now
+        tol = 1e-12 * max(1.0, now)
+        for k in self._queue[:self.slots]:
+            self._slice_end.setdefault(k, now + self.quantum)
+        if len(self._queue) > self.slots:
+            over = [k for k in self._queue[:self.slots] if self._slice_end[k] <= now + tol]
+            for k in over:
+                self._queue.remove(k)
+                self._queue.append(k)
+                del self._slice_end[k]
+            for k in self._queue[:self.slots]:
+                self._slice_end.setdefault(k, now + self.quantum)
 
     def _drive(self):
         env = self.env
@@ -73,12 +109,18 @@ class CorePool:
             done = [k for k, (rem, _) in self._jobs.items() if rem <= 1e-12 * max(1.0, env.now)]
             for k in done:
                 self._jobs.pop(k)[1].succeed()
+                self._queue.remove(k)
+                self._slice_end.pop(k, None)
+            self._rotate()
             self._wake = env.event()
             if not self._jobs:
                 yield self._wake
                 continue
             r = self.rate()
-            delay = max(0.0, min(rem for rem, _ in self._jobs.values()) / r)
+            running = self._running()
+            delay = max(0.0, min(self._jobs[k][0] for k in running) / r)
+            if self.quantum > 0 and len(self._queue) > self.slots:
+                delay = min(delay, max(0.0, min(self._slice_end[k] for k in running) - env.now))
             yield env.timeout(delay) | self._wake
 
 

@@ -10,16 +10,24 @@ bytes are through. The bridge releases the member in release position ``j`` of `
 current rates (re-evaluated whenever rates change), and the last member when the collective ends.
 Positions rotate with the collective's id so that no rank is always first. It applies to
 All-to-Alls whose group spans more than one host; ``s`` is the largest spread of the topology's
-classes."""
+classes.
+
+Pairwise start (:meth:`NetworkBridge.arrive_pairwise`, direct All-to-Alls in per-rank mode): gloo
+sends each rank pair's data over that pair's own connection, so a pair's exchange can run as soon as
+both of its ranks have reached the All-to-All, while other ranks are still computing. Each rank pair
+then runs as its own two-way stage (its receiver wait included), and a rank is released when every
+peer of its group has arrived and every exchange it takes part in has landed."""
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import simpy
 
 from moesim.network import FluidNetwork, NetworkParams
 from moesim.network import collectives as C
+from moesim.network.stages import FlowStage
 
 
 class NetworkBridge:
@@ -40,6 +48,7 @@ class NetworkBridge:
         spreads = dict(topology.graph.graph.get("release_spread") or {})
         self.release_spread = max((float(v) for v in spreads.values()), default=0.0)
         self._stagger: dict = {}   # (key, group) -> [start, member events in release order, next position, staggered]
+        self._pairwise: dict = {}  # key -> per-collective pairwise state (arrive_pairwise)
         env.process(self._drive())
 
     # ---- collectives ------------------------------------------------------------------------------------
@@ -65,7 +74,7 @@ class NetworkBridge:
         parts = self._collectives(spec)
         self._events[key] = ev
         self._remaining[key] = len(parts)
-        self.net.advance(self.env.now)
+        self._completed(self.net.advance(self.env.now))
         topo = self.topology
         for i, coll in enumerate(parts):
             self.net.start(coll, (key, i), self.env.now)
@@ -80,11 +89,106 @@ class NetworkBridge:
             self._wake.succeed()
         return ev
 
+    # ---- pairwise start ----------------------------------------------------------------------------------
+    def arrive_pairwise(self, spec, key, rank: int, members: dict, on_done) -> None:
+        """``rank`` reached the All-to-All ``spec`` (direct algorithm): start its exchange with every peer
+        of its group that is already there. ``members``: rank -> event fired when that rank is released;
+        ``on_done()`` is called once every rank has arrived and every exchange has landed. Once a group
+        is complete, its ranks are released staggered as in :meth:`start` (over the last spread of the
+        time from the last arrival to the projected end of the group's exchanges) or when their own
+        exchanges have landed, whichever comes first."""
+        st = self._pairwise.get(key)
+        if st is None:
+            st = self._pairwise[key] = {"arrived": set(), "open": {}, "released": set(), "members": members,
+                                        "on_done": on_done, "spec": spec, "pairs": {}, "stagger": {},
+                                        "ranks": {int(r) for g in spec.groups for r in g}}
+        gi = next(i for i, g in enumerate(spec.groups) if rank in g)
+        group = [int(r) for r in spec.groups[gi]]
+        pos = {r: i for i, r in enumerate(group)}
+        m = spec.matrix
+        self._completed(self.net.advance(self.env.now))
+        for peer in group:
+            if peer == rank or peer not in st["arrived"]:
+                continue
+            a, b = pos[rank], pos[peer]
+            fwd = float(m[a, b]) if m is not None else spec.nbytes / len(group)
+            back = float(m[b, a]) if m is not None else spec.nbytes / len(group)
+            if fwd <= 0 and back <= 0:
+                continue
+            coll = C.Collective("all_to_all", "direct", np.array([rank, peer]),
+                                [FlowStage([rank, peer], [peer, rank], [fwd, back], label="all_to_all:pair")],
+                                (fwd + back) / 2)
+            pair_key = ("pair", key, rank, peer)
+            self.net.start(coll, pair_key, self.env.now)
+            st["pairs"][pair_key] = gi
+            st["open"][rank] = st["open"].get(rank, 0) + 1
+            st["open"][peer] = st["open"].get(peer, 0) + 1
+        st["arrived"].add(rank)
+        if all(r in st["arrived"] for r in group):
+            n = len(group)
+            if (self.release_spread > 0 and n > 1 and len({self.topology.host_of(r) for r in group}) > 1):
+                st["stagger"][gi] = [self.env.now, [group[(j + int(spec.cid)) % n] for j in range(n)], 0]
+        self._release_pairwise(key, group)
+        if not self._wake.triggered:
+            self._wake.succeed()
+
+    def _release_pairwise(self, key, ranks) -> None:
+        """Release the ranks among ``ranks`` whose group is complete and whose exchanges have landed;
+        end the collective when everything has."""
+        st = self._pairwise[key]
+        for r in ranks:
+            if r in st["released"] or st["open"].get(r, 0):
+                continue
+            if all(int(p) in st["arrived"] for p in next(g for g in st["spec"].groups if r in g)):
+                self._release_member(st, r)
+        if st["arrived"] == st["ranks"] and not st["pairs"]:
+            for r in st["ranks"] - st["released"]:
+                self._release_member(st, r)
+            del self._pairwise[key]
+            st["on_done"]()
+
+    @staticmethod
+    def _release_member(st, r: int) -> None:
+        st["released"].add(r)
+        st["members"][r].succeed()
+
+    def _pair_done(self, pair_key) -> None:
+        _, key, a, b = pair_key
+        st = self._pairwise[key]
+        del st["pairs"][pair_key]
+        st["open"][a] -= 1
+        st["open"][b] -= 1
+        self._release_pairwise(key, (a, b))
+
+    def _pairwise_release_due(self) -> float:
+        """Staggered release of complete pairwise groups; returns the next release time (inf: none)."""
+        now, nxt = self.env.now, math.inf
+        for key, st in list(self._pairwise.items()):
+            for gi, stag in st["stagger"].items():
+                start, order, j = stag
+                n = len(order)
+                while j < n - 1:                      # the last leaves when its exchanges have landed
+                    if order[j] in st["released"]:
+                        j += 1
+                        continue
+                    ends = [self.net.projected_end(k) for k, g in st["pairs"].items() if g == gi]
+                    end = max(ends, default=math.inf)
+                    if math.isinf(end):
+                        break
+                    t = end - self.release_spread * (end - start) * (n - 1 - j) / (n - 1)
+                    if t > now + 1e-12 * max(1.0, now):
+                        nxt = min(nxt, t)
+                        break
+                    self._release_member(st, order[j])
+                    j += 1
+                stag[2] = j
+        return nxt
+
     # ---- driving the fluid model ----------------------------------------------------------------------
     def _drive(self):
         env = self.env
         while True:
-            t_rel = self._release_due()
+            t_rel = min(self._release_due(), self._pairwise_release_due())
             t = self.net.next_event_time()
             self._wake = env.event()
             if math.isinf(t) and math.isinf(t_rel):
@@ -97,15 +201,23 @@ class NetworkBridge:
                 done = self.net.advance(max(t, env.now))
             else:
                 done = self.net.advance(env.now)
-            for key, group in done:
-                st = self._stagger.pop((key, group), None)
-                if st is not None:
-                    for member in st[1][st[2]:]:
-                        member.succeed()
-                self._remaining[key] -= 1
-                if self._remaining[key] == 0:
-                    del self._remaining[key]
-                    self._events.pop(key).succeed()
+            self._completed(done)
+
+    def _completed(self, done: list) -> None:
+        """Act on the collectives (and pair exchanges) the network reports done."""
+        for item in done:
+            if item[0] == "pair":
+                self._pair_done(item)
+                continue
+            key, group = item
+            st = self._stagger.pop((key, group), None)
+            if st is not None:
+                for member in st[1][st[2]:]:
+                    member.succeed()
+            self._remaining[key] -= 1
+            if self._remaining[key] == 0:
+                del self._remaining[key]
+                self._events.pop(key).succeed()
 
     # ---- staggered release ----------------------------------------------------------------------------
     def _release_time(self, part, st) -> float:

@@ -49,7 +49,9 @@ class SimOptions:
     ``pool_cores`` (effective cores) and ``alone_factor`` (a priced op's alone work per priced
     second) defaulting to what the profile implies (:func:`moesim.engine.cpupool.pool_of`); False:
     off, every op costs the profile's fixed core share. ``release_spread`` overrides the topology's
-    (set, it applies to every All-to-All whose group spans hosts)."""
+    (set, it applies to every All-to-All whose group spans hosts). ``time_slice_s`` (s; 0: processor
+    sharing) and ``pairwise_a2a`` (each rank pair of a direct All-to-All starts once both ranks are
+    there) override the profile's ``calibration.cpu_pool`` (default: processor sharing, together)."""
 
     a2a_algorithm: str = "direct"
     bucket_bytes: float = DEFAULT_BUCKET_BYTES
@@ -58,6 +60,8 @@ class SimOptions:
     pool_cores: Optional[float] = None
     alone_factor: Optional[float] = None
     release_spread: Optional[float] = None
+    time_slice_s: Optional[float] = None
+    pairwise_a2a: Optional[bool] = None
 
 
 def _resolve_profiles(topology, profile) -> tuple[dict, np.ndarray, Profile]:
@@ -96,6 +100,7 @@ class Simulation:
         self.topology = apply_profile_network(topology, self.profile)
         self.program: Program = build_program(cfg, options.bucket_bytes, options.a2a_copies)
         self.classes: RankClasses = price_program(self.program, self.models, self.device_of_rank)
+        self.time_slice_s, self.pairwise = 0.0, False
         use_pool = options.cpu_pool if options.cpu_pool is not None else bool(self.profile.device.pool_cores)
         self.pool = pool_of(self.topology, self.profile.device) if use_pool else None
         if options.cpu_pool and self.pool is None:
@@ -107,6 +112,10 @@ class Simulation:
             if not 0.0 < self.pool[1] <= 1.0:
                 raise MoesimError(f"alone_factor must lie in (0, 1], got {self.pool[1]!r}")
             self.classes = per_rank(self.classes)
+            self.time_slice_s = float(self.profile.device.time_slice_s if options.time_slice_s is None
+                                      else options.time_slice_s)
+            self.pairwise = bool(self.profile.device.pairwise_a2a if options.pairwise_a2a is None
+                                 else options.pairwise_a2a) and options.a2a_algorithm == "direct"
             if options.release_spread is not None:
                 if not 0.0 <= options.release_spread < 1.0:
                     raise MoesimError(f"release_spread must lie in [0, 1), got {options.release_spread!r}")
@@ -122,7 +131,8 @@ class Simulation:
         n_classes = classes.count
         arrivals = {cid: 0 for cid in prog.collectives}
         done = {cid: env.event() for cid in prog.collectives}
-        pool = CorePool(env, self.pool[0]) if self.pool else None
+        slots = int(round(float(self.topology.graph.graph.get("shared_cpu_cores") or 0))) or None
+        pool = CorePool(env, self.pool[0], self.time_slice_s, slots) if self.pool else None
         alone_factor = self.pool[1] if self.pool else 1.0
         # per-rank mode: each rank is released by its own event (staggered All-to-Alls)
         released: dict[int, dict] = {}
@@ -154,7 +164,24 @@ class Simulation:
                 if not member.triggered:
                     member.succeed()
 
-        def arrive(cid: int):
+        pairwise = pool is not None and self.pairwise
+
+        def arrive_pair(cid: int, rank: int):
+            spec = prog.collectives[cid]
+
+            def go(_e=None):
+                started.setdefault(cid, env.now)
+                bridge.arrive_pairwise(spec, cid, rank, member_events(cid), lambda: finish(cid))
+            prev = previous.get(cid)
+            if prev is None or done[prev].processed or prev in finished:
+                go()
+            else:
+                done[prev].callbacks.append(go)
+
+        def arrive(cid: int, c: int):
+            if pairwise and prog.collectives[cid].op == "all_to_all":
+                arrive_pair(cid, int(classes.members[c][0]))
+                return
             arrivals[cid] += 1
             if arrivals[cid] < n_classes:
                 return
@@ -195,7 +222,7 @@ class Simulation:
                             sp = out[k]
                             out[k] = sp._replace(start=t0 + (sp.start - t0) * scale, end=t0 + (sp.end - t0) * scale)
                 elif isinstance(it, Launch):
-                    arrive(it.cid)
+                    arrive(it.cid, c)
                     i += 1
                 else:  # Wait
                     ev = member_events(it.cid)[int(classes.members[c][0])] if pool else done[it.cid]
@@ -210,7 +237,7 @@ class Simulation:
         for c in range(n_classes):
             env.process(rank_class(c))
         env.run()
-        unfinished = [cid for cid in prog.collectives if cid not in finished and arrivals[cid]]
+        unfinished = [cid for cid in prog.collectives if cid not in finished and (arrivals[cid] or cid in started)]
         if unfinished:  # pragma: no cover - would be an engine bug
             raise RuntimeError(f"collectives never finished: {unfinished[:5]}")
         coll_spans = [Span(c.channel, c.name, c.phase, c.layer, c.direction, started[c.cid], finished[c.cid])

@@ -415,10 +415,15 @@ class FluidNetwork:
         self._set_trigger(runs)
 
     def _two_way_capacity(self, runs: list[_StageRun], lo) -> np.ndarray:
-        """Per link orbit: the capacity after the two-way penalty of the links that carry two-way flows."""
+        """Per link orbit: the capacity after the two-way penalty of the links that carry two-way flows.
+        A link's peer links are counted over every stage sending now (an All-to-All whose rank pairs
+        start apart runs as several stages at once)."""
         found = [stage_two_way_links(self._book, self._two_way, r.stage) for r in runs]
-        links = np.concatenate([f[0] for f in found])
-        partners = np.concatenate([f[1] for f in found])
+        links = np.unique(np.concatenate([f[0] for f in found]))
+        pairs = np.concatenate([f[2] for f in found], axis=1)
+        if pairs.shape[1]:
+            pairs = np.unique(pairs, axis=1)
+        partners = np.bincount(pairs[0], minlength=self.topo.num_links)[links] if len(links) else links
         g = np.ones(self.topo.num_links)
         extra = 0.0 if self._peer is None else self._peer[links] * np.maximum(partners - 1, 0)
         np.minimum.at(g, links, 1.0 / (1.0 + self._two_way[links] + extra))
@@ -548,10 +553,10 @@ def class_values(topo: Topology, attr: str) -> np.ndarray | None:
     return b if (b > 0).any() else None
 
 
-def stage_two_way_links(book: CellBook, penalty: np.ndarray, stage: Stage) -> tuple[np.ndarray, np.ndarray]:
-    """(links, partners): the links with a two-way penalty that carry a flow of ``stage`` whose
-    reverse flow is in the stage too, and for each the number of other such links its two-way
-    flows cross (the peer hosts' links)."""
+def stage_two_way_links(book: CellBook, penalty: np.ndarray, stage: Stage) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(links, partners, pairs): the links with a two-way penalty that carry a flow of ``stage`` whose
+    reverse flow is in the stage too, for each the number of other such links its two-way flows
+    cross (the peer hosts' links), and those (link, other link) pairs (2 x n)."""
     cache = book.__dict__.setdefault("_two_way", {})
     hit = cache.get(stage.signature)
     if hit is not None:
@@ -568,7 +573,7 @@ def stage_two_way_links(book: CellBook, penalty: np.ndarray, stage: Stage) -> tu
         keep = np.isin(d * n + s, pair) & (s != d)
         s, d = s[keep], d[keep]
     empty = np.zeros(0, dtype=np.int64)
-    out = (empty, empty)
+    out = (empty, empty, np.zeros((2, 0), dtype=np.int64))
     if len(s):
         routes = book.router.routes(s, d)
         links = np.asarray(routes.links, dtype=np.int64)
@@ -585,13 +590,12 @@ def stage_two_way_links(book: CellBook, penalty: np.ndarray, stage: Stage) -> tu
                 a += [links[:-j][same], links[j:][same]]
                 b += [links[j:][same], links[:-j][same]]
             uniq = np.unique(links)
+            both = np.zeros((2, 0), dtype=np.int64)
             if a:
                 both = np.unique(np.stack([np.concatenate(a), np.concatenate(b)]), axis=1)
                 both = both[:, both[0] != both[1]]
-                counts = np.bincount(both[0], minlength=int(uniq.max()) + 1)[uniq]
-            else:
-                counts = np.zeros(len(uniq), dtype=np.int64)
-            out = (uniq, counts.astype(np.int64))
+            counts = np.bincount(both[0], minlength=int(uniq.max()) + 1)[uniq]
+            out = (uniq, counts.astype(np.int64), both.astype(np.int64))
     cache[stage.signature] = out
     return out
 
