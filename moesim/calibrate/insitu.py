@@ -174,6 +174,35 @@ def _fit_pool(runs: list[_Run], prof: dict, grids: tuple, penalties_on: bool, pe
     return best, cache[tuple(round(v, 9) for v in best)][1], len(cache)
 
 
+def _slice_from_skew(runs: list[_Run], prof: dict, fit_at, slice_grid, pairwise_a2a: bool):
+    """Fit at ``SLICE_START_S``, pick the slice of ``slice_grid`` whose simulated rank skew with those
+    parameters is closest to the measured one (:mod:`moesim.calibrate.skew`), and refit there if it
+    differs. Returns (slice s, (best, predictions, evaluations), the record for the profile)."""
+    from moesim.calibrate.skew import pick_time_slice, simulated_skew
+    start = SLICE_START_S if SLICE_START_S in slice_grid else float(max(slice_grid))
+    best, pred, evaluations = fit_at(start)
+    measured = np.array([r.measured_skew() for r in runs])
+    sims: dict = {}
+
+    def skews_at(q: float) -> list[float]:
+        k, g, wait, b, c, burst = best
+        sims[q] = [simulated_skew(r.simulate(prof, wait, b, burst, c, cpu_pool=True, pool_cores=k, alone_factor=g,
+                                             time_slice_s=q, pairwise_a2a=pairwise_a2a)) for r in runs]
+        return sims[q]
+    chosen, rms = pick_time_slice(slice_grid, measured, skews_at)
+    if chosen != start:
+        best, pred, more = fit_at(chosen)
+        evaluations += more
+    record = {"measured_s": {r.files[0]: float(m) for r, m in zip(runs, measured)},
+              "simulated_s": {r.files[0]: float(v) for r, v in zip(runs, sims[chosen])},
+              "rms_by_time_slice_s": {f"{q:g}": v for q, v in rms.items()},
+              "meaning": "mean minus min over ranks of a rank's time per All-to-All call, median over a run's "
+                         "steps and phases (moesim.calibrate.skew); the time slice is the candidate whose "
+                         "simulated skew, with the parameters fitted at the starting slice, comes closest to "
+                         "the measured one on the fit runs; the fit is then repeated at it"}
+    return chosen, (best, pred, evaluations), record
+
+
 def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s: float | None = None,
                burst_fractions=BURST_FRACTIONS, wait_grid=WAIT_GRID_S, penalty_grid=PENALTY_GRID,
                peer_grid=PEER_GRID, patterns: list | None = None, pool_grids: tuple | None = None,
@@ -224,30 +253,8 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
             return _fit_pool(runs, prof, grids, len(penalties) > 1, len(peers) > 1, bursts, refine, q, pairwise_a2a)
         skew = None
         if time_slice_s is None:   # the scheduler's slice from the measured rank skew, then refit at it
-            from moesim.calibrate.skew import pick_time_slice
-            start = SLICE_START_S if SLICE_START_S in slice_grid else float(max(slice_grid))
-            best, pred, evaluations = fit_at(start)
-            measured = np.array([r.measured_skew() for r in runs])
-            sims: dict = {}
-
-            def skews_at(q: float) -> list[float]:
-                from moesim.calibrate.skew import simulated_skew
-                k, g, wait, b, c, burst = best
-                sims[q] = [simulated_skew(r.simulate(prof, wait, b, burst, c, cpu_pool=True, pool_cores=k,
-                                                     alone_factor=g, time_slice_s=q, pairwise_a2a=pairwise_a2a))
-                           for r in runs]
-                return sims[q]
-            time_slice_s, rms = pick_time_slice(slice_grid, measured, skews_at)
-            if time_slice_s != start:
-                best, pred, more = fit_at(time_slice_s)
-                evaluations += more
-            skew = {"measured_s": {r.files[0]: float(m) for r, m in zip(runs, measured)},
-                    "simulated_s": {r.files[0]: float(v) for r, v in zip(runs, sims[time_slice_s])},
-                    "rms_by_time_slice_s": {f"{q:g}": v for q, v in rms.items()},
-                    "meaning": "mean minus min over ranks of a rank's time per All-to-All call, median over a "
-                               "run's steps and phases (moesim.calibrate.skew); the time slice is the candidate "
-                               "whose simulated skew, with the parameters fitted at the starting slice, comes "
-                               "closest to the measured one on the fit runs; the fit is then repeated at it"}
+            time_slice_s, (best, pred, evaluations), skew = _slice_from_skew(runs, prof, fit_at, slice_grid,
+                                                                            pairwise_a2a)
         else:
             best, pred, evaluations = fit_at(float(time_slice_s))
         k_cores, alone, wait, penalty, peer, burst = best

@@ -19,8 +19,7 @@ import numpy as np
 import pandas as pd
 
 from moesim.errors import MoesimError
-
-A2A_PHASES = ("dispatch", "combine")
+from moesim.validate.a2acost import A2A_PHASES
 
 
 def _skew(per_call: pd.DataFrame, keys: list[str]) -> float:

@@ -166,30 +166,27 @@ class Simulation:
 
         pairwise = pool is not None and self.pairwise
 
-        def arrive_pair(cid: int, rank: int):
-            spec = prog.collectives[cid]
-
-            def go(_e=None):
-                started.setdefault(cid, env.now)
-                bridge.arrive_pairwise(spec, cid, rank, member_events(cid), lambda: finish(cid))
+        def when_channel_free(cid: int, go) -> None:
+            """Run ``go()`` once the previous collective on ``cid``'s channel is done."""
             prev = previous.get(cid)
             if prev is None or done[prev].processed or prev in finished:
                 go()
             else:
-                done[prev].callbacks.append(go)
+                done[prev].callbacks.append(lambda _e: go())
+
+        def arrive_pair(cid: int, rank: int):
+            def go():
+                started.setdefault(cid, env.now)
+                bridge.arrive_pairwise(prog.collectives[cid], cid, rank, member_events(cid), lambda: finish(cid))
+            when_channel_free(cid, go)
 
         def arrive(cid: int, c: int):
             if pairwise and prog.collectives[cid].op == "all_to_all":
                 arrive_pair(cid, int(classes.members[c][0]))
                 return
             arrivals[cid] += 1
-            if arrivals[cid] < n_classes:
-                return
-            prev = previous.get(cid)
-            if prev is None or done[prev].processed or prev in finished:
-                start(cid)
-            else:
-                done[prev].callbacks.append(lambda _e, cid=cid: start(cid))
+            if arrivals[cid] == n_classes:
+                when_channel_free(cid, lambda: start(cid))
 
         spans: list[list[Span]] = [[] for _ in range(n_classes)]
         end_time = np.zeros(n_classes)
