@@ -116,5 +116,7 @@ def test_probe_on_a_real_testbed(tmp_path):
     sched = run["schedstat"]
     # two ranks on this machine's cores: they ran (CPU time), and got a real share of a core
     assert all(c > 0 for c in sched["cpu_s_per_step"]) and 0 < sched["core_share"] <= 1
-    assert sched["steps_in_window"] == pytest.approx(8, rel=0.35)
+    # the schedstat window lies inside the 8 measured steps, between two of the probe's coarse samples
+    # (every 0.2 s), so it is up to 0.4 s shorter than the steps (steps vary by up to ~20 %)
+    assert 8 * 0.8 - 0.4 / run["step_s"] <= sched["steps_in_window"] <= 8 * 1.2
     assert 0 < run["machine"]["idle"] < 1 and run["step_s"] > 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+import numpy as np
+
 from moesim.units import fmt_seconds
 
 
@@ -27,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--a2a-cost", action="store_true",
                    help="print, per testbed and structure, the line of All-to-All phase time against remote bytes per rank-step, "
                         "measured and predicted (what a byte and what the waiting cost in a step)")
+    p.add_argument("--skew", action="store_true",
+                   help="print every configuration's rank skew, measured and predicted: how far apart the ranks "
+                        "are in an All-to-All (mean minus min over ranks of the time per call; moesim.calibrate.skew)")
     p.set_defaults(func=run)
 
 
@@ -77,6 +82,15 @@ def run(args: argparse.Namespace) -> int:
                      for s in ("measured", "predicted")]
             ratio = f"{c['slope_ratio']:.2f}" if c["slope_ratio"] is not None else "-"
             print(f"{c['label']:21s} {c['configurations']:7d} {cells[0]:>24s} {cells[1]:>24s} {ratio:>16s}")
+    skews = [r for r in rep["rows"] if r.get("rank_skew")]
+    if args.skew and skews:
+        print("All-to-All rank skew (mean - min over ranks of the time per call, median over steps and phases)")
+        print(f"{'configuration':34s} {'measured':>10s} {'predicted':>10s}")
+        for r in skews:
+            print(f"{r['label']:34s} {fmt_seconds(r['rank_skew']['measured_s']):>10s} "
+                  f"{fmt_seconds(r['rank_skew']['predicted_s']):>10s}")
+        med = {k: float(np.median([r["rank_skew"][k] for r in skews])) for k in ("measured_s", "predicted_s")}
+        print(f"{'median':34s} {fmt_seconds(med['measured_s']):>10s} {fmt_seconds(med['predicted_s']):>10s}")
     if "targets_met" in rep:
         t = rep["targets"]
         print(f"targets (MAPE <= {100 * t.get('mape', 0):.0f}%, speedup error <= {100 * t.get('speedup_error', 0):.0f}%): "

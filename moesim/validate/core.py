@@ -235,8 +235,23 @@ def validate(paths: Sequence[str | os.PathLike], profile: str | None = None, top
             "predicted_s": pred, "ape": abs(pred - meas_step) / meas_step,
             "phases": phases, "topology": topo_src, "_key": config_key(cfg, tb),
             "a2a_remote_bytes": None if any(b is None for b in nbytes) else float(np.mean(nbytes)),
+            "rank_skew": _rank_skew(runs, res),
         })
     return summarise(rows, prof, camp)
+
+
+def _rank_skew(runs: list, res) -> dict | None:
+    """Measured (median over the runs) and simulated rank skew of the All-to-Alls (s;
+    :mod:`moesim.calibrate.skew`), or None where either is undefined (one rank, or a simulation that
+    did not run the ranks one by one)."""
+    from moesim.calibrate.skew import measured_skew, simulated_skew
+    if res.cpu_pool is None:
+        return None
+    try:
+        return {"measured_s": float(np.median([measured_skew(r.table.df) for r in runs])),
+                "predicted_s": simulated_skew(res)}
+    except MoesimError:
+        return None
 
 
 def summarise(rows: list, prof, camp: Campaign) -> dict:
