@@ -99,16 +99,14 @@ class NetworkBridge:
         exchanges have landed, whichever comes first."""
         st = self._pairwise.get(key)
         if st is None:
-            st = self._pairwise[key] = {"arrived": set(), "open": {}, "released": set(), "members": members,
-                                        "on_done": on_done, "spec": spec, "pairs": {}, "stagger": {},
-                                        "ranks": {int(r) for g in spec.groups for r in g}}
-        gi = next(i for i, g in enumerate(spec.groups) if rank in g)
+            st = self._pairwise[key] = _PairwiseA2A(spec, members, on_done)
+        gi = st.group_of[rank]
         group = [int(r) for r in spec.groups[gi]]
         pos = {r: i for i, r in enumerate(group)}
         m = spec.matrix
         self._completed(self.net.advance(self.env.now))
         for peer in group:
-            if peer == rank or peer not in st["arrived"]:
+            if peer == rank or peer not in st.arrived:
                 continue
             a, b = pos[rank], pos[peer]
             fwd = float(m[a, b]) if m is not None else spec.nbytes / len(group)
@@ -120,14 +118,12 @@ class NetworkBridge:
                                 (fwd + back) / 2)
             pair_key = ("pair", key, rank, peer)
             self.net.start(coll, pair_key, self.env.now)
-            st["pairs"][pair_key] = gi
-            st["open"][rank] = st["open"].get(rank, 0) + 1
-            st["open"][peer] = st["open"].get(peer, 0) + 1
-        st["arrived"].add(rank)
-        if all(r in st["arrived"] for r in group):
-            n = len(group)
-            if (self.release_spread > 0 and n > 1 and len({self.topology.host_of(r) for r in group}) > 1):
-                st["stagger"][gi] = [self.env.now, [group[(j + int(spec.cid)) % n] for j in range(n)], 0]
+            st.pairs[pair_key] = gi
+        st.arrived.add(rank)
+        n = len(group)
+        if (all(r in st.arrived for r in group) and self.release_spread > 0 and n > 1
+                and len({self.topology.host_of(r) for r in group}) > 1):
+            st.stagger[gi] = [self.env.now, [group[(j + int(spec.cid)) % n] for j in range(n)], 0]
         self._release_pairwise(key, group)
         if not self._wake.triggered:
             self._wake.succeed()
@@ -136,50 +132,37 @@ class NetworkBridge:
         """Release the ranks among ``ranks`` whose group is complete and whose exchanges have landed;
         end the collective when everything has."""
         st = self._pairwise[key]
+        busy = {r for _, _, a, b in st.pairs for r in (a, b)}
         for r in ranks:
-            if r in st["released"] or st["open"].get(r, 0):
-                continue
-            if all(int(p) in st["arrived"] for p in next(g for g in st["spec"].groups if r in g)):
-                self._release_member(st, r)
-        if st["arrived"] == st["ranks"] and not st["pairs"]:
-            for r in st["ranks"] - st["released"]:
-                self._release_member(st, r)
+            if r not in st.released and r not in busy and st.group_complete(r):
+                st.release(r)
+        if st.arrived == set(st.group_of) and not st.pairs:
+            for r in set(st.group_of) - st.released:
+                st.release(r)
             del self._pairwise[key]
-            st["on_done"]()
-
-    @staticmethod
-    def _release_member(st, r: int) -> None:
-        st["released"].add(r)
-        st["members"][r].succeed()
+            st.on_done()
 
     def _pair_done(self, pair_key) -> None:
         _, key, a, b = pair_key
-        st = self._pairwise[key]
-        del st["pairs"][pair_key]
-        st["open"][a] -= 1
-        st["open"][b] -= 1
+        del self._pairwise[key].pairs[pair_key]
         self._release_pairwise(key, (a, b))
 
     def _pairwise_release_due(self) -> float:
         """Staggered release of complete pairwise groups; returns the next release time (inf: none)."""
         now, nxt = self.env.now, math.inf
-        for key, st in list(self._pairwise.items()):
-            for gi, stag in st["stagger"].items():
+        for st in list(self._pairwise.values()):
+            for gi, stag in st.stagger.items():
                 start, order, j = stag
-                n = len(order)
-                while j < n - 1:                      # the last leaves when its exchanges have landed
-                    if order[j] in st["released"]:
+                while j < len(order) - 1:              # the last leaves when its exchanges have landed
+                    if order[j] in st.released:
                         j += 1
                         continue
-                    ends = [self.net.projected_end(k) for k, g in st["pairs"].items() if g == gi]
-                    end = max(ends, default=math.inf)
-                    if math.isinf(end):
-                        break
-                    t = end - self.release_spread * (end - start) * (n - 1 - j) / (n - 1)
+                    end = max((self.net.projected_end(k) for k, g in st.pairs.items() if g == gi), default=math.inf)
+                    t = self._staggered(start, end, j, len(order))
                     if t > now + 1e-12 * max(1.0, now):
                         nxt = min(nxt, t)
                         break
-                    self._release_member(st, order[j])
+                    st.release(order[j])
                     j += 1
                 stag[2] = j
         return nxt
@@ -225,7 +208,11 @@ class NetworkBridge:
         n = len(order)
         if not staggered or j >= n - 1:
             return math.inf              # the last member leaves with the collective's end
-        end = self.net.projected_end(part)
+        return self._staggered(start, self.net.projected_end(part), j, n)
+
+    def _staggered(self, start: float, end: float, j: int, n: int) -> float:
+        """When release position ``j`` of ``n`` leaves a collective from ``start`` projected to end at
+        ``end`` (inf while the end is unknown)."""
         if math.isinf(end):
             return math.inf
         return end - self.release_spread * (end - start) * (n - 1 - j) / (n - 1)
@@ -247,3 +234,23 @@ class NetworkBridge:
     def link_traffic(self) -> pd.DataFrame:
         """Bytes carried per directed link: columns src, dst, link_class, capacity, bytes."""
         return self.net.link_traffic()
+
+
+class _PairwiseA2A:
+    """State of one pairwise All-to-All: who arrived and who was released, the pair exchanges in
+    flight (key -> group index) and the staggered release of complete groups."""
+
+    def __init__(self, spec, members: dict, on_done):
+        self.spec, self.members, self.on_done = spec, members, on_done
+        self.group_of = {int(r): i for i, g in enumerate(spec.groups) for r in g}
+        self.arrived: set = set()
+        self.released: set = set()
+        self.pairs: dict = {}
+        self.stagger: dict = {}       # group index -> [start, ranks in release order, next position]
+
+    def group_complete(self, rank: int) -> bool:
+        return all(int(p) in self.arrived for p in self.spec.groups[self.group_of[rank]])
+
+    def release(self, rank: int) -> None:
+        self.released.add(rank)
+        self.members[rank].succeed()
