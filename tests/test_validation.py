@@ -29,12 +29,14 @@ CAMPAIGNS = [(CAMPAIGN, ROOT / "calibration" / "measurements", {"2x2 400Mbit k8"
               ROOT / "calibration" / "avx2-replication" / "measurements",
               {"2x2 400Mbit k2", "2x2 unshaped k2", "4x1 400Mbit k2"}, 0.13),
              (ROOT / "calibration" / "avx2-5r" / "validation", ROOT / "calibration" / "avx2-5r" / "measurements",
-              set(), 0.10)]
+              set(), 0.10),
+             (ROOT / "calibration" / "avx512" / "validation", ROOT / "calibration" / "avx512" / "measurements",
+              {"4x1 150Mbit k2"}, 0.11)]
 RUN_COLUMNS = ("step", "rank", "phase", "direction", "seconds", "count", "bytes", "bytes_remote", "run_id", "host",
                "backend", "world_size", "structure", "mode", "ep", "dp")
 
 
-@pytest.fixture(scope="module", params=CAMPAIGNS, ids=["avx512", "avx2", "avx2-replication", "avx2-5r"])
+@pytest.fixture(scope="module", params=CAMPAIGNS, ids=["avx512-1r", "avx2", "avx2-replication", "avx2-5r", "avx512"])
 def committed(request):
     vdir, mdir, missed, worst = request.param
     return validate([vdir]), vdir, mdir, (missed, worst)
@@ -57,8 +59,10 @@ def test_committed_campaign_meets_targets(committed):
     assert len(held_pairs) >= 8
     # Known gaps (README "What remains"): on the AVX-512 campaign 2x2 400 Mbit/s top-8 (13.5 %), the
     # rate-dependent two-way loss of tbf; on the replication three top-2 pairs (10.1-12.6 %), among
-    # them 2x2 400 Mbit/s top-2, whose rounds drifted (per-round speedups 0.99, 0.89, 1.00). The two
-    # other AVX2 campaigns meet the target on every pair. Any new miss fails here.
+    # them 2x2 400 Mbit/s top-2, whose rounds drifted (per-round speedups 0.99, 0.89, 1.00); on the
+    # pre-registered three-round AVX-512 campaign 4x1 150 Mbit/s top-2 (10.2 %, over-predicted, the
+    # under-priced gradient all-reduce in part). The two other AVX2 campaigns meet the target on
+    # every pair. Any new miss fails here.
     missed = {p["label"] for p in held_pairs if p["error"] > 0.10}
     assert missed <= allowed_misses, missed
     assert rep["speedup_max_error"] <= worst, rep["speedup_max_error"]
