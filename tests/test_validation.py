@@ -13,6 +13,7 @@ import pytest
 from moesim.cli import main
 from moesim.config import load_config
 from moesim.engine import SimOptions, simulate
+from moesim.errors import MoesimError
 from moesim.validate import REAL_BACKEND_BUCKET_BYTES, validate
 from moesim.workload.ops import PHASES
 from test_calibration import write_table
@@ -148,11 +149,18 @@ def test_a2a_cost_recovers_a_known_line():
 
 
 def test_validate_cli_json_on_committed_campaign(moesim_exe):
-    res = subprocess.run([moesim_exe, "validate", str(CAMPAIGN), "--json"], capture_output=True, text=True,
-                         timeout=300, cwd=ROOT)
+    res = subprocess.run([moesim_exe, "validate", str(CAMPAIGN), "--json", "--measured-phases", "grad_allreduce"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert res.returncode == 0, res.stderr
     rep = json.loads(res.stdout)
     assert {"mape", "max_error", "rows"} <= set(rep)
+    # the what-if re-predicts every pair; its "before" is the report's own
+    cf = rep["counterfactual"]
+    assert cf["phases"] == ["grad_allreduce"] and len(cf["pairs"]) == len(rep["pairs"]) == 18
+    held = [p for p in rep["pairs"] if p["role"] == "heldout"]
+    assert cf["heldout"]["pairs"] == len(held) == 12
+    assert cf["heldout"]["within_target_before"] == sum(p["error"] <= 0.10 for p in held)
+    assert [p["error_before"] for p in cf["pairs"]] == [p["error"] for p in rep["pairs"]]
     assert 0 <= rep["mape"] <= rep["max_error"] <= 1.0
     row = rep["rows"][0]
     assert {"measured_s", "predicted_s", "ape", "phases", "a2a_remote_bytes"} <= set(row)
@@ -175,6 +183,38 @@ def test_validate_cli_json_on_committed_campaign(moesim_exe):
     for line in table[2:2 + 36]:                       # configuration, measured, predicted (value unit)
         v1, u1, v2, u2 = line.split()[-4:]
         assert float(v1) > 0 and float(v2) > 0 and {u1, u2} <= {"s", "ms", "us"}
+
+
+def test_what_if_replaces_phases_in_closed_form():
+    """Each structure's step with the named phases' predicted times swapped for the measured ones."""
+    from moesim.validate.counterfactual import with_measured_phases
+
+    def row(f, label, pred, phases):
+        return {"file": f, "label": label, "predicted_s": pred,
+                "phases": {ph: {"measured_s": m, "predicted_s": p} for ph, (m, p) in phases.items()}}
+    rows = [row("c.csv", "4x1 150Mbit cdac k2", 1.0, {"dispatch": (0.2, 0.4), "grad_allreduce": (0.5, 0.4)}),
+            row("d.csv", "4x1 150Mbit dcca k2", 0.8, {"dispatch": (0.1, 0.1), "grad_allreduce": (0.6, 0.5)})]
+    pair = {"label": "4x1 150Mbit k2", "role": "heldout", "cdac_file": "c.csv", "dcca_file": "d.csv",
+            "measured_speedup": 1.1, "predicted_speedup": 1.25, "error": 0.15 / 1.1}
+    rep = {"rows": rows, "pairs": [pair], "targets": {"speedup_error": 0.10}}
+    cf = with_measured_phases(rep, ["grad_allreduce"])
+    (p,) = cf["pairs"]
+    assert p["predicted_speedup"] == pytest.approx(1.1 / 0.9)           # (1.0 + 0.1) / (0.8 + 0.1)
+    assert p["signed_error"] == pytest.approx((1.1 / 0.9 - 1.1) / 1.1)
+    assert cf["heldout"] == pytest.approx({"pairs": 1, "within_target_before": 0, "within_target": 0, "target": 0.10,
+                                          "mean_error": p["error"], "mean_signed_error": p["signed_error"]})
+    both = with_measured_phases(rep, ["dispatch", "grad_allreduce"])["pairs"][0]
+    assert both["predicted_speedup"] == pytest.approx(0.9 / 0.9) and both["error"] == pytest.approx(0.1 / 1.1)
+    assert with_measured_phases(rep, ["embedding"])["pairs"][0]["predicted_speedup"] == pytest.approx(1.25)
+    with pytest.raises(MoesimError, match="unknown phase.*allreduce"):
+        with_measured_phases(rep, ["allreduce"])
+
+
+def test_what_if_unknown_phase_fails_before_simulating(moesim_exe):
+    res = subprocess.run([moesim_exe, "validate", str(CAMPAIGN), "--measured-phases", "grad_allreduce,bogus"],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert res.returncode == 2 and "bogus" in res.stderr and "grad_allreduce" in res.stderr
+    assert res.stdout == ""
 
 
 def _run_table(path: Path, cfg_over: list, step_s: float, phases: dict, hosts=2, rph=2, rate=100e6) -> Path:

@@ -32,13 +32,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--skew", action="store_true",
                    help="print every configuration's rank skew, measured and predicted: how far apart the ranks "
                         "are in an All-to-All (mean minus min over ranks of the time per call; moesim.calibrate.skew)")
+    p.add_argument("--measured-phases", metavar="PHASE[,PHASE...]",
+                   help="what-if: the speedups the model would predict with these phases predicted exactly "
+                        "(their measured times in both structures' steps), e.g. grad_allreduce; indicative only, "
+                        "the model books waiting in other phases than the runs do (moesim.validate.counterfactual)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from moesim.validate import REAL_BACKEND_BUCKET_BYTES, validate
+    from moesim.validate.counterfactual import check_phases, with_measured_phases
+    what_if = None if args.measured_phases is None else check_phases(
+        [ph.strip() for ph in args.measured_phases.split(",") if ph.strip()])
     rep = validate(args.runs, profile=args.profile, topology=args.topology,
                    bucket_bytes=args.bucket_bytes or REAL_BACKEND_BUCKET_BYTES)
+    if what_if is not None:
+        rep["counterfactual"] = with_measured_phases(rep, what_if)
     if args.plot:
         from moesim.validate.plot import write_plot
         write_plot(args.plot, rep)
@@ -91,6 +100,17 @@ def run(args: argparse.Namespace) -> int:
                   f"{fmt_seconds(r['rank_skew']['predicted_s']):>10s}")
         med = {k: float(np.median([r["rank_skew"][k] for r in skews])) for k in ("measured_s", "predicted_s")}
         print(f"{'median':34s} {fmt_seconds(med['measured_s']):>10s} {fmt_seconds(med['predicted_s']):>10s}")
+    if "counterfactual" in rep:
+        cf = rep["counterfactual"]
+        s = cf["heldout"]
+        print(f"what-if, {', '.join(cf['phases'])} predicted as measured (indicative: waiting is booked differently)")
+        print(f"{'DCCA over CDAC speedup':30s} {'role':8s} {'measured':>9s} {'what-if':>9s} {'error':>6s} {'before':>6s}")
+        for p in cf["pairs"]:
+            print(f"{p['label']:30s} {p['role']:8s} {p['measured_speedup']:8.3f}x {p['predicted_speedup']:8.3f}x "
+                  f"{100 * p['error']:5.1f}% {100 * p['error_before']:5.1f}%")
+        print(f"held-out pairs within {100 * s['target']:.0f}%: {s['within_target']} of {s['pairs']} "
+              f"(before: {s['within_target_before']}); mean error {100 * s['mean_error']:.2f}%, "
+              f"mean signed {100 * s['mean_signed_error']:+.2f}%")
     if "targets_met" in rep:
         t = rep["targets"]
         print(f"targets (MAPE <= {100 * t.get('mape', 0):.0f}%, speedup error <= {100 * t.get('speedup_error', 0):.0f}%): "
