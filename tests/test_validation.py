@@ -32,12 +32,14 @@ CAMPAIGNS = [(CAMPAIGN, ROOT / "calibration" / "measurements", {"2x2 400Mbit k8"
              (ROOT / "calibration" / "avx2-5r" / "validation", ROOT / "calibration" / "avx2-5r" / "measurements",
               set(), 0.10),
              (ROOT / "calibration" / "avx512" / "validation", ROOT / "calibration" / "avx512" / "measurements",
-              {"4x1 150Mbit k2"}, 0.11)]
+              {"4x1 150Mbit k2"}, 0.11),
+             (ROOT / "calibration" / "avx512-replication" / "validation",
+              ROOT / "calibration" / "avx512-replication" / "measurements", {"4x1 150Mbit k8"}, 0.11)]
 RUN_COLUMNS = ("step", "rank", "phase", "direction", "seconds", "count", "bytes", "bytes_remote", "run_id", "host",
                "backend", "world_size", "structure", "mode", "ep", "dp")
 
 
-@pytest.fixture(scope="module", params=CAMPAIGNS, ids=["avx512-1r", "avx2", "avx2-replication", "avx2-5r", "avx512"])
+@pytest.fixture(scope="module", params=CAMPAIGNS, ids=["avx512-1r", "avx2", "avx2-replication", "avx2-5r", "avx512", "avx512-replication"])
 def committed(request):
     vdir, mdir, missed, worst = request.param
     return validate([vdir]), vdir, mdir, (missed, worst)
@@ -62,8 +64,9 @@ def test_committed_campaign_meets_targets(committed):
     # rate-dependent two-way loss of tbf; on the replication three top-2 pairs (10.1-12.6 %), among
     # them 2x2 400 Mbit/s top-2, whose rounds drifted (per-round speedups 0.99, 0.89, 1.00); on the
     # pre-registered three-round AVX-512 campaign 4x1 150 Mbit/s top-2 (10.2 %, over-predicted, the
-    # under-priced gradient all-reduce in part). The two other AVX2 campaigns meet the target on
-    # every pair. Any new miss fails here.
+    # under-priced gradient all-reduce in part), and on its replication 4x1 150 Mbit/s top-8 (10.2 %,
+    # under-predicted: that fit's cheaper All-to-Alls). The two other AVX2 campaigns meet the target
+    # on every pair. Any new miss fails here.
     missed = {p["label"] for p in held_pairs if p["error"] > 0.10}
     assert missed <= allowed_misses, missed
     assert rep["speedup_max_error"] <= worst, rep["speedup_max_error"]
