@@ -211,6 +211,8 @@ def test_what_if_replaces_phases_in_closed_form():
     assert with_measured_phases(rep, ["embedding"])["pairs"][0]["predicted_speedup"] == pytest.approx(1.25)
     with pytest.raises(MoesimError, match="unknown phase.*allreduce"):
         with_measured_phases(rep, ["allreduce"])
+    alone = with_measured_phases({"rows": rows[:1], "pairs": []}, ["grad_allreduce"])   # no pair to judge
+    assert alone["pairs"] == [] and alone["heldout"]["pairs"] == 0 and alone["heldout"]["mean_error"] is None
 
 
 def test_what_if_unknown_phase_fails_before_simulating(moesim_exe):

@@ -108,9 +108,10 @@ def run(args: argparse.Namespace) -> int:
         for p in cf["pairs"]:
             print(f"{p['label']:30s} {p['role']:8s} {p['measured_speedup']:8.3f}x {p['predicted_speedup']:8.3f}x "
                   f"{100 * p['error']:5.1f}% {100 * p['error_before']:5.1f}%")
-        print(f"held-out pairs within {100 * s['target']:.0f}%: {s['within_target']} of {s['pairs']} "
-              f"(before: {s['within_target_before']}); mean error {100 * s['mean_error']:.2f}%, "
-              f"mean signed {100 * s['mean_signed_error']:+.2f}%")
+        if s["pairs"]:
+            print(f"held-out pairs within {100 * s['target']:.0f}%: {s['within_target']} of {s['pairs']} "
+                  f"(before: {s['within_target_before']}); mean error {100 * s['mean_error']:.2f}%, "
+                  f"mean signed {100 * s['mean_signed_error']:+.2f}%")
     if "targets_met" in rep:
         t = rep["targets"]
         print(f"targets (MAPE <= {100 * t.get('mape', 0):.0f}%, speedup error <= {100 * t.get('speedup_error', 0):.0f}%): "
