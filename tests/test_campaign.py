@@ -79,6 +79,15 @@ def test_fit_command_names_the_options_that_differ_from_the_defaults():
         assert "release_patterns:" in text and f"name: {name}" in text
 
 
+def test_nic_efficiency_flag_is_recorded_in_the_fit_command_and_checked(capsys):
+    cmd = campaign.fit_command("c", "cpu-testbed", campaign.DEFAULT_PATTERNS, nic_efficiency="one-way")
+    assert "--nic-efficiency one-way" in cmd and cmd.endswith("--nic-efficiency one-way --only calibrate)")
+    assert "--nic-efficiency" not in campaign.fit_command("c", "cpu-testbed", campaign.DEFAULT_PATTERNS)
+    with pytest.raises(SystemExit):
+        campaign.main(["--only", "calibrate", "--nic-efficiency", "rings"])
+    assert "--nic-efficiency: invalid choice: 'rings'" in capsys.readouterr().err
+
+
 def test_patterns_that_match_nothing_stop_the_fit_before_it_starts(tmp_path):
     args = argparse.Namespace(name="x", patterns="calibration/patterns/no-such-*.csv", tbf_effects=False, out=str(tmp_path))
     with pytest.raises(SystemExit, match="no such tables"):

@@ -159,3 +159,60 @@ def test_fit_network_chooses_tbf_effects_only_when_asked():
     on = fit_network(coll, tbf_effects=True, two_way_grid=(0.0, 0.15), burst_grid=(0.0, 0.002))
     assert on.links["nic"].two_way_penalty in (0.0, 0.15) and on.links["nic"].burst_s in (0.0, 0.002)
     assert on.links["loopback"].two_way_penalty == 0.0
+
+
+def _synthetic_collectives(truth: dict) -> "pd.DataFrame":
+    """Collective medians the simulator itself makes with known links: 4x1 and 2x2, All-to-All and
+    all-reduce (world; 2x2 also the two-rank inter-node groups), 1 and 4 MiB, 150 / 400 Mbit/s and unshaped."""
+    import itertools
+
+    import pandas as pd
+    rows = []
+    for (h, r), kind, size, rate in itertools.product(((4, 1), (2, 2)), ("all_to_all", "all_reduce"),
+                                                     (1 << 20, 4 << 20), (150e6, 400e6, 0.0)):
+        for group in (("world",) if r == 1 else ("world", "inter_node")):
+            s = NM.simulate_measured(kind, group, h, r, size, rate or None, truth, 1e-4, 5e-4)
+            rows.append(dict(kind=kind, group=group, hosts=h, ranks_per_host=r, size_bytes=float(size),
+                             rate_bits=rate, seconds=s))
+    return pd.DataFrame(rows)
+
+
+def test_one_way_efficiency_recovers_the_ring_rate_the_joint_fit_mixes_with_the_two_way_loss():
+    from moesim.calibrate.fit import fit_network, one_way_rows
+    truth = {"nic": LinkParams(efficiency=0.9, two_way_penalty=0.3),
+             "stack": LinkParams(efficiency=None, max_bandwidth=2e8),
+             "loopback": LinkParams(efficiency=None, max_bandwidth=1e9)}
+    coll = _synthetic_collectives(truth)
+    one_way = one_way_rows(coll)
+    # exactly the shaped rings of four ranks: not the All-to-Alls, not the two-rank rings, not unshaped rows
+    assert set(map(tuple, coll.loc[one_way, ["kind", "group", "rate_bits"]].drop_duplicates().values.tolist())) == {
+        ("all_reduce", "world", 150e6), ("all_reduce", "world", 400e6)}
+    assert one_way.sum() == 8
+    joint = fit_network(coll)
+    # pure-rate links in the joint fit: the All-to-Alls' 1/(1+b) loss pulls the efficiency far below 0.9
+    assert joint.links["nic"].efficiency < 0.82
+    assert joint.efficiency_from == {"rows": "joint"}
+    ow = fit_network(coll, nic_efficiency="one-way")
+    assert ow.links["nic"].efficiency == pytest.approx(0.9, rel=0.01)
+    assert ow.efficiency_from["rows"] == "one-way" and ow.efficiency_from["rows_used"] == 4   # the 4 MiB rings
+    assert ow.efficiency_from["joint_efficiency"] == pytest.approx(joint.links["nic"].efficiency, rel=1e-9)
+    assert ow.residuals["network_one_way_rows"]["max_error"] < 0.02
+    # everything else is the joint fit's
+    assert ow.latency_per_message_s == joint.latency_per_message_s
+    assert ow.links["stack"].max_bandwidth == joint.links["stack"].max_bandwidth
+
+
+def test_one_way_efficiency_needs_one_way_rows_and_a_known_choice():
+    from moesim.calibrate.fit import fit_network
+    from moesim.errors import MoesimError
+    truth = {"nic": LinkParams(efficiency=0.9), "stack": LinkParams(efficiency=None, max_bandwidth=2e8),
+             "loopback": LinkParams(efficiency=None, max_bandwidth=1e9)}
+    coll = _synthetic_collectives(truth)
+    a2a_only = coll[coll["kind"] == "all_to_all"]
+    with pytest.raises(MoesimError, match="one-way.*none"):
+        fit_network(a2a_only, nic_efficiency="one-way")
+    small_rings = coll[coll["size_bytes"] < 4 << 20]
+    with pytest.raises(MoesimError, match="at least 4194304 bytes"):
+        fit_network(small_rings, nic_efficiency="one-way")
+    with pytest.raises(MoesimError, match="joint, one-way.*'rings'"):
+        fit_network(coll, nic_efficiency="rings")

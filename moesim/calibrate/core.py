@@ -103,10 +103,11 @@ def recorded_peak(tables: list[Table], files: list[Path]) -> tuple[float, str] |
 
 def calibrate(paths: Sequence[str | os.PathLike], name: str = "cpu-testbed", peak_flops: float | None = None,
               ranks: int | None = None, min_contended_s: float = 5e-3, description: str | None = None,
-              topology: str | None = None, tbf_effects: bool = False) -> Calibration:
+              topology: str | None = None, tbf_effects: bool = False, nic_efficiency: str = "joint") -> Calibration:
     """Fit a measured profile from microbenchmark tables (and single-process run tables for the
     framework overhead). ``topology``: the machines the measurements ran on, for tables without
-    testbed metadata (hosts and ranks per host; a ``tc_rate_bits`` graph attribute for the rate)."""
+    testbed metadata (hosts and ranks per host; a ``tc_rate_bits`` graph attribute for the rate).
+    ``nic_efficiency``: which collective rows fit the shaped links' efficiency (``fit.fit_network``)."""
     files = expand_paths(paths)
     all_tables: list[Table] = [read_table(f) for f in files]
     tables = [t for t in all_tables if t.kind == "microbench"]
@@ -145,7 +146,7 @@ def calibrate(paths: Sequence[str | os.PathLike], name: str = "cpu-testbed", pea
         gt = gemm[gemm["world_size"] == target]
         mt = mem[mem["world_size"] == target]
         compute = F.fit_compute(gt, mt, peak_flops)
-    network = F.fit_network(coll, tbf_effects=tbf_effects) if len(coll) else None
+    network = F.fit_network(coll, tbf_effects=tbf_effects, nic_efficiency=nic_efficiency) if len(coll) else None
     framework = None
     if runs:
         if compute is None:
@@ -252,6 +253,12 @@ def calibrate(paths: Sequence[str | os.PathLike], name: str = "cpu-testbed", pea
                "collective_overhead_s": network.collective_overhead_s}
         if nic and nic.efficiency is not None:
             net["link_efficiency"] = {"nic": nic.efficiency}
+            cal["nic_efficiency_from"] = {
+                **network.efficiency_from,
+                "meaning": ("joint: the tbf efficiency fitted with the other network parameters on all collective "
+                            "rows; one-way: then re-fitted alone on the shaped rows of at least 4 MiB that the "
+                            "two-way penalty does not touch (rings of three or more ranks), the others held, so "
+                            "that the All-to-Alls' two-way loss is left to links.nic.two_way_penalty")}
         # the stack and loopback links' rates are the kernel's TCP copies on the ranks' cores, measured with
         # every rank copying at once; the ranks of a step meet in an All-to-All and copy together the same
         # way (their compute, shared by the core pool or the core share, does not overlap it), so a step

@@ -17,7 +17,11 @@ Network: :func:`fit_network` fits the ``nic`` links' ``efficiency`` (of the tc r
 ``max_bandwidth`` of the ``stack`` and ``loopback`` links (the kernel's TCP copies on the ranks'
 cores: to and from the veth, and between ranks of one host), the ``nic`` link latency, the
 per-message latency and the per-collective overhead, so that the simulator's own collective model
-(:mod:`moesim.calibrate.netmodel`) reproduces the measured All-to-All and all-reduce times.
+(:mod:`moesim.calibrate.netmodel`) reproduces the measured All-to-All and all-reduce times. The
+``nic`` efficiency comes from all rows with the rest (``joint``), or from the one-way rows alone
+(``one-way``: shaped rows of at least 4 MiB that the two-way penalty does not touch, i.e. rings of
+three or more ranks), with the rest held at the joint fit, so that the two-way loss of the
+All-to-Alls is left to the penalty ``b`` instead of lowering every flow's rate.
 """
 from __future__ import annotations
 
@@ -160,6 +164,7 @@ class NetworkFit:
     collective_overhead_s: float
     residuals: dict = field(default_factory=dict)
     table: pd.DataFrame | None = None
+    efficiency_from: dict = field(default_factory=lambda: {"rows": "joint"})   # how the nic efficiency was fitted
 
 
 def _rows_features(coll: pd.DataFrame, nic_two_way: float = 0.0, burst_s: float = 0.0,
@@ -178,13 +183,37 @@ def _rows_features(coll: pd.DataFrame, nic_two_way: float = 0.0, burst_s: float 
 
 
 TWO_WAY_GRID = tuple(np.round(np.arange(0.0, 0.41, 0.05), 3))
+NIC_EFFICIENCY_FROM = ("joint", "one-way")
+# the rate, not the per-message terms, sets a ring's time from here on: at 1 MiB those terms, fitted
+# mostly on All-to-Alls, are 5-15 % of a 4-rank ring's time and over-price it (the committed campaigns)
+ONE_WAY_MIN_BYTES = 4 << 20
+_TWO_WAY_PROBE = 0.5     # a penalty that changes every two-way row's features (any b > 0 would do)
+
+
+def one_way_rows(coll: pd.DataFrame, cache: dict | None = None) -> np.ndarray:
+    """Shaped rows that cross a ``nic`` link and whose simulated time the two-way penalty does not
+    change: no rank pair sends both ways over it (rings of three or more ranks; not All-to-Alls, not
+    two-rank rings). Unshaped rows are never one-way here: the penalty acts on shaped links only."""
+    cache = {} if cache is None else cache
+    plain = _rows_features(coll, 0.0, 0.0, cache)
+    probed = _rows_features(coll, _TWO_WAY_PROBE, 0.0, cache)
+    shaped = coll["rate_bits"].to_numpy(dtype=float) > 0
+    same = np.array([bool(np.any(a.unit_time.get("nic", 0.0) > 0))
+                     and np.allclose(a.unit_time["nic"], b.unit_time["nic"], rtol=1e-9, atol=0.0)
+                     for a, b in zip(plain, probed)], dtype=bool)
+    return shaped & same
 BURST_GRID_S = (0.0, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01)
 
 
 def fit_network(coll: pd.DataFrame, min_bandwidth: float = 1e5, max_bandwidth: float = 1e11,
                 tbf_effects: bool = False, two_way_grid=TWO_WAY_GRID, burst_grid=BURST_GRID_S,
-                select_min_bytes: float = 1 << 20) -> NetworkFit:
+                select_min_bytes: float = 1 << 20, nic_efficiency: str = "joint",
+                one_way_min_bytes: float = ONE_WAY_MIN_BYTES) -> NetworkFit:
     """``coll``: collective medians (``tables.collective_medians``) from one or more testbeds.
+
+    ``nic_efficiency``: ``joint`` (default) fits the shaped links' efficiency with everything else on
+    all rows; ``one-way`` then re-fits it alone on the one-way rows (:func:`one_way_rows`) of at least
+    ``one_way_min_bytes``, the other parameters held (it fails when the tables have no such row).
 
     With ``tbf_effects`` (off by default), two optional ``nic`` mechanisms of the fluid network (:mod:`moesim.network.fluid`) are chosen on
     grids: the two-way penalty ``b`` (only when shaped All-to-Alls over more than 2 hosts were measured,
@@ -201,13 +230,22 @@ def fit_network(coll: pd.DataFrame, min_bandwidth: float = 1e5, max_bandwidth: f
     a2a_hosts = coll.loc[shaped & (coll["kind"] == "all_to_all").to_numpy(), "hosts"].unique()
     b_grid = tuple(two_way_grid) if tbf_effects and len(a2a_hosts) and max(a2a_hosts) > 2 else (0.0,)
     s_grid = tuple(burst_grid) if tbf_effects and shaped.any() else (0.0,)
-    rows = (coll["size_bytes"] >= select_min_bytes).to_numpy()
-    rows = rows if rows.any() else np.ones(len(coll), bool)
+    if nic_efficiency not in NIC_EFFICIENCY_FROM:
+        raise MoesimError(f"nic efficiency: expected one of {', '.join(NIC_EFFICIENCY_FROM)}, got {nic_efficiency!r}")
+    big = (coll["size_bytes"] >= select_min_bytes).to_numpy()
+    rows = big if big.any() else np.ones(len(coll), bool)
     best, cache = None, {}
+    eff_rows = None
+    if nic_efficiency == "one-way":
+        eff_rows = one_way_rows(coll, cache) & (coll["size_bytes"] >= one_way_min_bytes).to_numpy()
+        if not eff_rows.any():
+            raise MoesimError(f"nic efficiency 'one-way' needs shaped one-way collectives of at least "
+                              f"{one_way_min_bytes:.0f} bytes (all-reduce rings of three or more ranks over tc-shaped "
+                              f"links); these tables have none: measure them, or fit the efficiency 'joint'")
     for b in b_grid:
         for burst in s_grid:
             feats = _rows_features(coll, b, burst, cache)
-            fit = _fit_network_at(coll, feats, b, burst, min_bandwidth, max_bandwidth)
+            fit = _fit_network_at(coll, feats, b, burst, min_bandwidth, max_bandwidth, eff_rows)
             t = fit.table
             err = float((((t["fitted_s"] - t["seconds"]) / t["seconds"]).to_numpy()[rows] ** 2).sum())
             if best is None or err < best[0] - 1e-12:
@@ -216,7 +254,9 @@ def fit_network(coll: pd.DataFrame, min_bandwidth: float = 1e5, max_bandwidth: f
 
 
 def _fit_network_at(coll: pd.DataFrame, feats: list, nic_two_way: float, burst_s: float, min_bandwidth: float,
-                    max_bandwidth: float) -> NetworkFit:
+                    max_bandwidth: float, efficiency_rows: np.ndarray | None = None) -> NetworkFit:
+    """All parameters on all rows; then, with ``efficiency_rows``, the ``nic`` efficiency alone again
+    on those rows (the others held)."""
     meas = coll["seconds"].to_numpy(dtype=float)
     rate = coll["rate_bits"].to_numpy(dtype=float) / 8.0          # bytes/s, 0 = unshaped
     shaped = rate > 0
@@ -260,6 +300,16 @@ def _fit_network_at(coll: pd.DataFrame, feats: list, nic_two_way: float, burst_s
     best, _ = refine_grid(objective, lo, hi, points=25, rounds=7, log=np.array([False, True, True]))
     best = best[None, :]
     coef, _ = nnls_relative(Xw, 1.0 - transfer(best) / meas[None, :])
+    joint_efficiency = float(best[0, 0])
+    if efficiency_rows is not None:
+        sel = np.asarray(efficiency_rows, bool) & shaped
+        fixed = (X @ coef[0])[sel]
+
+        def one_way_objective(c: np.ndarray) -> np.ndarray:
+            cand = np.concatenate([c, np.broadcast_to(best[:, 1:], (len(c), 2))], axis=1)
+            return (((transfer(cand)[:, sel] + fixed) / meas[sel] - 1.0) ** 2).sum(axis=1)
+        e_one, _ = refine_grid(one_way_objective, lo[:1], hi[:1], points=25, rounds=7)
+        best[0, 0] = float(e_one[0])
     overhead, lat_msg, lat_nic = (float(x) for x in coef[0])
     e, bst, blo = (float(x) for x in best[0])
     links = {"nic": LinkParams(efficiency=e if have_shaped else None, latency_s=lat_nic,
@@ -268,6 +318,8 @@ def _fit_network_at(coll: pd.DataFrame, feats: list, nic_two_way: float, burst_s
              "loopback": LinkParams(efficiency=None, max_bandwidth=blo if uses["loopback"] else math.inf, latency_s=0.0)}
     pred = transfer(best)[0] + X @ coef[0]
     fit = NetworkFit(links, lat_msg, overhead)
+    if efficiency_rows is not None:
+        fit.efficiency_from = {"rows": "one-way", "rows_used": int(sel.sum()), "joint_efficiency": joint_efficiency}
     table = coll.assign(fitted_s=pred, ape=np.abs(pred - meas) / meas)
     fit.table = table
     fit.residuals["network"] = residual_summary(pred, meas)
@@ -276,6 +328,8 @@ def _fit_network_at(coll: pd.DataFrame, feats: list, nic_two_way: float, burst_s
     big = table["size_bytes"] >= 1 << 20
     if big.any():
         fit.residuals["network_ge_1MiB"] = residual_summary(table.loc[big, "fitted_s"], table.loc[big, "seconds"])
+    if efficiency_rows is not None:
+        fit.residuals["network_one_way_rows"] = residual_summary(pred[sel], meas[sel])
     return fit
 
 

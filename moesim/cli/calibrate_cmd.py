@@ -30,6 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="ranks sharing the machine in the runs this profile is for (default: the largest world measured)")
     p.add_argument("--min-contended-seconds", type=float, default=5e-3,
                    help="GEMMs shorter than this alone are not used for the core share (default 5 ms)")
+    p.add_argument("--nic-efficiency", choices=("joint", "one-way"), default="joint",
+                   help="rows that fit the tc-shaped links' efficiency: all collectives with the other network "
+                        "parameters (joint, default), or then the one-way rings of three or more ranks alone "
+                        "(one-way), leaving the All-to-Alls' two-way loss to the two-way penalty")
     p.add_argument("--json", action="store_true", help="print the profile and residuals as JSON")
     p.set_defaults(func=run)
 
@@ -38,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     from moesim.calibrate import calibrate, write_profile
     out = Path(args.out)
     cal = calibrate(args.measurements, name=args.name or out.stem, peak_flops=args.peak_flops, ranks=args.ranks,
-                    min_contended_s=args.min_contended_seconds, topology=args.topology)
+                    min_contended_s=args.min_contended_seconds, topology=args.topology,
+                    nic_efficiency=args.nic_efficiency)
     write_profile(out, cal.profile)
     if args.json:
         print(json.dumps({"out": str(out), "profile": _plain(cal.profile), "residuals": cal.residuals}, indent=2))
@@ -56,7 +61,10 @@ def run(args: argparse.Namespace) -> int:
         for cls, lp in c.get("links", {}).items():
             bits = []
             if lp.get("efficiency") is not None:
-                bits.append(f"efficiency {lp['efficiency']:.3f} of the tc rate")
+                src = c.get("nic_efficiency_from", {})
+                how = (f" (from {src['rows_used']} one-way rows; joint fit {src['joint_efficiency']:.3f})"
+                       if cls == "nic" and src.get("rows") == "one-way" else "")
+                bits.append(f"efficiency {lp['efficiency']:.3f} of the tc rate{how}")
             if lp.get("max_bandwidth"):
                 bits.append(f"max {fmt_si(lp['max_bandwidth'], 'B/s')}")
             bits.append(f"link latency {fmt_seconds(lp['latency_s'])}")
