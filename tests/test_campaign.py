@@ -80,8 +80,8 @@ def test_fit_command_names_the_options_that_differ_from_the_defaults():
 
 
 def test_nic_efficiency_flag_is_recorded_in_the_fit_command_and_checked(capsys):
-    cmd = campaign.fit_command("c", "cpu-testbed", campaign.DEFAULT_PATTERNS, nic_efficiency="one-way")
-    assert "--nic-efficiency one-way" in cmd and cmd.endswith("--nic-efficiency one-way --only calibrate)")
+    cmd = campaign.fit_command("c", "cpu-testbed", campaign.DEFAULT_PATTERNS, nic_efficiency="joint")
+    assert "--nic-efficiency joint" in cmd and cmd.endswith("--nic-efficiency joint --only calibrate)")
     assert "--nic-efficiency" not in campaign.fit_command("c", "cpu-testbed", campaign.DEFAULT_PATTERNS)
     with pytest.raises(SystemExit):
         campaign.main(["--only", "calibrate", "--nic-efficiency", "rings"])

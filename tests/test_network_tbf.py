@@ -188,11 +188,11 @@ def test_one_way_efficiency_recovers_the_ring_rate_the_joint_fit_mixes_with_the_
     assert set(map(tuple, coll.loc[one_way, ["kind", "group", "rate_bits"]].drop_duplicates().values.tolist())) == {
         ("all_reduce", "world", 150e6), ("all_reduce", "world", 400e6)}
     assert one_way.sum() == 8
-    joint = fit_network(coll)
+    joint = fit_network(coll, nic_efficiency="joint")
     # pure-rate links in the joint fit: the All-to-Alls' 1/(1+b) loss pulls the efficiency far below 0.9
     assert joint.links["nic"].efficiency < 0.82
     assert joint.efficiency_from == {"rows": "joint"}
-    ow = fit_network(coll, nic_efficiency="one-way")
+    ow = fit_network(coll)        # the default
     assert ow.links["nic"].efficiency == pytest.approx(0.9, rel=0.01)
     assert ow.efficiency_from["rows"] == "one-way" and ow.efficiency_from["rows_used"] == 4   # the 4 MiB rings
     assert ow.efficiency_from["joint_efficiency"] == pytest.approx(joint.links["nic"].efficiency, rel=1e-9)
@@ -216,3 +216,6 @@ def test_one_way_efficiency_needs_one_way_rows_and_a_known_choice():
         fit_network(small_rings, nic_efficiency="one-way")
     with pytest.raises(MoesimError, match="joint, one-way.*'rings'"):
         fit_network(coll, nic_efficiency="rings")
+    # without shaped rows there is no efficiency to fit: one-way asks for nothing
+    unshaped = coll[coll["rate_bits"] == 0]
+    assert fit_network(unshaped).links["nic"].efficiency is None

@@ -24,17 +24,17 @@ CAMPAIGN = ROOT / "calibration" / "validation"
 #: speedup target, worst speedup error allowed). The AVX-512 campaign ran one run per configuration;
 #: the AVX2 campaign and its replication (measured after the model was frozen, fitted on its own
 #: tables) ran 3 rounds each on an AVX2 machine.
-CAMPAIGNS = [(CAMPAIGN, ROOT / "calibration" / "measurements", {"2x2 400Mbit k8"}, 0.14),
+CAMPAIGNS = [(CAMPAIGN, ROOT / "calibration" / "measurements", {"4x1 150Mbit k8"}, 0.12),
              (ROOT / "calibration" / "avx2" / "validation", ROOT / "calibration" / "avx2" / "measurements", set(), 0.10),
              (ROOT / "calibration" / "avx2-replication" / "validation",
               ROOT / "calibration" / "avx2-replication" / "measurements",
-              {"2x2 400Mbit k2", "2x2 unshaped k2", "4x1 400Mbit k2"}, 0.13),
+              {"2x2 400Mbit k2", "2x2 unshaped k2"}, 0.12),
              (ROOT / "calibration" / "avx2-5r" / "validation", ROOT / "calibration" / "avx2-5r" / "measurements",
               set(), 0.10),
              (ROOT / "calibration" / "avx512" / "validation", ROOT / "calibration" / "avx512" / "measurements",
-              {"4x1 150Mbit k2"}, 0.11),
+              set(), 0.10),
              (ROOT / "calibration" / "avx512-replication" / "validation",
-              ROOT / "calibration" / "avx512-replication" / "measurements", {"4x1 150Mbit k8"}, 0.11)]
+              ROOT / "calibration" / "avx512-replication" / "measurements", set(), 0.10)]
 RUN_COLUMNS = ("step", "rank", "phase", "direction", "seconds", "count", "bytes", "bytes_remote", "run_id", "host",
                "backend", "world_size", "structure", "mode", "ep", "dp")
 
@@ -60,13 +60,11 @@ def test_committed_campaign_meets_targets(committed):
     assert rep["max_error"] >= rep["mape"]
     held_pairs = [p for p in rep["pairs"] if p["role"] == "heldout"]
     assert len(held_pairs) >= 8
-    # Known gaps (README "What remains"): on the AVX-512 campaign 2x2 400 Mbit/s top-8 (13.5 %), the
-    # rate-dependent two-way loss of tbf; on the replication three top-2 pairs (10.1-12.6 %), among
-    # them 2x2 400 Mbit/s top-2, whose rounds drifted (per-round speedups 0.99, 0.89, 1.00); on the
-    # pre-registered three-round AVX-512 campaign 4x1 150 Mbit/s top-2 (10.2 %, over-predicted, the
-    # under-priced gradient all-reduce in part), and on its replication 4x1 150 Mbit/s top-8 (10.2 %,
-    # under-predicted: that fit's cheaper All-to-Alls). The two other AVX2 campaigns meet the target
-    # on every pair. Any new miss fails here.
+    # Known gaps (README "What remains"), with the tbf efficiency fitted on the one-way rings: on the
+    # single-run AVX-512 campaign 4x1 150 Mbit/s top-8 (10.9 %, under-predicted); on the AVX2
+    # replication two top-2 pairs (10.4 % and 11.5 %), among them 2x2 400 Mbit/s top-2, whose rounds
+    # drifted (per-round speedups 0.99, 0.89, 1.00). The four other campaigns meet the target on every
+    # pair. Any new miss fails here.
     missed = {p["label"] for p in held_pairs if p["error"] > 0.10}
     assert missed <= allowed_misses, missed
     assert rep["speedup_max_error"] <= worst, rep["speedup_max_error"]

@@ -312,10 +312,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="the usable token-bucket burst of shaped links: the whole bucket, as the rate sweep of "
                          "real_backend.patterns measures for All-to-Alls (whole, default), or chosen by the "
                          "in-situ fit among 0, half and all of the bucket (fit)")
-    ap.add_argument("--nic-efficiency", choices=("joint", "one-way"), default="joint",
-                    help="rows of the network microbenchmark fit that set the tc-shaped links' efficiency: all "
-                         "(joint, default), or the one-way rings of three or more ranks alone (one-way), so that "
-                         "the All-to-Alls' two-way loss is left to the in-situ two-way penalty")
+    ap.add_argument("--nic-efficiency", choices=("joint", "one-way"), default="one-way",
+                    help="rows of the network microbenchmark fit that set the tc-shaped links' efficiency: the "
+                         "4 MiB one-way rings of three or more ranks alone (one-way, default), so that the "
+                         "All-to-Alls' two-way loss is left to the in-situ two-way penalty, or all (joint)")
     ap.add_argument("--repeats", type=int, default=3,
                     help="runs of every validation configuration, in whole rounds (default 3); validation "
                          "compares predictions with the median over a configuration's runs")
@@ -389,12 +389,12 @@ def compare_repeat(rdir: Path, vdir: Path) -> int:
 
 
 def fit_command(out: str, name: str, patterns: str, a2a_start: str = "pairwise", time_slice: str = "skew",
-                burst: str = "whole", nic_efficiency: str = "joint") -> str:
+                burst: str = "whole", nic_efficiency: str = "one-way") -> str:
     """The command that re-creates a campaign profile (options at their defaults left out)."""
     opts = "".join(f" {k} {shlex.quote(v)}" for k, v, default in
                    (("--name", name, "cpu-testbed"), ("--patterns", patterns, DEFAULT_PATTERNS),
                     ("--a2a-start", a2a_start, "pairwise"), ("--time-slice", time_slice, "skew"),
-                    ("--burst", burst, "whole"), ("--nic-efficiency", nic_efficiency, "joint")) if v != default)
+                    ("--burst", burst, "whole"), ("--nic-efficiency", nic_efficiency, "one-way")) if v != default)
     base = f"python -m {PROG} --out {out}{opts}"
     return f"{base}  (this fit alone: {base} --only calibrate)"
 
@@ -412,7 +412,7 @@ def finish(args, log, out: Path, mdir: Path, vdir: Path) -> int:
         raise SystemExit(f"{PROG}: --patterns {args.patterns}: no such tables (measure them with "
                          f"real_backend.patterns, or pass --patterns none)")
     log("fitting the profile")
-    nic_efficiency = getattr(args, "nic_efficiency", "joint")
+    nic_efficiency = getattr(args, "nic_efficiency", "one-way")
     cal = calibrate([mdir], name=args.name, tbf_effects=args.tbf_effects, nic_efficiency=nic_efficiency)
     runs = json.loads((vdir / "runs.json").read_text())["runs"]
     fit_runs = [vdir / r["file"] for r in runs if r["role"] == "fit"]

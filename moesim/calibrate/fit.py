@@ -19,7 +19,7 @@ cores: to and from the veth, and between ranks of one host), the ``nic`` link la
 per-message latency and the per-collective overhead, so that the simulator's own collective model
 (:mod:`moesim.calibrate.netmodel`) reproduces the measured All-to-All and all-reduce times. The
 ``nic`` efficiency comes from all rows with the rest (``joint``), or from the one-way rows alone
-(``one-way``: shaped rows of at least 4 MiB that the two-way penalty does not touch, i.e. rings of
+(``one-way``, the default: shaped rows of at least 4 MiB that the two-way penalty does not touch, i.e. rings of
 three or more ranks), with the rest held at the joint fit, so that the two-way loss of the
 All-to-Alls is left to the penalty ``b`` instead of lowering every flow's rate.
 """
@@ -207,13 +207,14 @@ BURST_GRID_S = (0.0, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01)
 
 def fit_network(coll: pd.DataFrame, min_bandwidth: float = 1e5, max_bandwidth: float = 1e11,
                 tbf_effects: bool = False, two_way_grid=TWO_WAY_GRID, burst_grid=BURST_GRID_S,
-                select_min_bytes: float = 1 << 20, nic_efficiency: str = "joint",
+                select_min_bytes: float = 1 << 20, nic_efficiency: str = "one-way",
                 one_way_min_bytes: float = ONE_WAY_MIN_BYTES) -> NetworkFit:
     """``coll``: collective medians (``tables.collective_medians``) from one or more testbeds.
 
-    ``nic_efficiency``: ``joint`` (default) fits the shaped links' efficiency with everything else on
-    all rows; ``one-way`` then re-fits it alone on the one-way rows (:func:`one_way_rows`) of at least
-    ``one_way_min_bytes``, the other parameters held (it fails when the tables have no such row).
+    ``nic_efficiency``: ``joint`` fits the shaped links' efficiency with everything else on all rows;
+    ``one-way`` (default) then re-fits it alone on the one-way rows (:func:`one_way_rows`) of at least
+    ``one_way_min_bytes``, the other parameters held (it fails when shaped rows are measured but no
+    such row; without shaped rows there is no efficiency to fit).
 
     With ``tbf_effects`` (off by default), two optional ``nic`` mechanisms of the fluid network (:mod:`moesim.network.fluid`) are chosen on
     grids: the two-way penalty ``b`` (only when shaped All-to-Alls over more than 2 hosts were measured,
@@ -236,7 +237,7 @@ def fit_network(coll: pd.DataFrame, min_bandwidth: float = 1e5, max_bandwidth: f
     rows = big if big.any() else np.ones(len(coll), bool)
     best, cache = None, {}
     eff_rows = None
-    if nic_efficiency == "one-way":
+    if nic_efficiency == "one-way" and shaped.any():
         eff_rows = one_way_rows(coll, cache) & (coll["size_bytes"] >= one_way_min_bytes).to_numpy()
         if not eff_rows.any():
             raise MoesimError(f"nic efficiency 'one-way' needs shaped one-way collectives of at least "

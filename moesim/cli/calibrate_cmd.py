@@ -30,10 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="ranks sharing the machine in the runs this profile is for (default: the largest world measured)")
     p.add_argument("--min-contended-seconds", type=float, default=5e-3,
                    help="GEMMs shorter than this alone are not used for the core share (default 5 ms)")
-    p.add_argument("--nic-efficiency", choices=("joint", "one-way"), default="joint",
-                   help="rows that fit the tc-shaped links' efficiency: all collectives with the other network "
-                        "parameters (joint, default), or then the one-way rings of three or more ranks alone "
-                        "(one-way), leaving the All-to-Alls' two-way loss to the two-way penalty")
+    p.add_argument("--nic-efficiency", choices=("joint", "one-way"), default="one-way",
+                   help="rows that fit the tc-shaped links' efficiency: the 4 MiB one-way rings of three or more "
+                        "ranks alone, after the joint fit (one-way, default), leaving the All-to-Alls' two-way loss "
+                        "to the two-way penalty; or all collectives with the other network parameters (joint)")
     p.add_argument("--json", action="store_true", help="print the profile and residuals as JSON")
     p.set_defaults(func=run)
 
