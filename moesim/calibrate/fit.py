@@ -183,6 +183,7 @@ def _rows_features(coll: pd.DataFrame, nic_two_way: float = 0.0, burst_s: float 
 
 
 TWO_WAY_GRID = tuple(np.round(np.arange(0.0, 0.41, 0.05), 3))
+BURST_GRID_S = (0.0, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01)
 NIC_EFFICIENCY_FROM = ("joint", "one-way")
 # the rate, not the per-message terms, sets a ring's time from here on: at 1 MiB those terms, fitted
 # mostly on All-to-Alls, are 5-15 % of a 4-rank ring's time and over-price it (the committed campaigns)
@@ -202,7 +203,6 @@ def one_way_rows(coll: pd.DataFrame, cache: dict | None = None) -> np.ndarray:
                      and np.allclose(a.unit_time["nic"], b.unit_time["nic"], rtol=1e-9, atol=0.0)
                      for a, b in zip(plain, probed)], dtype=bool)
     return shaped & same
-BURST_GRID_S = (0.0, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01)
 
 
 def fit_network(coll: pd.DataFrame, min_bandwidth: float = 1e5, max_bandwidth: float = 1e11,
