@@ -85,6 +85,12 @@ def test_nic_efficiency_flag_is_recorded_in_the_fit_command_and_checked(capsys):
     assert "--nic-efficiency" not in campaign.fit_command("c", "cpu-testbed", campaign.DEFAULT_PATTERNS)
     with pytest.raises(SystemExit):
         campaign.main(["--only", "calibrate", "--nic-efficiency", "rings"])
+    # `moesim calibrate` spells the same choices and default out (it starts without pandas)
+    from moesim.calibrate.fit import NIC_EFFICIENCY_DEFAULT, NIC_EFFICIENCY_FROM
+    from moesim.cli import build_parser
+    action = next(a for a in build_parser()._subparsers._group_actions[0].choices["calibrate"]._actions
+                  if a.dest == "nic_efficiency")
+    assert tuple(action.choices) == NIC_EFFICIENCY_FROM and action.default == NIC_EFFICIENCY_DEFAULT
     assert "--nic-efficiency: invalid choice: 'rings'" in capsys.readouterr().err
 
 

@@ -40,6 +40,7 @@ import sys
 import time
 from pathlib import Path
 
+from moesim.calibrate.fit import NIC_EFFICIENCY_DEFAULT, NIC_EFFICIENCY_FROM
 from moesim.calibrate.ledger import Ledger, code_version, design_of
 from moesim.calibrate.profile_io import machine_info, now_iso
 
@@ -312,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="the usable token-bucket burst of shaped links: the whole bucket, as the rate sweep of "
                          "real_backend.patterns measures for All-to-Alls (whole, default), or chosen by the "
                          "in-situ fit among 0, half and all of the bucket (fit)")
-    ap.add_argument("--nic-efficiency", choices=("joint", "one-way"), default="one-way",
+    ap.add_argument("--nic-efficiency", choices=NIC_EFFICIENCY_FROM, default=NIC_EFFICIENCY_DEFAULT,
                     help="rows of the network microbenchmark fit that set the tc-shaped links' efficiency: the "
                          "4 MiB one-way rings of three or more ranks alone (one-way, default), so that the "
                          "All-to-Alls' two-way loss is left to the in-situ two-way penalty, or all (joint)")
@@ -389,12 +390,12 @@ def compare_repeat(rdir: Path, vdir: Path) -> int:
 
 
 def fit_command(out: str, name: str, patterns: str, a2a_start: str = "pairwise", time_slice: str = "skew",
-                burst: str = "whole", nic_efficiency: str = "one-way") -> str:
+                burst: str = "whole", nic_efficiency: str = NIC_EFFICIENCY_DEFAULT) -> str:
     """The command that re-creates a campaign profile (options at their defaults left out)."""
     opts = "".join(f" {k} {shlex.quote(v)}" for k, v, default in
                    (("--name", name, "cpu-testbed"), ("--patterns", patterns, DEFAULT_PATTERNS),
                     ("--a2a-start", a2a_start, "pairwise"), ("--time-slice", time_slice, "skew"),
-                    ("--burst", burst, "whole"), ("--nic-efficiency", nic_efficiency, "one-way")) if v != default)
+                    ("--burst", burst, "whole"), ("--nic-efficiency", nic_efficiency, NIC_EFFICIENCY_DEFAULT)) if v != default)
     base = f"python -m {PROG} --out {out}{opts}"
     return f"{base}  (this fit alone: {base} --only calibrate)"
 
@@ -412,7 +413,7 @@ def finish(args, log, out: Path, mdir: Path, vdir: Path) -> int:
         raise SystemExit(f"{PROG}: --patterns {args.patterns}: no such tables (measure them with "
                          f"real_backend.patterns, or pass --patterns none)")
     log("fitting the profile")
-    nic_efficiency = getattr(args, "nic_efficiency", "one-way")
+    nic_efficiency = getattr(args, "nic_efficiency", NIC_EFFICIENCY_DEFAULT)
     cal = calibrate([mdir], name=args.name, tbf_effects=args.tbf_effects, nic_efficiency=nic_efficiency)
     runs = json.loads((vdir / "runs.json").read_text())["runs"]
     fit_runs = [vdir / r["file"] for r in runs if r["role"] == "fit"]

@@ -103,7 +103,7 @@ def recorded_peak(tables: list[Table], files: list[Path]) -> tuple[float, str] |
 
 def calibrate(paths: Sequence[str | os.PathLike], name: str = "cpu-testbed", peak_flops: float | None = None,
               ranks: int | None = None, min_contended_s: float = 5e-3, description: str | None = None,
-              topology: str | None = None, tbf_effects: bool = False, nic_efficiency: str = "one-way") -> Calibration:
+              topology: str | None = None, tbf_effects: bool = False, nic_efficiency: str = F.NIC_EFFICIENCY_DEFAULT) -> Calibration:
     """Fit a measured profile from microbenchmark tables (and single-process run tables for the
     framework overhead). ``topology``: the machines the measurements ran on, for tables without
     testbed metadata (hosts and ranks per host; a ``tc_rate_bits`` graph attribute for the rate).

@@ -30,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="ranks sharing the machine in the runs this profile is for (default: the largest world measured)")
     p.add_argument("--min-contended-seconds", type=float, default=5e-3,
                    help="GEMMs shorter than this alone are not used for the core share (default 5 ms)")
+    # moesim.calibrate.fit.NIC_EFFICIENCY_FROM / _DEFAULT, spelled out so that `moesim` starts without pandas
     p.add_argument("--nic-efficiency", choices=("joint", "one-way"), default="one-way",
                    help="rows that fit the tc-shaped links' efficiency: the 4 MiB one-way rings of three or more "
                         "ranks alone, after the joint fit (one-way, default), leaving the All-to-Alls' two-way loss "
