@@ -3,6 +3,7 @@
     python -m real_backend.testbed --hosts 2 --ranks-per-host 2 --rate 100mbit -- \\
         run --model real_backend/configs/small-gpt.yaml --steps 5 --out tb.csv
     python -m real_backend.testbed --hosts 2 --ranks-per-host 1 --rate 50mbit -- microbench --out mb.csv
+    python -m real_backend.testbed --hosts 4 --rate 150mbit --netstats ns.json -- patterns --out p.csv
     python -m real_backend.testbed --cleanup        # remove what a killed (-9) testbed left behind
 
 Layout (everything lives in namespaces this run creates; nothing is added to the root namespace):
@@ -23,7 +24,9 @@ On success the matching moesim topology file is written (node-link JSON, the sam
 ``host<i>/rank<k>`` gpu nodes, ``host<i>/lo`` hubs; link classes ``nic`` (bandwidth = the tc rate
 in bytes/s), ``stack`` (a rank's TCP path to its veth) and ``loopback`` (between ranks of one
 host)). Teardown (processes, then namespaces, which removes veths and bridge) always runs:
-on success, error, Ctrl-C, SIGTERM and SIGHUP.
+on success, error, Ctrl-C, SIGTERM and SIGHUP. With ``--netstats``, the kernel's counters (TCP
+resends and timeouts per host, bytes, drops and throttles per qdisc; ``real_backend.netstats``) are
+read just before teardown.
 """
 from __future__ import annotations
 
@@ -338,6 +341,19 @@ def _out_arg(args: list[str]) -> Optional[str]:
     return None
 
 
+def _write_netstats(tb: Testbed, path: str, codes: list, log: Callable[[str], None]) -> None:
+    """The testbed's kernel counters (``real_backend.netstats``), written atomically to ``path``."""
+    from moesim.io import write_json_atomic
+    from real_backend.netstats import read_netstats
+    stats = read_netstats({f"host{i}": ns for i, ns in enumerate(tb.ns_host)}, tb.ns_switch)
+    stats["testbed"] = {"hosts": tb.hosts, "ranks_per_host": tb.rph, "rate_bits": tb.rate or 0.0,
+                        "exit_codes": codes}
+    write_json_atomic(path, stats)
+    t = stats["totals"]
+    log(f"{PROG}: netstats -> {path} (TCP retransmitted {t['tcp_retrans_segs']} of {t['tcp_out_segs']} segments, "
+        f"{t['tcp_timeouts']} timeouts; tbf dropped {t['tbf_drops']} packets)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog=f"python -m {PROG}", description=__doc__.split("\n")[0],
                                  usage=f"python -m {PROG} --hosts H --ranks-per-host R [--rate RATE] "
@@ -352,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--deadline", type=float, default=None, help="kill everything after this many seconds")
     ap.add_argument("--grace", type=float, default=20.0,
                     help="seconds the other hosts get to exit after one fails (default 20)")
+    ap.add_argument("--netstats", default=None, metavar="FILE.json",
+                    help="after the run (failed ones too), write the kernel's TCP counters per host and the "
+                         "bytes, drops and throttles of every qdisc (real_backend.netstats) to this JSON file")
     ap.add_argument("--cleanup", action="store_true", help="remove namespaces left by killed testbed runs and exit")
     ap.add_argument("command", nargs=argparse.REMAINDER, help="-- run ARGS | -- microbench ARGS")
     return ap
@@ -401,6 +420,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             write_json_atomic(topo_path, tb.topology())
             log(f"{PROG}: topology -> {topo_path}")
             code = 0
+        if args.netstats:
+            _write_netstats(tb, args.netstats, codes, log)
     except Interrupted as exc:
         log(f"{PROG}: interrupted by signal {exc.signum}; tearing down")
         code = 128 + exc.signum

@@ -118,7 +118,8 @@ def test_refuses_without_root_or_iproute2(tmp_path):
 
 def _a2a_median(tmp_path: Path, rate: str) -> tuple[float, Path, str]:
     out = tmp_path / f"a2a-{rate}.csv"
-    r = _testbed(["--hosts", "2", "--ranks-per-host", "1", "--rate", rate, "--", "microbench", "--kinds",
+    r = _testbed(["--hosts", "2", "--ranks-per-host", "1", "--rate", rate, "--netstats",
+                  str(out.with_suffix(".netstats.json")), "--", "microbench", "--kinds",
                   "all_to_all", "--a2a-sizes", "1MiB", "--reps", "3", "--warmup", "1", "--timeout", "60",
                   "--out", str(out), "--quiet"], cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -135,6 +136,7 @@ def _a2a_median(tmp_path: Path, rate: str) -> tuple[float, Path, str]:
 def test_rate_limit_slows_all_to_all_and_teardown_is_clean(tmp_path):
     free, _, _ = _a2a_median(tmp_path, "none")
     shaped, out, _ = _a2a_median(tmp_path, "20mbit")
+    _check_netstats(tmp_path)
     # 1 MiB per rank, half of it to the other host: >= 0.5 MiB / (2.5 MB/s) ~ 0.21 s at 20 Mbit/s
     assert shaped > 0.1, (free, shaped)
     assert shaped > 5 * free, (free, shaped)
@@ -152,11 +154,31 @@ def test_rate_limit_slows_all_to_all_and_teardown_is_clean(tmp_path):
     assert topo.num_gpus == 2
 
 
+def _check_netstats(tmp_path: Path) -> None:
+    """--netstats: the shaped run's four tbf shapers (two uploads, two downloads) each passed what the
+    All-to-Alls sent across; the unshaped run has no shaper."""
+    free = json.loads((tmp_path / "a2a-none.netstats.json").read_text())
+    assert free["totals"]["tbf_qdiscs"] == 0 and free["totals"]["tcp_out_segs"] > 0
+    stats = json.loads((tmp_path / "a2a-20mbit.netstats.json").read_text())
+    assert set(stats["tcp"]) == {"host0", "host1"} and set(stats["qdiscs"]) == {"host0", "host1", "switch"}
+    tbf = {label: [q for q in qs if q["kind"] == "tbf"] for label, qs in stats["qdiscs"].items()}
+    assert [len(tbf[h]) for h in ("host0", "host1", "switch")] == [1, 1, 2]
+    # each rank sends the other 0.5 MiB per All-to-All, 4 of them (1 warm-up + 3): every shaper passed it
+    for q in tbf["host0"] + tbf["host1"] + tbf["switch"]:
+        assert q["bytes"] >= 4 * 2**19, q
+    t = stats["totals"]
+    assert t["tbf_qdiscs"] == 4 and t["tbf_bytes"] == sum(q["bytes"] for qs in tbf.values() for q in qs)
+    assert t["tcp_retrans_segs"] == sum(h["TcpRetransSegs"] for h in stats["tcp"].values())
+    assert stats["testbed"]["exit_codes"] == [0, 0] and stats["testbed"]["rate_bits"] == 20e6
+
+
 @needs_net
 def test_failing_rank_on_testbed_exits_nonzero_and_tears_down(tmp_path):
     out = tmp_path / "fail.csv"
     t0 = time.monotonic()
-    r = _testbed(["--hosts", "2", "--ranks-per-host", "1", "--rate", "200mbit", "--grace", "10", "--", "run",
+    stats = tmp_path / "fail.netstats.json"
+    r = _testbed(["--hosts", "2", "--ranks-per-host", "1", "--rate", "200mbit", "--grace", "10",
+                  "--netstats", str(stats), "--", "run",
                   "--model", str(SMALL), "--set", "parallel.ep=2", "--set", "model.layers=1", "--steps", "3",
                   "--warmup", "1", "--timeout", "8", "--out", str(out), "--fail-rank", "1", "--fail-mode",
                   "crash", "--fail-step", "1"], cwd=tmp_path)
@@ -164,6 +186,9 @@ def test_failing_rank_on_testbed_exits_nonzero_and_tears_down(tmp_path):
     assert time.monotonic() - t0 < 90
     assert "host 1 (ranks 1..1) exited with status" in r.stderr, r.stderr[-3000:]
     assert not out.exists() and not Path(str(out.with_suffix("")) + ".topology.json").exists()
+    # the counters of a failed run are kept (was the network to blame?), with the hosts' exit codes
+    codes = json.loads(stats.read_text())["testbed"]["exit_codes"]
+    assert len(codes) == 2 and codes[1] not in (0, None), codes
     _assert_nothing_left(_prefix(r.stderr), str(out))
 
 
