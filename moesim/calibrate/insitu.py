@@ -136,12 +136,18 @@ def _loss(runs: list[_Run], prof: dict, point: tuple, cache: dict, burst_s: floa
 
 
 def _fit_pool(runs: list[_Run], prof: dict, grids: tuple, penalties_on: bool, peers_on: bool, bursts: list,
-              refine: int, time_slice_s: float = 0.0, pairwise_a2a: bool = False) -> tuple[tuple, np.ndarray, int]:
+              refine: int, time_slice_s: float = 0.0, pairwise_a2a: bool = False,
+              two_way: tuple[float, float] | None = None) -> tuple[tuple, np.ndarray, int]:
     """Shared-core mode: grid over (K, g, wait, b, c) at no burst (at the one burst when ``bursts``
     offers only one: a burst fixed by measurement), then a coordinate search that halves its steps
-    ``refine`` times (the burst among ``bursts``). Returns the best (K, g, wait, b, c, burst), its
-    predictions and the number of evaluations."""
+    ``refine`` times (the burst among ``bursts``). ``two_way`` = (b, c) measured elsewhere: held, not
+    searched. Returns the best (K, g, wait, b, c, burst), its predictions and the number of evaluations."""
     cores_grid, alone_grid, wait_grid, penalty_grid, peer_grid = grids
+    if two_way is not None:
+        penalty_grid, peer_grid = (float(two_way[0]),), (float(two_way[1]),)
+        penalties_on = peers_on = False
+    else:
+        penalty_grid, peer_grid = (penalty_grid if penalties_on else (0.0,)), (peer_grid if peers_on else (0.0,))
     meas = np.array([r.measured for r in runs])
     cache: dict = {}
 
@@ -154,8 +160,8 @@ def _fit_pool(runs: list[_Run], prof: dict, grids: tuple, penalties_on: bool, pe
             cache[key] = (float(np.sum((pred / meas - 1.0) ** 2)), pred)
         return cache[key][0]
 
-    grid = itertools.product(cores_grid, alone_grid, wait_grid, penalty_grid if penalties_on else (0.0,),
-                             peer_grid if peers_on else (0.0,), (bursts[0],) if len(bursts) == 1 else (0.0,))
+    grid = itertools.product(cores_grid, alone_grid, wait_grid, penalty_grid, peer_grid,
+                             (bursts[0],) if len(bursts) == 1 else (0.0,))
     best = min(grid, key=loss)
     steps = [0.25, 0.075, 2.5e-3, 0.075 if penalties_on else 0.0, 0.1 if peers_on else 0.0]
     lower, upper = (0.25, 0.05, 0.0, 0.0, 0.0), (64.0, 1.0, 1.0, 5.0, 5.0)
@@ -207,7 +213,7 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
                burst_fractions=BURST_FRACTIONS, wait_grid=WAIT_GRID_S, penalty_grid=PENALTY_GRID,
                peer_grid=PEER_GRID, patterns: list | None = None, pool_grids: tuple | None = None,
                refine: int = 3, time_slice_s: float | None = 0.0, pairwise_a2a: bool = False,
-               slice_grid=SLICE_GRID_S):
+               slice_grid=SLICE_GRID_S, two_way: tuple[float, float] | None = None):
     """Fit ``receiver_wait_s``, the shaped-link two-way penalty b, its peer-host term c and the
     usable token-bucket burst of ``cal.profile`` on the step times of ``run_paths`` (multi-rank
     testbed runs: the fit configurations). c is fitted only when the shaped fit runs include both
@@ -250,7 +256,8 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
         grids = pool_grids or (POOL_CORES_GRID, ALONE_GRID, POOL_WAIT_GRID_S, POOL_PENALTY_GRID, POOL_PEER_GRID)
 
         def fit_at(q: float):
-            return _fit_pool(runs, prof, grids, len(penalties) > 1, len(peers) > 1, bursts, refine, q, pairwise_a2a)
+            return _fit_pool(runs, prof, grids, len(penalties) > 1, len(peers) > 1, bursts, refine, q, pairwise_a2a,
+                             two_way if has_nic else None)
         skew = None
         if time_slice_s is None:   # the scheduler's slice from the measured rank skew, then refit at it
             time_slice_s, (best, pred, evaluations), skew = _slice_from_skew(runs, prof, fit_at, slice_grid,
