@@ -47,6 +47,8 @@ from moesim.calibrate.profile_io import machine_info, now_iso
 PROG = "moesim.calibrate.campaign"
 #: the All-to-All release probes the in-situ fit's shared-core model takes its spread from
 DEFAULT_PATTERNS = "calibration/patterns/release-*.csv"
+TWO_WAY_FROM = ("insitu", "sizesweep")
+SIZE_SWEEP_PATTERNS_DEFAULT = "calibration/patterns/sizesweep-*.csv"  # moesim.calibrate.twoway (pandas-free here)
 MODEL = "real_backend/configs/small-gpt.yaml"
 #: the campaign model: small-gpt sized so that one training step takes 0.1-2 s on 4 ranks / 2 cores
 MODEL_SETS = ["moe.experts=16", "model.vocab=2048", "model.seq_len=64", "run.global_batch_tokens=768",
@@ -317,6 +319,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="rows of the network microbenchmark fit that set the tc-shaped links' efficiency: the "
                          "4 MiB one-way rings of three or more ranks alone (one-way, default), so that the "
                          "All-to-Alls' two-way loss is left to the in-situ two-way penalty, or all (joint)")
+    ap.add_argument("--two-way", choices=TWO_WAY_FROM, default="insitu",
+                    help="the tc-shaped links' two-way loss (b, c): fitted in situ on the fit runs' steps with "
+                         "the waiting (insitu, default), or on the isolated All-to-Alls of the size sweep "
+                         "(--two-way-patterns; moesim.calibrate.twoway) and held in the in-situ fit (sizesweep)")
+    ap.add_argument("--two-way-patterns", default=None,
+                    help=f"the size sweep for --two-way sizesweep (glob, relative to the repository; default "
+                         f"{SIZE_SWEEP_PATTERNS_DEFAULT})")
     ap.add_argument("--repeats", type=int, default=3,
                     help="runs of every validation configuration, in whole rounds (default 3); validation "
                          "compares predictions with the median over a configuration's runs")
@@ -390,14 +399,34 @@ def compare_repeat(rdir: Path, vdir: Path) -> int:
 
 
 def fit_command(out: str, name: str, patterns: str, a2a_start: str = "pairwise", time_slice: str = "skew",
-                burst: str = "whole", nic_efficiency: str = NIC_EFFICIENCY_DEFAULT) -> str:
+                burst: str = "whole", nic_efficiency: str = NIC_EFFICIENCY_DEFAULT, two_way: str = "insitu",
+                two_way_patterns: str | None = None) -> str:
     """The command that re-creates a campaign profile (options at their defaults left out)."""
     opts = "".join(f" {k} {shlex.quote(v)}" for k, v, default in
                    (("--name", name, "cpu-testbed"), ("--patterns", patterns, DEFAULT_PATTERNS),
                     ("--a2a-start", a2a_start, "pairwise"), ("--time-slice", time_slice, "skew"),
-                    ("--burst", burst, "whole"), ("--nic-efficiency", nic_efficiency, NIC_EFFICIENCY_DEFAULT)) if v != default)
+                    ("--burst", burst, "whole"), ("--nic-efficiency", nic_efficiency, NIC_EFFICIENCY_DEFAULT),
+                    ("--two-way", two_way, "insitu"), ("--two-way-patterns", two_way_patterns, None)) if v != default)
     base = f"python -m {PROG} --out {out}{opts}"
     return f"{base}  (this fit alone: {base} --only calibrate)"
+
+
+def _two_way_from_sweep(cal, root: Path, pattern: str, log):
+    """(b, c) of the shaped links fitted on the size sweep ``pattern`` (moesim.calibrate.twoway) with the
+    links just fitted and the testbed's full bucket."""
+    from moesim.calibrate.netmodel import TESTBED_TBF_BURST_S
+    from moesim.calibrate.profile_io import link_params
+    from moesim.calibrate.twoway import fit_two_way, read_size_sweep
+    files = sorted(glob.glob(str(root / pattern)))
+    if not files:
+        raise SystemExit(f"{PROG}: --two-way-patterns {pattern}: no such tables (measure them with "
+                         f"real_backend.patterns at several --bytes, or use --two-way insitu)")
+    fit = fit_two_way(read_size_sweep(files), link_params(cal.profile),
+                      float(cal.profile["network"]["latency_per_message_s"]), TESTBED_TBF_BURST_S)
+    rec = fit.record()
+    log(f"two-way loss from the size sweep ({rec['rows']} tables): b = {fit.penalty:.3f}, c = {fit.peer:.3f} "
+        f"(rms log error {rec['rms_log_error']:.3f}, max error {rec['max_error']:.1%})")
+    return fit
 
 
 def finish(args, log, out: Path, mdir: Path, vdir: Path) -> int:
@@ -419,13 +448,20 @@ def finish(args, log, out: Path, mdir: Path, vdir: Path) -> int:
     fit_runs = [vdir / r["file"] for r in runs if r["role"] == "fit"]
     a2a_start, time_slice = getattr(args, "a2a_start", "pairwise"), getattr(args, "time_slice", "skew")
     burst = getattr(args, "burst", "whole")
+    two_way, two_way_patterns = getattr(args, "two_way", "insitu"), getattr(args, "two_way_patterns", None)
+    held = None
+    if two_way == "sizesweep":
+        held = _two_way_from_sweep(cal, root, two_way_patterns or SIZE_SWEEP_PATTERNS_DEFAULT, log)
     if fit_runs:
         cal = fit_insitu(cal, fit_runs, patterns=[root / f for f in patterns] or None,
                          pairwise_a2a=a2a_start == "pairwise",
                          time_slice_s=None if time_slice == "skew" else float(time_slice),
+                         two_way=None if held is None else (held.penalty, held.peer),
                          **({"burst_fractions": (1.0,)} if burst == "whole" else {}))
+    if held is not None:
+        cal.profile["calibration"]["two_way_from"] = held.record()
     cal.profile["provenance"]["command"] = fit_command(args.out, args.name, args.patterns, a2a_start, time_slice,
-                                                       burst, nic_efficiency)
+                                                       burst, nic_efficiency, two_way, two_way_patterns)
     if patterns:
         cal.profile["provenance"]["release_patterns"] = patterns
     write_profile(prof_path, cal.profile)

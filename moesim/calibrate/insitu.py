@@ -218,7 +218,7 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
     usable token-bucket burst of ``cal.profile`` on the step times of ``run_paths`` (multi-rank
     testbed runs: the fit configurations). c is fitted only when the shaped fit runs include both
     two-host testbeds (k = 1 peer host) and bigger ones (k > 1), which tell b and c apart; else it
-    stays 0. ``burst_s``: the configured bucket (s at the rate; default the testbed's); the burst is
+    stays 0. ``two_way`` = (b, c) measured elsewhere (:mod:`moesim.calibrate.twoway`): held, not fitted. ``burst_s``: the configured bucket (s at the rate; default the testbed's); the burst is
     chosen among ``burst_fractions`` of it (one fraction: the burst is that, e.g. ``(1.0,)``, the whole
     bucket, as ``real_backend.patterns``' rate sweep measures for All-to-Alls). Returns ``cal`` with the profile updated and the fit
     recorded under ``calibration.insitu``.
@@ -242,6 +242,8 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
     has_nic = bool(shaped_hosts) and "nic" in prof.get("calibration", {}).get("links", {})
     penalties = tuple(penalty_grid) if has_nic else (0.0,)
     peers = tuple(peer_grid) if (has_nic and 2 in shaped_hosts and max(shaped_hosts) > 2) else (0.0,)
+    if two_way is not None and has_nic:   # measured elsewhere (moesim.calibrate.twoway): held
+        penalties, peers = (float(two_way[0]),), (float(two_way[1]),)
     configured = (TESTBED_TBF_BURST_S if burst_s is None else float(burst_s)) if has_nic else 0.0
     bursts = sorted({f * configured for f in burst_fractions}) if has_nic else [0.0]
     if patterns:

@@ -1,0 +1,143 @@
+"""The shaped links' two-way loss (b, c), fitted on a size sweep of isolated All-to-Alls.
+
+A tc-shaped link that carries a rank pair's exchange both ways passes ``1 / (1 + b + c (k - 1))`` of
+its rate, k the peer hosts a host exchanges with (``moesim.network.fluid``). The in-situ fit
+(:mod:`moesim.calibrate.insitu`) can fit b and c on the fit runs' step times, where they trade
+against the waiting in a step; this module fits them on a measurement that holds nothing else: the
+``real_backend.patterns`` All-to-All at several sizes per rank pair, on testbeds with 2 and more
+hosts (``calibration/patterns/sizesweep-*.csv``). Each repetition follows an idle gap, so it starts
+with a full token bucket. Every (testbed, size) is simulated with the calibrated links (efficiency,
+latencies) and the configured bucket, and (b, c) minimise the sum of squared log errors of the
+median repetition: a grid, then a pattern search (diagonal moves too) that halves its steps. c is fitted only when
+the sweep holds both two-host testbeds and bigger ones (which tell b and c apart); else it is 0.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from moesim.calibrate.netmodel import LinkParams, simulate_measured
+from moesim.calibrate.tables import _read_raw
+from moesim.errors import InputFileError, MoesimError
+
+SIZE_SWEEP_PATTERNS = "calibration/patterns/sizesweep-*.csv"
+PENALTY_GRID = tuple(np.round(np.arange(0.0, 0.71, 0.1), 2))
+PEER_GRID = tuple(np.round(np.arange(0.0, 0.51, 0.1), 2))
+REFINE_ROUNDS = 6
+
+
+@dataclass
+class TwoWayFit:
+    """``penalty`` b and ``peer`` c; ``rows``: per table the testbed, bytes per rank pair, measured
+    and predicted seconds (median repetition); ``files``: the tables."""
+
+    penalty: float
+    peer: float
+    rows: pd.DataFrame
+    files: list
+
+    def record(self) -> dict:
+        """What a profile keeps of the fit (``calibration.two_way_from``)."""
+        err = np.log(self.rows["predicted_s"] / self.rows["measured_s"])
+        return {"source": "sizesweep", "two_way_penalty": self.penalty, "peer_penalty": self.peer,
+                "tables": self.files, "rows": len(self.rows),
+                "max_error": float(np.max(np.abs(np.expm1(err)))), "rms_log_error": float(np.sqrt(np.mean(err ** 2))),
+                "meaning": "b and c of the tc-shaped links fitted on isolated All-to-Alls of several sizes "
+                           "(real_backend.patterns after an idle gap: full token bucket) with the simulator, "
+                           "then held in the in-situ fit (moesim.calibrate.twoway)"}
+
+
+def read_size_sweep(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
+    """One row per ``real_backend.patterns`` table: hosts, ranks_per_host, rate_bits, bytes_per_pair,
+    measured_s (median over its ``all_to_all`` repetitions), repetitions, file. Errors name the file."""
+    if not paths:
+        raise MoesimError("no size-sweep tables given (real_backend.patterns all_to_all at several --bytes "
+                          "on shaped testbeds)")
+    rows = []
+    for path in paths:
+        p = Path(path)
+        kind, meta, df = _read_raw(p)
+        if kind != "patterns":
+            raise InputFileError(p, f"is a '{kind}' table, expected a 'patterns' table (real_backend.patterns)")
+        tb = meta.get("testbed") or {}
+        try:
+            hosts, rph, rate = int(tb["hosts"]), int(tb["ranks_per_host"]), float(tb.get("rate_bits") or 0.0)
+        except (KeyError, TypeError, ValueError):
+            raise InputFileError(p, "meta 'testbed' must give hosts and ranks_per_host (run it on "
+                                    "real_backend.testbed)") from None
+        if rate <= 0:
+            raise InputFileError(p, "meta 'testbed' has no tc rate: the two-way loss is fitted on shaped links only")
+        missing = [c for c in ("pattern", "seconds", "bytes_per_pair") if c not in df.columns]
+        if missing:
+            raise InputFileError(p, f"missing column(s) {', '.join(missing)}")
+        a2a = df[df["pattern"].astype(str) == "all_to_all"]
+        if a2a.empty:
+            raise InputFileError(p, "no all_to_all rows (run real_backend.patterns --patterns all_to_all)")
+        for col in ("seconds", "bytes_per_pair"):
+            vals = pd.to_numeric(a2a[col], errors="coerce")
+            bad = vals.isna() | ~np.isfinite(vals) | (vals <= 0)
+            if bad.any():
+                i = int(np.flatnonzero(bad.to_numpy())[0])
+                raise InputFileError(p, f"column '{col}' all_to_all row {i + 1}: not a positive number "
+                                        f"({a2a[col].iloc[i]!r})")
+        sizes = pd.to_numeric(a2a["bytes_per_pair"]).unique()
+        if len(sizes) != 1:
+            raise InputFileError(p, f"all_to_all rows of several sizes ({', '.join(map(str, sizes))}): one "
+                                    "size per table")
+        rows.append({"hosts": hosts, "ranks_per_host": rph, "rate_bits": rate, "bytes_per_pair": float(sizes[0]),
+                     "measured_s": float(pd.to_numeric(a2a["seconds"]).median()), "repetitions": len(a2a),
+                     "file": p.name})
+    return pd.DataFrame(rows)
+
+
+def predict(sweep: pd.DataFrame, links: Mapping[str, LinkParams], latency_per_message: float, burst_s: float,
+            penalty: float, peer: float) -> np.ndarray:
+    """Simulated seconds of every row of ``sweep`` with b = ``penalty`` and c = ``peer`` on the ``nic`` links."""
+    nic = replace(links["nic"], two_way_penalty=float(penalty), peer_penalty=float(peer), burst_s=float(burst_s))
+    lk = {**links, "nic": nic}
+    return np.array([simulate_measured("all_to_all", "world", int(r.hosts), int(r.ranks_per_host),
+                                       r.bytes_per_pair * r.hosts * r.ranks_per_host, r.rate_bits, lk,
+                                       latency_per_message, 0.0)
+                     for r in sweep.itertuples()])
+
+
+def fit_two_way(sweep: pd.DataFrame, links: Mapping[str, LinkParams], latency_per_message: float, burst_s: float,
+                penalty_grid=PENALTY_GRID, peer_grid=PEER_GRID, refine: int = REFINE_ROUNDS) -> TwoWayFit:
+    """Fit (b, c) on ``sweep`` (:func:`read_size_sweep`) with the calibrated ``links`` (which must hold
+    ``nic``), ``latency_per_message`` (s) and a full bucket of ``burst_s`` seconds at the rate."""
+    if "nic" not in links:
+        raise MoesimError("the two-way fit needs calibrated 'nic' links (fit the network microbenchmarks "
+                          "of a shaped testbed first)")
+    if sweep.empty:
+        raise MoesimError("the size sweep holds no row")
+    meas = sweep["measured_s"].to_numpy()
+    peers_on = bool((sweep["hosts"] == 2).any() and (sweep["hosts"] > 2).any())
+    cache: dict = {}
+
+    def loss(x) -> float:
+        key = (round(x[0], 9), round(x[1], 9))
+        if key not in cache:
+            pred = predict(sweep, links, latency_per_message, burst_s, *key)
+            cache[key] = (float(np.sum(np.log(pred / meas) ** 2)), pred)
+        return cache[key][0]
+
+    best = min(itertools.product(penalty_grid, peer_grid if peers_on else (0.0,)), key=loss)
+    steps = (float(np.diff(penalty_grid).min(initial=0.1)) / 2,
+             float(np.diff(peer_grid).min(initial=0.1)) / 2 if peers_on else 0.0)
+    for _ in range(refine):          # pattern search with diagonal moves (b and c trade along a valley)
+        for _ in range(8):
+            moves = itertools.product(*[(-1, 0, 1) if h > 0 else (0,) for h in steps])
+            cand = min((tuple(max(0.0, v + m * h) for v, m, h in zip(best, mv, steps)) for mv in moves), key=loss)
+            if loss(cand) >= loss(best):
+                break
+            best = cand
+        steps = tuple(h / 2 for h in steps)
+    b, c = (round(float(v), 9) for v in best)
+    rows = sweep.assign(predicted_s=cache[(b, c)][1])
+    return TwoWayFit(b, c, rows, list(sweep["file"]))
