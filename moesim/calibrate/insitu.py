@@ -218,7 +218,8 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
     usable token-bucket burst of ``cal.profile`` on the step times of ``run_paths`` (multi-rank
     testbed runs: the fit configurations). c is fitted only when the shaped fit runs include both
     two-host testbeds (k = 1 peer host) and bigger ones (k > 1), which tell b and c apart; else it
-    stays 0. ``two_way`` = (b, c) measured elsewhere (:mod:`moesim.calibrate.twoway`): held, not fitted. ``burst_s``: the configured bucket (s at the rate; default the testbed's); the burst is
+    stays 0. ``two_way`` = (b, c) measured elsewhere (:mod:`moesim.calibrate.twoway`): held, not
+    fitted. ``burst_s``: the configured bucket (s at the rate; default the testbed's); the burst is
     chosen among ``burst_fractions`` of it (one fraction: the burst is that, e.g. ``(1.0,)``, the whole
     bucket, as ``real_backend.patterns``' rate sweep measures for All-to-Alls). Returns ``cal`` with the profile updated and the fit
     recorded under ``calibration.insitu``.

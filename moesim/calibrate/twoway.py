@@ -8,8 +8,9 @@ against the waiting in a step; this module fits them on a measurement that holds
 hosts (``calibration/patterns/sizesweep-*.csv``). Each repetition follows an idle gap, so it starts
 with a full token bucket. Every (testbed, size) is simulated with the calibrated links (efficiency,
 latencies) and the configured bucket, and (b, c) minimise the sum of squared log errors of the
-median repetition: a grid, then a pattern search (diagonal moves too) that halves its steps. c is fitted only when
-the sweep holds both two-host testbeds and bigger ones (which tell b and c apart); else it is 0.
+median repetition: a grid, then a pattern search (diagonal moves too) that halves its steps. c is
+fitted only when the sweep holds both two-host testbeds and bigger ones (which tell b and c apart);
+else it is 0.
 """
 from __future__ import annotations
 
