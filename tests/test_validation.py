@@ -124,6 +124,42 @@ def test_in_step_byte_cost_at_the_slowest_rate_matches_the_pattern_probe(committ
             assert 0.7 <= c["slope_ratio"] <= 1.3, (label, c["slope_ratio"])
 
 
+def test_in_step_goodput_floor_on_shaped_4x1_runs(committed):
+    """The least mean rate of a shaped host link over its rank's All-to-All phases (``goodput_floor``,
+    4x1 only: one rank per host). README "What remains" (6), on every committed campaign: CDAC's
+    links ran slower at top-8 than at top-2 at 150 Mbit/s (longer transfers lose more), slower than
+    the model has them there, and faster than the model has them at 400 Mbit/s top-4 and top-8."""
+    rep = committed[0]
+    floor = {g["label"]: g for g in rep["a2a_goodput_floor"]}
+    assert set(floor) == {f"4x1 {r} {s} k{k}" for r in ("150Mbit", "400Mbit") for s in ("cdac", "dcca")
+                          for k in (2, 4, 8)}
+    for g in floor.values():
+        assert 0.05 < g["measured"] < 1.0 and 0.05 < g["predicted"] < 1.0, g
+    cdac = {f"{r} k{k}": floor[f"4x1 {r} cdac k{k}"] for r, k in (("150Mbit", 2), ("150Mbit", 8), ("400Mbit", 4),
+                                                                   ("400Mbit", 8))}
+    assert cdac["150Mbit k8"]["measured"] < cdac["150Mbit k2"]["measured"]
+    assert cdac["150Mbit k8"]["measured"] < cdac["150Mbit k8"]["predicted"]
+    for k in ("400Mbit k4", "400Mbit k8"):
+        assert cdac[k]["measured"] > cdac[k]["predicted"] + 0.05, (k, cdac[k])
+
+
+def test_goodput_floor_closed_form():
+    """8 x remote bytes / (dispatch + combine) / rate, measured and predicted; only shaped testbeds with
+    one rank per host and byte counts."""
+    from moesim.validate.a2acost import goodput_floor
+
+    def row(rph, rate, nbytes, meas, pred):
+        return {"label": "x", "role": "fit", "structure": "cdac", "top_k": 4, "hosts": 4, "ranks_per_host": rph,
+                "rate_bits": rate, "a2a_remote_bytes": nbytes,
+                "phases": {"dispatch": {"measured_s": meas / 4, "predicted_s": pred / 2},
+                           "combine": {"measured_s": 3 * meas / 4, "predicted_s": pred / 2},
+                           "attention": {"measured_s": 9.0, "predicted_s": 9.0}}}
+    (g,) = goodput_floor([row(1, 100e6, 5e6, 0.5, 0.8), row(2, 100e6, 5e6, 0.5, 0.8), row(1, 0.0, 5e6, 0.5, 0.8),
+                          row(1, 100e6, None, 0.5, 0.8)])
+    assert g["measured"] == pytest.approx(0.8) and g["predicted"] == pytest.approx(0.5)
+    assert g["remote_bytes"] == 5e6 and g["rate_bits"] == 100e6
+
+
 def test_a2a_cost_recovers_a_known_line():
     """Closed form: phase times exactly on a line in the remote bytes give back its intercept and
     slope; testbeds with fewer than 3 configurations, or rows without byte counts, are left out."""
@@ -170,6 +206,8 @@ def test_validate_cli_json_on_committed_campaign(moesim_exe):
                          timeout=300, cwd=ROOT)
     assert res.returncode == 0, res.stderr
     assert "intercept + slope x remote bytes" in res.stdout and res.stdout.count("ms/MB") == 24
+    floor_table = res.stdout.split("Shaped host link's least mean rate")[1].split("targets")[0].splitlines()[2:]
+    assert len(floor_table) == 12 and all(line.startswith("4x1 ") for line in floor_table)
     # every configuration carries its rank skew, measured and simulated (shared cores, rank by rank);
     # known gap (README "Ranks reach an All-to-All apart"): the model spreads the ranks less than the
     # testbed does

@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--phases", action="store_true", help="print every configuration's per-phase times")
     p.add_argument("--a2a-cost", action="store_true",
                    help="print, per testbed and structure, the line of All-to-All phase time against remote bytes per rank-step, "
-                        "measured and predicted (what a byte and what the waiting cost in a step)")
+                        "measured and predicted (what a byte and what the waiting cost in a step), and on shaped one-rank-per-host "
+                        "testbeds the least mean rate of a host link over its rank's All-to-All phases")
     p.add_argument("--skew", action="store_true",
                    help="print every configuration's rank skew, measured and predicted: how far apart the ranks "
                         "are in an All-to-All (mean minus min over ranks of the time per call; moesim.calibrate.skew)")
@@ -91,6 +92,13 @@ def run(args: argparse.Namespace) -> int:
                      for s in ("measured", "predicted")]
             ratio = f"{c['slope_ratio']:.2f}" if c["slope_ratio"] is not None else "-"
             print(f"{c['label']:21s} {c['configurations']:7d} {cells[0]:>24s} {cells[1]:>24s} {ratio:>16s}")
+    if args.a2a_cost and rep["a2a_goodput_floor"]:
+        print("Shaped host link's least mean rate over its rank's All-to-All phases (one rank per host: remote bytes "
+              "x 8 / phase time / tc rate)")
+        print(f"{'configuration':34s} {'role':8s} {'measured':>9s} {'predicted':>9s}")
+        for g in rep["a2a_goodput_floor"]:
+            cells = [f"{g[s]:.2f}" if g[s] is not None else "-" for s in ("measured", "predicted")]
+            print(f"{g['label']:34s} {g['role'] or '':8s} {cells[0]:>9s} {cells[1]:>9s}")
     skews = [r for r in rep["rows"] if r.get("rank_skew")]
     if args.skew and skews:
         print("All-to-All rank skew (mean - min over ranks of the time per call, median over steps and phases)")

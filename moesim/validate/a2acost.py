@@ -9,6 +9,12 @@ their waiting differs (DCCA's ranks compete for the cores more), so one line thr
 mistake the difference in waiting for a cost per byte. Measured and predicted lines use the same
 bytes (validation replays the measured traffic), so comparing them tells whether the model prices
 the bytes or the waiting wrongly, which step times alone cannot.
+
+:func:`goodput_floor` bounds, per configuration, how fast a shaped host link moved a step's
+All-to-All bytes, with nothing modelled: with one rank per host every remote byte of a rank crosses
+its host link, and only while the rank is inside an All-to-All (gloo's TCP transport sends a
+message only once its receiver has posted the matching receive, so neither end can be elsewhere),
+so the link ran at least at ``remote bytes / All-to-All phase time`` on average over those windows.
 """
 from __future__ import annotations
 
@@ -57,4 +63,24 @@ def a2a_cost(rows: list) -> list[dict]:
         out.append({"label": label, "hosts": hosts, "ranks_per_host": rph, "rate_bits": rate, "structure": structure,
                     "configurations": len(rs), **lines,
                     "slope_ratio": (lines["predicted"]["s_per_byte"] / m) if m > 0 else None})
+    return out
+
+
+def goodput_floor(rows: list) -> list[dict]:
+    """Per configuration on a shaped testbed with one rank per host: the least mean rate, as a fraction
+    of the tc rate, at which the rank's host link carried its All-to-All bytes in a step, measured
+    and predicted: ``remote bytes per rank-step * 8 / (dispatch + combine time per rank-step) /
+    rate`` (a lower bound: the link may idle inside those phases while the rank waits). ``rows``:
+    validation rows (``a2a_remote_bytes``, ``rate_bits`` in bit/s, per-phase times in s)."""
+    out = []
+    for r in rows:
+        nbytes, rate = r.get("a2a_remote_bytes"), r.get("rate_bits") or 0.0
+        if nbytes is None or nbytes <= 0 or rate <= 0 or r.get("ranks_per_host") != 1:
+            continue
+        floor = {}
+        for side in ("measured", "predicted"):
+            t = sum(r["phases"].get(ph, {}).get(f"{side}_s", 0.0) for ph in A2A_PHASES)
+            floor[side] = 8.0 * nbytes / t / rate if t > 0 else None
+        out.append({"label": r["label"], "role": r.get("role"), "structure": r["structure"], "top_k": r.get("top_k"),
+                    "hosts": r["hosts"], "rate_bits": rate, "remote_bytes": float(nbytes), **floor})
     return out
