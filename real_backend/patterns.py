@@ -16,7 +16,14 @@ ranks go: a fluid model that shares links fairly releases an even All-to-All's r
 
 Patterns (ranks are hosts when each host holds one rank): ``single`` 0->1; ``pair_two_way`` 0<->1
 on one connection; ``fan_in`` all -> 0; ``fan_out`` 0 -> all; ``ring`` i -> i+1; ``exchange`` every
-ordered pair (the All-to-All's traffic, posted as point-to-point); ``all_to_all``.
+ordered pair (the All-to-All's traffic, posted as point-to-point); ``all_to_all``;
+``all_to_all_train``: ``--train`` All-to-Alls back to back, as a training step issues them, each rank
+going on to the next as soon as its own call returns (no barrier between calls), with
+``--train-compute`` fixed CPU work (that many 128 x 128 fp32 matmuls) between calls. ``calls`` is how
+many All-to-Alls a row holds, its times cover all of them (``goodput`` counts the bytes of every
+call), and ``release_mean_s`` is the mean over the ranks of their return from the last call, so
+``release_mean_s / calls`` is what a call costs a rank on average in a train, the quantity a step's
+All-to-All phase times measure.
 """
 from __future__ import annotations
 
@@ -27,8 +34,11 @@ import time
 from typing import Optional
 
 PROG = "real_backend.patterns"
-COLUMNS = ("pattern", "rep", "ranks", "bytes_per_pair", "pairs", "bottleneck_bytes", "seconds", "goodput",
-           "release_first_s", "release_last_s", "release_spread", "rate_bits", "run_id", "host", "backend", "world_size")
+COLUMNS = ("pattern", "rep", "ranks", "bytes_per_pair", "pairs", "calls", "compute_matmuls", "bottleneck_bytes",
+           "seconds", "goodput", "release_first_s", "release_last_s", "release_mean_s", "release_spread", "rate_bits",
+           "run_id", "host", "backend", "world_size")
+#: matmul size of ``--train-compute`` (square, fp32)
+COMPUTE_DIM = 128
 
 
 def _pairs(name: str, n: int) -> list[tuple[int, int]]:
@@ -42,12 +52,12 @@ def _pairs(name: str, n: int) -> list[tuple[int, int]]:
         return [(0, i) for i in range(1, n)]
     if name == "ring":
         return [(i, (i + 1) % n) for i in range(n)]
-    if name in ("exchange", "all_to_all"):
+    if name in ("exchange", "all_to_all", "all_to_all_train"):
         return [(i, j) for i in range(n) for j in range(n) if i != j]
     raise ValueError(name)
 
 
-PATTERNS = ("single", "pair_two_way", "fan_in", "fan_out", "ring", "exchange", "all_to_all")
+PATTERNS = ("single", "pair_two_way", "fan_in", "fan_out", "ring", "exchange", "all_to_all", "all_to_all_train")
 
 
 def bottleneck_bytes(pairs: list[tuple[int, int]], nbytes: int, host_of) -> int:
@@ -72,6 +82,14 @@ def release_times(starts, ends, pairs: list[tuple[int, int]]) -> tuple[float, fl
     return first, last, (last - first) / last if last > 0 else 0.0
 
 
+def mean_release(starts, ends, pairs: list[tuple[int, int]]) -> float:
+    """Mean over the ranks taking part in ``pairs`` of their return (s), counted from the earliest
+    start of a taking-part rank (as :func:`release_times`)."""
+    part = sorted({r for pair in pairs for r in pair})
+    t0 = min(starts[r] for r in part)
+    return sum(ends[r] - t0 for r in part) / len(part)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="output CSV (rank 0, atomic)")
@@ -80,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--warmup", type=int, default=1, help="unrecorded repetitions first (default 1)")
     ap.add_argument("--gap", type=float, default=0.05, help="idle seconds before each repetition (default 0.05)")
     ap.add_argument("--patterns", default=",".join(PATTERNS), help=f"comma list of {', '.join(PATTERNS)}")
+    ap.add_argument("--train", type=int, default=8,
+                    help="All-to-Alls back to back in the all_to_all_train pattern (default 8)")
+    ap.add_argument("--train-compute", type=int, default=0, metavar="MATMULS",
+                    help=f"fixed CPU work between the train's calls: {COMPUTE_DIM} x {COMPUTE_DIM} fp32 matmuls (default 0)")
     ap.add_argument("--timeout", type=float, default=300.0, help="collective timeout seconds")
     return ap
 
@@ -88,9 +110,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     names = [p.strip() for p in args.patterns.split(",") if p.strip()]
     bad = [p for p in names if p not in PATTERNS]
-    if bad or args.bytes < 4 or args.reps < 1 or args.warmup < 0 or args.gap < 0:
+    if bad or args.bytes < 4 or args.reps < 1 or args.warmup < 0 or args.gap < 0 or args.train < 1 \
+            or args.train_compute < 0:
         print(f"{PROG}: error: " + (f"unknown pattern(s) {bad}" if bad else
-                                    "--bytes >= 4, --reps >= 1, --warmup >= 0, --gap >= 0"), file=sys.stderr)
+                                    "--bytes >= 4, --reps >= 1, --warmup >= 0, --gap >= 0, --train >= 1, "
+                                    "--train-compute >= 0"), file=sys.stderr)
         return 2
     import torch
     import torch.distributed as dist
@@ -112,10 +136,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     send = torch.ones(elems)
     recv = [torch.empty(elems) for _ in range(world)]
     a2a_in, a2a_out = torch.ones(elems * world), torch.empty(elems * world)
+    mat = torch.ones(COMPUTE_DIM, COMPUTE_DIM)
     rows = []
     for name in names:
         pairs = _pairs(name, world)
         bneck = bottleneck_bytes(pairs, elems * 4, host_of)
+        calls = args.train if name == "all_to_all_train" else 1
+        work = args.train_compute if name == "all_to_all_train" else 0
         for rep in range(args.warmup + args.reps):
             dist.barrier()
             time.sleep(args.gap)
@@ -124,6 +151,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             t0 = time.perf_counter()
             if name == "all_to_all":
                 dist.all_to_all_single(a2a_out, a2a_in)
+            elif name == "all_to_all_train":
+                for call in range(calls):
+                    for _ in range(work if call else 0):
+                        torch.mm(mat, mat)
+                    dist.all_to_all_single(a2a_out, a2a_in)
             else:
                 reqs = []
                 for s, d in pairs:
@@ -140,11 +172,14 @@ def main(argv: Optional[list[str]] = None) -> int:
             stamps[2 * rank], stamps[2 * rank + 1] = w0, w1
             dist.all_reduce(stamps)                  # every rank's (start, return), outside the timing
             first, last, spread = release_times(stamps[0::2].tolist(), stamps[1::2].tolist(), pairs)
+            mean = mean_release(stamps[0::2].tolist(), stamps[1::2].tolist(), pairs)
             if rep >= args.warmup and rank == 0:
                 rows.append({"pattern": name, "rep": rep - args.warmup, "ranks": world, "bytes_per_pair": elems * 4,
-                             "pairs": len(pairs), "bottleneck_bytes": bneck, "seconds": dt,
-                             "goodput": (bneck / dt / (rate_bits / 8.0)) if rate_bits and bneck else None,
-                             "release_first_s": first, "release_last_s": last, "release_spread": spread,
+                             "pairs": len(pairs), "calls": calls, "compute_matmuls": work, "bottleneck_bytes": bneck,
+                             "seconds": dt,
+                             "goodput": (calls * bneck / dt / (rate_bits / 8.0)) if rate_bits and bneck else None,
+                             "release_first_s": first, "release_last_s": last, "release_mean_s": mean,
+                             "release_spread": spread,
                              "rate_bits": rate_bits or None, "world_size": world, "backend": backend})
     if rank == 0:
         meta = torch_meta("patterns", backend, "cpu", argv=list(argv if argv is not None else sys.argv[1:]),
@@ -160,7 +195,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             m = rs[len(rs) // 2]
             gp = f", goodput {m['goodput']:.2f} of the rate" if m["goodput"] else ""
             spreads = sorted(r["release_spread"] for r in rs)
-            print(f"{PROG}: {name:13s} {m['seconds'] * 1e3:8.1f} ms{gp}, ranks released over the last "
+            per = f" ({m['calls']} calls)" if m["calls"] > 1 else ""
+            print(f"{PROG}: {name:16s} {m['seconds'] * 1e3:8.1f} ms{per}{gp}, ranks released over the last "
                   f"{100 * spreads[len(spreads) // 2]:.0f} % (median)", flush=True)
     finish_process_group(PROG)
     return 0

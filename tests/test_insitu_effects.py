@@ -17,7 +17,7 @@ from moesim.config import load_config
 from moesim.errors import InputFileError, MoesimError
 from moesim.validate.traffic import _ipf, measured_dispatch_copies
 from moesim.workload import build_program
-from real_backend.patterns import PATTERNS, _pairs, bottleneck_bytes, release_times
+from real_backend.patterns import PATTERNS, _pairs, bottleneck_bytes, mean_release, release_times
 
 ROOT = Path(__file__).resolve().parents[1]
 VAL = ROOT / "calibration" / "validation"
@@ -110,13 +110,19 @@ def test_patterns_probe_runs_on_real_gloo(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           "-m", "real_backend.patterns", "--out", str(out), "--bytes", "65536", "--reps", "2",
-                          "--gap", "0", "--patterns", "single,pair_two_way,all_to_all"],
+                          "--gap", "0", "--patterns", "single,pair_two_way,all_to_all,all_to_all_train",
+                          "--train", "3", "--train-compute", "5"],
                          capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     from real_backend.results import read_table as rb_read
     df, meta = rb_read(out)
     assert meta["kind"] == "patterns" and meta["world_size"] == 2
-    assert set(df["pattern"]) == {"single", "pair_two_way", "all_to_all"} and len(df) == 6
+    assert set(df["pattern"]) == {"single", "pair_two_way", "all_to_all", "all_to_all_train"} and len(df) == 8
+    train = df["pattern"] == "all_to_all_train"
+    assert (df.loc[train, "calls"] == 3).all() and (df.loc[~train, "calls"] == 1).all()
+    assert (df.loc[train, "compute_matmuls"] == 5).all() and (df.loc[~train, "compute_matmuls"] == 0).all()
+    assert (df["release_first_s"] <= df["release_mean_s"] + 1e-9).all()
+    assert (df["release_mean_s"] <= df["release_last_s"] + 1e-9).all()
     assert (df["seconds"] > 0).all() and df["goodput"].isna().all()      # not shaped: no rate to compare
     assert set(PATTERNS) >= set(df["pattern"])
     # every rank is released after the first and no later than the whole pattern (closing barrier)
@@ -133,6 +139,7 @@ def test_release_times_closed_form():
     assert first == pytest.approx(0.052) and last == pytest.approx(0.100)
     assert spread == pytest.approx(0.048 / 0.100)
     assert release_times([1.0, 1.0], [1.0, 1.0], [(0, 1)]) == (0.0, 0.0, 0.0)
+    assert mean_release(starts, ends, [(0, 1), (1, 2), (2, 0)]) == pytest.approx((0.100 + 0.052 + 0.081) / 3)
 
 
 def _synthetic_runs(tmp_path, names, truth) -> list:
