@@ -14,7 +14,7 @@ import pytest
 
 from moesim.calibrate import campaign
 from moesim.calibrate.netmodel import LinkParams
-from moesim.calibrate.twoway import SIZE_SWEEP_PATTERNS, fit_two_way, predict, read_size_sweep
+from moesim.calibrate.twoway import SIZE_SWEEP_PATTERNS, TRAIN_PATTERNS, fit_two_way, predict, read_size_sweep
 from moesim.errors import InputFileError, MoesimError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,7 +97,7 @@ def test_the_campaign_records_and_checks_the_two_way_flag(tmp_path):
     cmd = campaign.fit_command("c", "cpu-testbed", campaign.DEFAULT_PATTERNS, two_way="sizesweep")
     assert cmd.endswith("--two-way sizesweep --only calibrate)")
     assert "--two-way" not in campaign.fit_command("c", "cpu-testbed", campaign.DEFAULT_PATTERNS)
-    assert campaign.SIZE_SWEEP_PATTERNS_DEFAULT == SIZE_SWEEP_PATTERNS   # spelled out to import without pandas
+    assert campaign.TWO_WAY_PATTERNS_DEFAULT == {"sizesweep": SIZE_SWEEP_PATTERNS, "trains": TRAIN_PATTERNS}  # spelled out: no pandas there
     with pytest.raises(SystemExit):
         campaign.main(["--only", "calibrate", "--two-way", "guess"])
     args = argparse.Namespace(name="x", patterns="none", tbf_effects=False, out=str(tmp_path),
@@ -143,3 +143,37 @@ def test_trains_reproduce_in_step_all_to_alls_and_their_goodput_falls_with_durat
         d = 3 * per_pair * 8 / rate                      # the bottleneck bytes in time at the rate (s)
         model = d if d <= onset else onset + (d - onset) / after
         assert model == pytest.approx(t["all_to_all_train"][1], rel=0.10), name
+
+
+def test_trains_fit_the_two_way_loss_that_steps_see():
+    """``--two-way trains``: the committed trains (back-to-back All-to-Alls, one table per testbed and
+    size) read as one row per table with its calls, and (b, c) fitted on them reproduce every train
+    within 6 % (README, pre-registration "Trains set the two-way loss")."""
+    from moesim.calibrate.netmodel import TESTBED_TBF_BURST_S
+    from moesim.calibrate.profile_io import link_params, raw_profile
+    files = sorted(glob.glob(str(ROOT / TRAIN_PATTERNS)))
+    sweep = read_size_sweep(files, "all_to_all_train")
+    assert len(sweep) == 7 and (sweep["calls"] == 8).all() and set(sweep["hosts"]) == {2, 4}
+    with pytest.raises(InputFileError, match="no all_to_all_train rows"):
+        read_size_sweep(sorted(glob.glob(str(ROOT / SIZE_SWEEP_PATTERNS)))[:1], "all_to_all_train")
+    _, raw = raw_profile(str(ROOT / "calibration" / "cpu-testbed.yaml"))
+    fit = fit_two_way(sweep, link_params(raw), float(raw["network"]["latency_per_message_s"]), TESTBED_TBF_BURST_S,
+                      source="trains")
+    rec = fit.record()
+    assert rec["source"] == "trains" and "back-to-back" in rec["meaning"] and rec["rows"] == 7
+    assert rec["max_error"] < 0.06 and fit.peer > 0.05
+
+
+def test_back_to_back_calls_start_where_the_previous_ended():
+    """``simulate_measured(repeat=n)``: without a token bucket n calls take n times one; with it the
+    first call passes the bucket and the next ones find it spent (no idle time to refill)."""
+    from moesim.calibrate.netmodel import simulate_measured
+    plain = {"nic": LinkParams(efficiency=1.0), "stack": LinkParams(max_bandwidth=1e10),
+             "loopback": LinkParams(max_bandwidth=1e10)}
+    one = simulate_measured("all_to_all", "world", 4, 1, 4 * 393216, 150e6, plain, 0.0, 0.0)
+    assert simulate_measured("all_to_all", "world", 4, 1, 4 * 393216, 150e6, plain, 0.0, 0.0, repeat=5) == \
+        pytest.approx(5 * one, rel=1e-9)
+    bucket = {**plain, "nic": LinkParams(efficiency=1.0, burst_s=0.005)}
+    first = simulate_measured("all_to_all", "world", 4, 1, 4 * 393216, 150e6, bucket, 0.0, 0.0)
+    train = simulate_measured("all_to_all", "world", 4, 1, 4 * 393216, 150e6, bucket, 0.0, 0.0, repeat=5)
+    assert first < one and (train - first) / 4 == pytest.approx(one, rel=1e-6)

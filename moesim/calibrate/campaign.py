@@ -47,8 +47,10 @@ from moesim.calibrate.profile_io import machine_info, now_iso
 PROG = "moesim.calibrate.campaign"
 #: the All-to-All release probes the in-situ fit's shared-core model takes its spread from
 DEFAULT_PATTERNS = "calibration/patterns/release-*.csv"
-TWO_WAY_FROM = ("insitu", "sizesweep")
-SIZE_SWEEP_PATTERNS_DEFAULT = "calibration/patterns/sizesweep-*.csv"  # moesim.calibrate.twoway (pandas-free here)
+TWO_WAY_FROM = ("insitu", "sizesweep", "trains")
+# moesim.calibrate.twoway's defaults (pandas-free here)
+TWO_WAY_PATTERNS_DEFAULT = {"sizesweep": "calibration/patterns/sizesweep-*.csv",
+                            "trains": "calibration/patterns/train-*.csv"}
 MODEL = "real_backend/configs/small-gpt.yaml"
 #: the campaign model: small-gpt sized so that one training step takes 0.1-2 s on 4 ranks / 2 cores
 MODEL_SETS = ["moe.experts=16", "model.vocab=2048", "model.seq_len=64", "run.global_batch_tokens=768",
@@ -321,11 +323,12 @@ def main(argv: list[str] | None = None) -> int:
                          "All-to-Alls' two-way loss is left to the in-situ two-way penalty, or all (joint)")
     ap.add_argument("--two-way", choices=TWO_WAY_FROM, default="insitu",
                     help="the tc-shaped links' two-way loss (b, c): fitted in situ on the fit runs' steps with "
-                         "the waiting (insitu, default), or on the isolated All-to-Alls of the size sweep "
-                         "(--two-way-patterns; moesim.calibrate.twoway) and held in the in-situ fit (sizesweep)")
+                         "the waiting (insitu, default), or on real_backend.patterns tables (--two-way-patterns; "
+                         "moesim.calibrate.twoway) and held in the in-situ fit: the isolated All-to-Alls of the "
+                         "size sweep (sizesweep) or the trains of back-to-back ones, what a step's cost (trains)")
     ap.add_argument("--two-way-patterns", default=None,
-                    help=f"the size sweep for --two-way sizesweep (glob, relative to the repository; default "
-                         f"{SIZE_SWEEP_PATTERNS_DEFAULT})")
+                    help="the tables for --two-way sizesweep|trains (glob, relative to the repository; default "
+                         + ", ".join(f"{k}: {v}" for k, v in TWO_WAY_PATTERNS_DEFAULT.items()) + ")")
     ap.add_argument("--repeats", type=int, default=3,
                     help="runs of every validation configuration, in whole rounds (default 3); validation "
                          "compares predictions with the median over a configuration's runs")
@@ -411,20 +414,21 @@ def fit_command(out: str, name: str, patterns: str, a2a_start: str = "pairwise",
     return f"{base}  (this fit alone: {base} --only calibrate)"
 
 
-def _two_way_from_sweep(cal, root: Path, pattern: str, log):
-    """(b, c) of the shaped links fitted on the size sweep ``pattern`` (moesim.calibrate.twoway) with the
-    links just fitted and the testbed's full bucket."""
+def _two_way_from_sweep(cal, root: Path, pattern: str, log, source: str = "sizesweep"):
+    """(b, c) of the shaped links fitted on the patterns tables ``pattern`` (moesim.calibrate.twoway:
+    the size sweep's isolated All-to-Alls, or the trains of back-to-back ones) with the links just
+    fitted and the testbed's bucket."""
     from moesim.calibrate.netmodel import TESTBED_TBF_BURST_S
     from moesim.calibrate.profile_io import link_params
-    from moesim.calibrate.twoway import fit_two_way, read_size_sweep
+    from moesim.calibrate.twoway import SOURCE_PATTERN, fit_two_way, read_size_sweep
     files = sorted(glob.glob(str(root / pattern)))
     if not files:
         raise SystemExit(f"{PROG}: --two-way-patterns {pattern}: no such tables (measure them with "
-                         f"real_backend.patterns at several --bytes, or use --two-way insitu)")
-    fit = fit_two_way(read_size_sweep(files), link_params(cal.profile),
-                      float(cal.profile["network"]["latency_per_message_s"]), TESTBED_TBF_BURST_S)
+                         f"real_backend.patterns, or use --two-way insitu)")
+    fit = fit_two_way(read_size_sweep(files, SOURCE_PATTERN[source]), link_params(cal.profile),
+                      float(cal.profile["network"]["latency_per_message_s"]), TESTBED_TBF_BURST_S, source=source)
     rec = fit.record()
-    log(f"two-way loss from the size sweep ({rec['rows']} tables): b = {fit.penalty:.3f}, c = {fit.peer:.3f} "
+    log(f"two-way loss from the {source} ({rec['rows']} tables): b = {fit.penalty:.3f}, c = {fit.peer:.3f} "
         f"(rms log error {rec['rms_log_error']:.3f}, max error {rec['max_error']:.1%})")
     return fit
 
@@ -450,8 +454,8 @@ def finish(args, log, out: Path, mdir: Path, vdir: Path) -> int:
     burst = getattr(args, "burst", "whole")
     two_way, two_way_patterns = getattr(args, "two_way", "insitu"), getattr(args, "two_way_patterns", None)
     held = None
-    if two_way == "sizesweep":
-        held = _two_way_from_sweep(cal, root, two_way_patterns or SIZE_SWEEP_PATTERNS_DEFAULT, log)
+    if two_way != "insitu":
+        held = _two_way_from_sweep(cal, root, two_way_patterns or TWO_WAY_PATTERNS_DEFAULT[two_way], log, two_way)
     if fit_runs:
         cal = fit_insitu(cal, fit_runs, patterns=[root / f for f in patterns] or None,
                          pairwise_a2a=a2a_start == "pairwise",

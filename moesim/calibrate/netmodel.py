@@ -288,12 +288,17 @@ def collective_features(kind: str, group: str, hosts: int, rph: int, size_bytes:
 
 
 def simulate_measured(kind: str, group: str, hosts: int, rph: int, size_bytes: float, rate_bits: float | None,
-                      links: Mapping[str, LinkParams], latency_per_message: float, overhead: float) -> float:
-    """The simulator's time for a measured collective with calibrated links (for checks and tests)."""
+                      links: Mapping[str, LinkParams], latency_per_message: float, overhead: float,
+                      repeat: int = 1) -> float:
+    """The simulator's time for a measured collective with calibrated links (for checks and tests);
+    ``repeat``: that many back to back, each starting when the previous has ended (total s)."""
     topo = effective_topology(Topology(testbed_graph(hosts, rph, rate_bits), source="<testbed>"), links)
     colls = build_collectives(kind, group_members(group, hosts, rph), size_bytes, topo)
     net = FluidNetwork(topo, NetworkParams(latency_per_message, overhead))
-    for i, c in enumerate(colls):
-        net.start(c, i, 0.0)
-    net.run_until_idle()
-    return max(net.timings[i].end_s for i in range(len(colls)))
+    t = 0.0
+    for k in range(repeat):
+        for i, c in enumerate(colls):
+            net.start(c, (k, i), t)
+        net.run_until_idle()
+        t = max(net.timings[(k, i)].end_s for i in range(len(colls)))
+    return t

@@ -28,6 +28,10 @@ from moesim.calibrate.tables import _read_raw
 from moesim.errors import InputFileError, MoesimError
 
 SIZE_SWEEP_PATTERNS = "calibration/patterns/sizesweep-*.csv"
+#: back-to-back All-to-Alls (``real_backend.patterns --patterns all_to_all_train``), what a step's cost
+TRAIN_PATTERNS = "calibration/patterns/train-*.csv"
+#: the pattern each source fits on
+SOURCE_PATTERN = {"sizesweep": "all_to_all", "trains": "all_to_all_train"}
 PENALTY_GRID = tuple(np.round(np.arange(0.0, 0.71, 0.1), 2))
 PEER_GRID = tuple(np.round(np.arange(0.0, 0.51, 0.1), 2))
 REFINE_ROUNDS = 6
@@ -42,21 +46,25 @@ class TwoWayFit:
     peer: float
     rows: pd.DataFrame
     files: list
+    source: str = "sizesweep"
 
     def record(self) -> dict:
         """What a profile keeps of the fit (``calibration.two_way_from``)."""
         err = np.log(self.rows["predicted_s"] / self.rows["measured_s"])
-        return {"source": "sizesweep", "two_way_penalty": self.penalty, "peer_penalty": self.peer,
+        what = ("isolated All-to-Alls of several sizes (real_backend.patterns after an idle gap: full token bucket)"
+                if self.source == "sizesweep" else
+                "trains of back-to-back All-to-Alls (real_backend.patterns all_to_all_train: what a step's cost)")
+        return {"source": self.source, "two_way_penalty": self.penalty, "peer_penalty": self.peer,
                 "tables": self.files, "rows": len(self.rows),
                 "max_error": float(np.max(np.abs(np.expm1(err)))), "rms_log_error": float(np.sqrt(np.mean(err ** 2))),
-                "meaning": "b and c of the tc-shaped links fitted on isolated All-to-Alls of several sizes "
-                           "(real_backend.patterns after an idle gap: full token bucket) with the simulator, "
+                "meaning": f"b and c of the tc-shaped links fitted on {what} with the simulator, "
                            "then held in the in-situ fit (moesim.calibrate.twoway)"}
 
 
-def read_size_sweep(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
+def read_size_sweep(paths: Sequence[str | os.PathLike], pattern: str = "all_to_all") -> pd.DataFrame:
     """One row per ``real_backend.patterns`` table: hosts, ranks_per_host, rate_bits, bytes_per_pair,
-    measured_s (median over its ``all_to_all`` repetitions), repetitions, file. Errors name the file."""
+    calls (All-to-Alls per repetition: 1, or a train's), measured_s (median over its ``pattern``
+    repetitions, per call), repetitions, file. Errors name the file."""
     if not paths:
         raise MoesimError("no size-sweep tables given (real_backend.patterns all_to_all at several --bytes "
                           "on shaped testbeds)")
@@ -77,39 +85,48 @@ def read_size_sweep(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
         missing = [c for c in ("pattern", "seconds", "bytes_per_pair") if c not in df.columns]
         if missing:
             raise InputFileError(p, f"missing column(s) {', '.join(missing)}")
-        a2a = df[df["pattern"].astype(str) == "all_to_all"]
+        a2a = df[df["pattern"].astype(str) == pattern]
         if a2a.empty:
-            raise InputFileError(p, "no all_to_all rows (run real_backend.patterns --patterns all_to_all)")
+            raise InputFileError(p, f"no {pattern} rows (run real_backend.patterns --patterns {pattern})")
         for col in ("seconds", "bytes_per_pair"):
             vals = pd.to_numeric(a2a[col], errors="coerce")
             bad = vals.isna() | ~np.isfinite(vals) | (vals <= 0)
             if bad.any():
                 i = int(np.flatnonzero(bad.to_numpy())[0])
-                raise InputFileError(p, f"column '{col}' all_to_all row {i + 1}: not a positive number "
+                raise InputFileError(p, f"column '{col}' {pattern} row {i + 1}: not a positive number "
                                         f"({a2a[col].iloc[i]!r})")
         sizes = pd.to_numeric(a2a["bytes_per_pair"]).unique()
         if len(sizes) != 1:
-            raise InputFileError(p, f"all_to_all rows of several sizes ({', '.join(map(str, sizes))}): one "
+            raise InputFileError(p, f"{pattern} rows of several sizes ({', '.join(map(str, sizes))}): one "
                                     "size per table")
+        calls = 1
+        if "calls" in a2a.columns:
+            counts = pd.to_numeric(a2a["calls"], errors="coerce").unique()
+            if len(counts) != 1 or not np.isfinite(counts[0]) or counts[0] < 1:
+                raise InputFileError(p, f"column 'calls' of the {pattern} rows must be one positive integer")
+            calls = int(counts[0])
         rows.append({"hosts": hosts, "ranks_per_host": rph, "rate_bits": rate, "bytes_per_pair": float(sizes[0]),
-                     "measured_s": float(pd.to_numeric(a2a["seconds"]).median()), "repetitions": len(a2a),
-                     "file": p.name})
+                     "calls": calls, "measured_s": float(pd.to_numeric(a2a["seconds"]).median()) / calls,
+                     "repetitions": len(a2a), "file": p.name})
     return pd.DataFrame(rows)
 
 
 def predict(sweep: pd.DataFrame, links: Mapping[str, LinkParams], latency_per_message: float, burst_s: float,
             penalty: float, peer: float) -> np.ndarray:
-    """Simulated seconds of every row of ``sweep`` with b = ``penalty`` and c = ``peer`` on the ``nic`` links."""
+    """Simulated seconds per call of every row of ``sweep`` with b = ``penalty`` and c = ``peer`` on the
+    ``nic`` links: its ``calls`` All-to-Alls back to back from a full bucket."""
     nic = replace(links["nic"], two_way_penalty=float(penalty), peer_penalty=float(peer), burst_s=float(burst_s))
     lk = {**links, "nic": nic}
+    calls = sweep["calls"] if "calls" in sweep.columns else pd.Series(1, index=sweep.index)
     return np.array([simulate_measured("all_to_all", "world", int(r.hosts), int(r.ranks_per_host),
                                        r.bytes_per_pair * r.hosts * r.ranks_per_host, r.rate_bits, lk,
-                                       latency_per_message, 0.0)
-                     for r in sweep.itertuples()])
+                                       latency_per_message, 0.0, repeat=int(n)) / int(n)
+                     for r, n in zip(sweep.itertuples(), calls)])
 
 
 def fit_two_way(sweep: pd.DataFrame, links: Mapping[str, LinkParams], latency_per_message: float, burst_s: float,
-                penalty_grid=PENALTY_GRID, peer_grid=PEER_GRID, refine: int = REFINE_ROUNDS) -> TwoWayFit:
+                penalty_grid=PENALTY_GRID, peer_grid=PEER_GRID, refine: int = REFINE_ROUNDS,
+                source: str = "sizesweep") -> TwoWayFit:
     """Fit (b, c) on ``sweep`` (:func:`read_size_sweep`) with the calibrated ``links`` (which must hold
     ``nic``), ``latency_per_message`` (s) and a full bucket of ``burst_s`` seconds at the rate."""
     if "nic" not in links:
@@ -141,4 +158,4 @@ def fit_two_way(sweep: pd.DataFrame, links: Mapping[str, LinkParams], latency_pe
         steps = tuple(h / 2 for h in steps)
     b, c = (round(float(v), 9) for v in best)
     rows = sweep.assign(predicted_s=cache[(b, c)][1])
-    return TwoWayFit(b, c, rows, list(sweep["file"]))
+    return TwoWayFit(b, c, rows, list(sweep["file"]), source)
