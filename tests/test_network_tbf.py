@@ -119,31 +119,6 @@ def test_burst_passes_first_bytes_and_refills_while_idle():
     assert ends["a"] == pytest.approx(1.5, rel=1e-9) and ends["b"] == pytest.approx(1.8, rel=1e-9)
 
 
-def test_buckets_are_accounted_continuously_across_overlapping_stages():
-    B = 2e5
-    one_in = lambda src, n=1e6: C.p2p([src], [0], n)  # noqa: E731  (host src -> host 0: uplink, host 0's downlink)
-    # a small exchange that waits out its receivers' floor (50 ms) holds host 0's downlink but sends
-    # nothing: a transfer starting meanwhile finds the bucket refilled (B - 1e3 + CAP * 0.02 > B)
-    ends = _run(_topo(burst_bytes={"nic": B}), [("small", one_in(1, 1e3), 0.0), ("big", one_in(2), 0.02)],
-                NetworkParams(0.0, 0.0, receiver_wait_s=0.05))
-    assert ends["small"] == pytest.approx(0.05, rel=1e-9)
-    assert ends["big"] == pytest.approx(0.02 + (1e6 - B) / CAP, rel=1e-9)
-    # stages that start together share the bucket evenly, whichever collective they belong to:
-    # both take B / 2 and share the downlink, so both end at (2e6 - B) / CAP
-    ends = _run(_topo(burst_bytes={"nic": B}), [("a", one_in(1), 0.0), ("b", one_in(2), 0.0)])
-    assert ends["a"] == pytest.approx((2e6 - B) / CAP, rel=1e-9) and ends["b"] == pytest.approx(ends["a"], rel=1e-12)
-    # a link that a two-way loss slows to CAP / (1 + b) gains CAP * b / (1 + b) in tokens while it
-    # carries the exchange: the next stage, back to back, takes them
-    b = 0.25
-    ex = FlowStage(np.array([0, 1]), np.array([1, 0]), np.array([1e6, 1e6]))
-    nxt = FlowStage(np.array([1]), np.array([0]), np.array([1e6]))
-    coll = Collective("p2p", "direct", np.array([0, 1]), [ex, nxt])
-    t1 = (1e6 - B) / (CAP / (1 + b))
-    credit = min(B, CAP * b / (1 + b) * t1)
-    assert _time(_topo(burst_bytes={"nic": B}, two_way_penalty={"nic": b}), coll) == pytest.approx(
-        t1 + (1e6 - credit) / CAP, rel=1e-9)
-
-
 def test_receiver_wait_overlaps_wire_time_and_adds_to_cpu_time():
     wait = 0.3
     p = NetworkParams(0.0, 0.0, receiver_wait_s=wait)

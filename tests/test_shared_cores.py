@@ -231,65 +231,6 @@ def test_pairwise_start_overlaps_early_pairs_with_a_late_rank():
     assert got["end"] == pytest.approx(T, rel=1e-9)
 
 
-def _pairwise_chain(matrices: list, spread: float = 0.0):
-    """Ranks of a 4x1 testbed run ``matrices`` as pairwise All-to-Alls one after another, each rank
-    going on to the next as soon as it is released (gloo orders collectives per rank, not globally).
-    Returns {(call, rank): release time} and the pair exchanges' timings."""
-    topo = Topology(netmodel.testbed_graph(4, 1, 150e6), source="<t>")
-    if spread:
-        topo.graph.graph["release_spread"] = {"nic": spread}
-    env = simpy.Environment()
-    bridge = NetworkBridge(env, topo, NetworkProfile(latency_per_message_s=0.0, collective_overhead_s=0.0))
-    specs = [CollectiveSpec(cid=i, name="a2a", phase="dispatch", layer=0, direction="fwd", op="all_to_all",
-                            channel="ep", groups=((0, 1, 2, 3),), matrix=m) for i, m in enumerate(matrices)]
-    members = [{r: env.event() for r in range(4)} for _ in specs]
-    times = {}
-
-    def rank(r):
-        for i, spec in enumerate(specs):
-            bridge.arrive_pairwise(spec, i, r, members[i], lambda: None)
-            yield members[i][r]
-            times[(i, r)] = env.now
-    for r in range(4):
-        env.process(rank(r))
-    env.run()
-    return times, {k: v for k, v in bridge.net.timings.items() if k[0] == "pair"}
-
-
-def test_pairwise_all_to_alls_keep_order_per_connection_not_per_group():
-    # call 0: ranks 2 and 3 exchange 10 MB, every other pair 1 kB; call 1: only ranks 0 and 1 (100 kB)
-    m0 = np.full((4, 4), 1e3)
-    m0[2, 3] = m0[3, 2] = 1e7
-    m1 = np.zeros((4, 4))
-    m1[0, 1] = m1[1, 0] = 1e5
-    times, pairs = _pairwise_chain([m0, m1])
-    big = pairs[("pair", 0, 3, 2)].end_s
-    # ranks 0 and 1 leave call 0 (times: (call, rank)) with their own small exchanges and run their
-    # exchange of call 1 while 2 and 3 still exchange: it does not wait for call 0 to end for every rank
-    assert times[(0, 0)] < big / 100 and times[(0, 1)] < big / 100
-    early = pairs[("pair", 1, 1, 0)]
-    assert early.start_s == pytest.approx(times[(0, 1)]) and early.end_s < big / 10
-    # everyone leaves call 1 once its group is complete (ranks 2 and 3 arrive when their call 0 ends)
-    assert times[(0, 2)] == pytest.approx(big) and all(times[(1, r)] == pytest.approx(big) for r in range(4))
-    # with a release spread ranks leave before their exchanges have landed; a pair's next exchange
-    # then waits for its previous one on the same connection (TCP keeps order)
-    uniform = np.full((4, 4), 1e6)
-    times, pairs = _pairwise_chain([uniform, uniform], spread=0.3)
-    for (_, call, a, b), t in pairs.items():
-        if call == 1:
-            prev = next(v for (_, c, x, y), v in pairs.items() if c == 0 and {x, y} == {a, b})
-            assert t.start_s >= prev.end_s - 1e-12
-    assert min(times[(0, r)] for r in range(4)) < max(times[(0, r)] for r in range(4))
-    # in a simulated step (pairwise start and release spread, as the committed AVX2 profile), a rank
-    # released early from a dispatch starts its combine exchanges before the dispatch has ended for all
-    prof = find_profile(AVX2)
-    topo = Topology(netmodel.testbed_graph(4, 1, 150e6, cores=2), source="<t>")
-    tl = simulate(_campaign_cfg("cdac"), topo, prof).timeline()
-    coll = tl[tl["rank"] == -1].set_index(["name", "layer", "direction"])
-    starts = coll.loc[("combine", 0, "fwd"), "start_s"]
-    assert starts < coll.loc[("dispatch", 0, "fwd"), "end_s"] - 1e-4
-
-
 def _campaign_cfg(structure="cdac", top_k=8):
     return load_config({"model": {"name": "small-gpt", "layers": 2, "hidden": 256, "heads": 4, "seq_len": 64,
                                   "vocab": 2048, "dtype": "fp32"},

@@ -49,8 +49,6 @@ class NetworkBridge:
         self.release_spread = max((float(v) for v in spreads.values()), default=0.0)
         self._stagger: dict = {}   # (key, group) -> [start, member events in release order, next position, staggered]
         self._pairwise: dict = {}  # key -> per-collective pairwise state (arrive_pairwise)
-        self._pair_busy: dict = {}  # frozenset rank pair -> pair exchange in flight on its connection
-        self._pair_queue: dict = {}  # frozenset rank pair -> exchanges waiting for that one, in order
         env.process(self._drive())
 
     # ---- collectives ------------------------------------------------------------------------------------
@@ -119,14 +117,8 @@ class NetworkBridge:
                                 [FlowStage([rank, peer], [peer, rank], [fwd, back], label="all_to_all:pair")],
                                 (fwd + back) / 2)
             pair_key = ("pair", key, rank, peer)
+            self.net.start(coll, pair_key, self.env.now)
             st.pairs[pair_key] = gi
-            conn = frozenset((rank, peer))
-            if conn in self._pair_busy:      # the connection still carries an earlier exchange
-                self._pair_queue.setdefault(conn, []).append((coll, pair_key))
-                st.queued.add(pair_key)
-            else:
-                self._pair_busy[conn] = pair_key
-                self.net.start(coll, pair_key, self.env.now)
         st.arrived.add(rank)
         n = len(group)
         if (all(r in st.arrived for r in group) and self.release_spread > 0 and n > 1
@@ -153,18 +145,6 @@ class NetworkBridge:
     def _pair_done(self, pair_key) -> None:
         _, key, a, b = pair_key
         del self._pairwise[key].pairs[pair_key]
-        conn = frozenset((a, b))
-        del self._pair_busy[conn]
-        queue = self._pair_queue.get(conn)
-        if queue:                            # the connection's next exchange starts now
-            coll, nxt = queue.pop(0)
-            if not queue:
-                del self._pair_queue[conn]
-            self._pairwise[nxt[1]].queued.discard(nxt)
-            self._pair_busy[conn] = nxt
-            self.net.start(coll, nxt, self.env.now)
-            if not self._wake.triggered:
-                self._wake.succeed()
         self._release_pairwise(key, (a, b))
 
     def _pairwise_release_due(self) -> float:
@@ -177,8 +157,7 @@ class NetworkBridge:
                     if order[j] in st.released:
                         j += 1
                         continue
-                    end = max((math.inf if k in st.queued else self.net.projected_end(k)
-                               for k, g in st.pairs.items() if g == gi), default=math.inf)
+                    end = max((self.net.projected_end(k) for k, g in st.pairs.items() if g == gi), default=math.inf)
                     t = self._staggered(start, end, j, len(order))
                     if t > now + 1e-12 * max(1.0, now):
                         nxt = min(nxt, t)
@@ -266,8 +245,7 @@ class _PairwiseA2A:
         self.group_of = {int(r): i for i, g in enumerate(spec.groups) for r in g}
         self.arrived: set = set()
         self.released: set = set()
-        self.pairs: dict = {}         # pair exchanges not landed yet (key -> group index)
-        self.queued: set = set()      # those of them waiting for their connection (not started)
+        self.pairs: dict = {}
         self.stagger: dict = {}       # group index -> [start, ranks in release order, next position]
 
     def group_complete(self, rank: int) -> bool:

@@ -178,11 +178,7 @@ class Simulation:
             def go():
                 started.setdefault(cid, env.now)
                 bridge.arrive_pairwise(prog.collectives[cid], cid, rank, member_events(cid), lambda: finish(cid))
-            prev = previous.get(cid)
-            if prev is not None and prog.collectives[prev].op == "all_to_all":
-                go()   # per-rank order (this rank left prev); the bridge keeps each connection's order
-            else:
-                when_channel_free(cid, go)
+            when_channel_free(cid, go)
 
         def arrive(cid: int, c: int):
             if pairwise and prog.collectives[cid].op == "all_to_all":

@@ -29,15 +29,14 @@ other hosts' flows). An All-to-All is two-way; a ring of three or more ranks is 
 
 Burst (optional, off unless ``graph.graph["burst_bytes"]`` maps a link class to bytes ``B > 0``): a
 token-bucket link gains tokens at its rate, up to ``B``, and passes what the bucket holds without
-waiting for tokens. Each link's bucket is accounted continuously: it starts full, fills at the
-link's capacity less what its flows send (so not at all while they keep it at its rate; a link
-that a two-way loss slows, or that only a stage waiting out its floor holds, refills), and stages
-take what it holds when they start: each flow's bytes shrink by ``min`` over the burst links of its
-route of the link's tokens divided by the flows starting on it then (shared evenly by the flows
-that start together; those bytes pass at line rate, much faster than the token rate), and the link
-keeps the rest. So a stage right after one that filled the link finds the bucket empty, a split-size
-exchange barely drains it, collectives separated by compute find it refilled, and the rank pairs of
-a pairwise All-to-All that start while other pairs' small exchanges hold the link still find it.
+waiting for tokens. When a stage starts, each such link that no other stage is using holds what its
+last stage left plus its rate times the idle time since, up to ``B``; a stage leaves ``its start
+level + rate * its duration - its bytes on the link`` (token accounting: a split-size exchange
+barely drains a bucket, a stage that kept the link at its rate empties it). Each flow's bytes
+shrink by ``min`` over the burst links of its route of that amount divided by the stage's flows on
+the link (the burst is shared evenly by the flows that start together; those bytes pass at line
+rate, much faster than the token rate). So a stage right after one that filled the link finds the
+bucket empty, and collectives separated by compute find it refilled.
 """
 from __future__ import annotations
 
@@ -95,7 +94,8 @@ class _StageRun:
         self.max_arrival = start + floor_s  # a stage never ends before its receivers' wait
         self.end_time = math.inf        # set when the last cell has finished sending
         self.projected_end = math.inf   # stage end if no re-solve comes first
-        self.burst_free: np.ndarray | None = None  # per cell: bytes per flow its token buckets passed at once
+        self.links: np.ndarray | None = None  # links it sends over (token-bucket bookkeeping)
+        self.bucket_start: np.ndarray | None = None  # per link: bytes its token bucket held at the start
 
     def bytes_per_flow(self) -> np.ndarray:
         c = self.cells
@@ -138,10 +138,9 @@ class FluidNetwork:
         peer = class_values(topology, "peer_penalty")
         self._peer = peer if (peer is not None and self._two_way is not None) else None
         self._burst = class_values(topology, "burst_bytes")
-        # token buckets: per link the bytes held now (full at the start); the stage runs that took
-        # from them last, and when
+        # token buckets: per link the bytes held at ``_bucket_time`` (full at the start)
         self._bucket = None if self._burst is None else self._burst.astype(float).copy()
-        self._burst_batch: tuple[float, list] = (-math.inf, [])
+        self._bucket_time = None if self._burst is None else np.zeros(topology.num_links)
         self._cpu_bound = class_values(topology, "cpu_bound")
 
     # -- public API ------------------------------------------------------------------------------
@@ -274,8 +273,6 @@ class FluidNetwork:
             return
         if self._dirty:
             self._solve()
-        if self._bucket is not None:
-            self._refill_buckets(dt)
         for r in self._runs:
             if r.sending and r.cells is not None:
                 a = r.active
@@ -328,6 +325,8 @@ class FluidNetwork:
 
     def _finish_stage(self, r: _StageRun, t: float, done: list) -> None:
         self._runs.remove(r)
+        if self._bucket is not None and r.cells is not None:
+            self._drain_buckets(r)
         self._account(r)
         crun = r.crun
         crun.stage_ends.append(r.end_time)
@@ -390,18 +389,9 @@ class FluidNetwork:
                 p_sig = None
         if p_sig is None:
             p_sig = digest(labels.tobytes())
-        new = [r for r in runs if r.cells is None]
         for r in runs:
             if r.cells is None or r.p_sig != p_sig:
                 self._bind(r, labels, p_sig)
-        if new:
-            if self._bucket is not None:
-                self._take_bursts(new)     # may share again with runs that started at this instant
-                new = self._burst_batch[1]
-            if self.params.receiver_wait_s > 0 and self._cpu_bound is not None:
-                for r in new:
-                    r.max_arrival = max(r.max_arrival, r.start + self.params.receiver_wait_s
-                                        + self._cpu_time(r.cells, r.labels, r.p_sig, r.rem))
         items = sorted((r.stage.signature, digest(np.packbits(r.active).tobytes()), i) for i, r in enumerate(runs))
         key = (p_sig,) + tuple((s, m) for s, m, _ in items)
         rates_by_item = self._memo.get(key)
@@ -471,8 +461,14 @@ class FluidNetwork:
         cells = self._book.cells(r.stage, labels, p_sig)
         if r.cells is None:
             r.rem = (np.full(len(cells), r.stage.bytes_per_flow) if cells.nbytes is None else cells.nbytes.copy())
+            if self._burst is not None:
+                r.bucket_start = self._bucket_levels(r)
+                r.rem = np.maximum(r.rem - self._burst_share(cells, labels, p_sig, r.bucket_start), 1e-9 * r.rem)
             r.active = np.ones(len(cells), dtype=bool)
             r.done = np.full(len(cells), np.nan)
+            if self.params.receiver_wait_s > 0 and self._cpu_bound is not None:
+                r.max_arrival = max(r.max_arrival, r.start + self.params.receiver_wait_s
+                                    + self._cpu_time(cells, labels, p_sig, r.rem))
         elif cells.orbits is not None and cells is not r.cells:
             idx = self._book.parent_index(r.cells, cells)
             r.rem, r.active, r.done = r.rem[idx], r.active[idx], r.done[idx]
@@ -489,46 +485,54 @@ class FluidNetwork:
         t = np.where(cpu & (cap > 0), per_link / np.where(cap > 0, cap, 1.0), 0.0)
         return float(t.max(initial=0.0))
 
-    def _refill_buckets(self, dt: float) -> None:
-        """Token accounting over the next ``dt`` s at the current rates: each link gains its capacity
-        less what its flows send, up to its bucket (links without a bucket stay at 0)."""
-        sent = np.zeros(self.topo.num_links)
-        for r in self._runs:
-            if r.sending and r.cells is not None:
-                sent += self._expand(r, np.where(r.active, r.rate, 0.0))
-        gain = np.maximum(self.topo.link_capacity - sent, 0.0) * dt
-        self._bucket = np.minimum(self._burst, self._bucket + gain)
-
-    def _take_bursts(self, runs: list[_StageRun]) -> None:
-        """The stage runs starting now take what the buckets hold: per link shared evenly by the
-        flows starting on it, each flow the least share along its route (at most its bytes); the
-        links keep the rest. Runs that already took their share at this same instant (bound in an
-        earlier solve at the same time: nothing has been sent since) give it back and share again."""
-        if self._burst_batch[0] == self.now:
-            for r in self._burst_batch[1]:
-                if r in self._runs and r.burst_free is not None:
-                    r.rem = r.rem + r.burst_free
-                    self._bucket = self._bucket + self._expand(r, r.burst_free)
-            runs = [r for r in self._burst_batch[1] if r in self._runs] + runs
-        self._burst_batch = (self.now, runs)
-        flows = np.zeros(self.topo.num_links)
-        for r in runs:
-            flows += self._expand(r, np.ones(len(r.cells)))
-        has = (self._burst > 0) & (flows > 0)
-        share = np.where(has, self._bucket / np.where(has, flows, 1.0), np.inf)
-        taken = np.zeros(self.topo.num_links)
-        for r in runs:
+    def _run_links(self, r: _StageRun) -> np.ndarray:
+        """Links (ids) a bound stage run sends over (computed once per run: relabelling keeps them)."""
+        if r.links is None:
             lo = self._book.orbits(r.labels, r.p_sig)
-            per_orbit = np.full(len(lo.size), np.inf)
-            np.minimum.at(per_orbit, lo.of_link, share)
-            c = r.cells
-            free = np.full(len(c), np.inf)
-            np.minimum.at(free, c.q_rows, per_orbit[c.q_cols])
-            free = np.minimum(np.where(np.isfinite(free), free, 0.0), 0.999999999 * r.rem)
-            r.rem = r.rem - free
-            r.burst_free = free
-            taken += self._expand(r, free)
-        self._bucket = np.maximum(self._bucket - taken, 0.0)
+            r.links = np.flatnonzero(np.isin(lo.of_link, np.unique(r.cells.q_cols)))
+        return r.links
+
+    def _bucket_levels(self, starting: _StageRun) -> np.ndarray:
+        """Per link: the bytes its token bucket holds now (0 on links another stage is using)."""
+        level = np.minimum(self._burst, self._bucket + self.topo.link_capacity
+                           * np.maximum(self.now - self._bucket_time, 0.0))
+        level[self._links_in_use(starting)] = 0.0
+        return level
+
+    def _links_in_use(self, exclude: _StageRun) -> np.ndarray:
+        """Per link: whether a bound stage run other than ``exclude`` sends over it."""
+        used = np.zeros(self.topo.num_links, dtype=bool)
+        for r in self._runs:
+            if r is not exclude and r.cells is not None:
+                used[self._run_links(r)] = True
+        return used
+
+    def _drain_buckets(self, r: _StageRun) -> None:
+        """Token accounting when ``r`` ends: each of its links held ``bucket_start`` when it began and
+        gained its rate in tokens while it ran, and its bytes spent them, so a link left idle keeps
+        ``min(B, start + rate * duration - bytes)``: a small stage (a split-size exchange) leaves the
+        bucket nearly full, a stage that kept the link at its rate leaves it empty. Links another
+        stage still uses are left empty."""
+        links = self._run_links(r)
+        sent = self._expand(r, r.bytes_per_flow())[links]
+        level = np.clip(r.bucket_start[links] + self.topo.link_capacity[links] * max(r.end_time - r.start, 0.0) - sent,
+                        0.0, self._burst[links])
+        self._bucket[links] = np.where(self._links_in_use(r)[links], 0.0, level)
+        self._bucket_time[links] = r.end_time
+
+    def _burst_share(self, cells: Cells, labels: np.ndarray, p_sig: bytes, level: np.ndarray) -> np.ndarray:
+        """Per cell: the burst bytes each of its flows gets (see the module docstring)."""
+        lo = self._book.orbits(labels, p_sig)
+        burst = np.full(len(lo.size), np.inf)
+        np.minimum.at(burst, lo.of_link, level)
+        bucketed = np.zeros(len(lo.size), dtype=bool)
+        bucketed[lo.of_link[self._burst > 0]] = True
+        flows = np.bincount(cells.q_cols, weights=cells.q_coef, minlength=len(lo.size))
+        c = cells.q_cols
+        share = np.where(bucketed[c] & (flows[c] > 0), burst[c] / np.maximum(flows[c], 1e-300), np.inf)
+        free = np.full(len(cells), np.inf)
+        np.minimum.at(free, cells.q_rows, share)
+        return np.where(np.isfinite(free), free, 0.0)
 
     def _memoise(self, key, rates_by_item: list[np.ndarray]) -> None:
         size = sum(x.nbytes for x in rates_by_item) + 200
