@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="the tc-shaped links' two-way loss (b, c): fitted in situ on the fit runs' steps with "
                          "the waiting (insitu, default), or on real_backend.patterns tables (--two-way-patterns; "
                          "moesim.calibrate.twoway) and held in the in-situ fit: the isolated All-to-Alls of the "
-                         "size sweep (sizesweep) or the trains of back-to-back ones, what a step's cost (trains)")
+                         "size sweep (sizesweep) or the trains of back-to-back ones, costed like a step's (trains)")
     ap.add_argument("--two-way-patterns", default=None,
                     help="the tables for --two-way sizesweep|trains (glob, relative to the repository; default "
                          + ", ".join(f"{k}: {v}" for k, v in TWO_WAY_PATTERNS_DEFAULT.items()) + ")")

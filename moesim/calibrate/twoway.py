@@ -1,4 +1,4 @@
-"""The shaped links' two-way loss (b, c), fitted on a size sweep of isolated All-to-Alls.
+"""The shaped links' two-way loss (b, c), fitted on isolated All-to-Alls or on trains of them.
 
 A tc-shaped link that carries a rank pair's exchange both ways passes ``1 / (1 + b + c (k - 1))`` of
 its rate, k the peer hosts a host exchanges with (``moesim.network.fluid``). The in-situ fit
@@ -6,7 +6,9 @@ its rate, k the peer hosts a host exchanges with (``moesim.network.fluid``). The
 against the waiting in a step; this module fits them on a measurement that holds nothing else: the
 ``real_backend.patterns`` All-to-All at several sizes per rank pair, on testbeds with 2 and more
 hosts (``calibration/patterns/sizesweep-*.csv``). Each repetition follows an idle gap, so it starts
-with a full token bucket. Every (testbed, size) is simulated with the calibrated links (efficiency,
+with a full token bucket. Or on trains (``source="trains"``, ``calibration/patterns/train-*.csv``): the
+``all_to_all_train`` pattern, All-to-Alls back to back as a step issues them, simulated as that
+many calls each starting when the previous one ends. Every (testbed, size) is simulated with the calibrated links (efficiency,
 latencies) and the configured bucket, and (b, c) minimise the sum of squared log errors of the
 median repetition: a grid, then a pattern search (diagonal moves too) that halves its steps. c is
 fitted only when the sweep holds both two-host testbeds and bigger ones (which tell b and c apart);
@@ -28,7 +30,7 @@ from moesim.calibrate.tables import _read_raw
 from moesim.errors import InputFileError, MoesimError
 
 SIZE_SWEEP_PATTERNS = "calibration/patterns/sizesweep-*.csv"
-#: back-to-back All-to-Alls (``real_backend.patterns --patterns all_to_all_train``), what a step's cost
+#: back-to-back All-to-Alls (``real_backend.patterns --patterns all_to_all_train``), costed like a step's
 TRAIN_PATTERNS = "calibration/patterns/train-*.csv"
 #: the pattern each source fits on
 SOURCE_PATTERN = {"sizesweep": "all_to_all", "trains": "all_to_all_train"}
@@ -53,7 +55,7 @@ class TwoWayFit:
         err = np.log(self.rows["predicted_s"] / self.rows["measured_s"])
         what = ("isolated All-to-Alls of several sizes (real_backend.patterns after an idle gap: full token bucket)"
                 if self.source == "sizesweep" else
-                "trains of back-to-back All-to-Alls (real_backend.patterns all_to_all_train: what a step's cost)")
+                "trains of back-to-back All-to-Alls (real_backend.patterns all_to_all_train, costed like a step's)")
         return {"source": self.source, "two_way_penalty": self.penalty, "peer_penalty": self.peer,
                 "tables": self.files, "rows": len(self.rows),
                 "max_error": float(np.max(np.abs(np.expm1(err)))), "rms_log_error": float(np.sqrt(np.mean(err ** 2))),
