@@ -6,13 +6,13 @@ its rate, k the peer hosts a host exchanges with (``moesim.network.fluid``). The
 against the waiting in a step; this module fits them on a measurement that holds nothing else: the
 ``real_backend.patterns`` All-to-All at several sizes per rank pair, on testbeds with 2 and more
 hosts (``calibration/patterns/sizesweep-*.csv``). Each repetition follows an idle gap, so it starts
-with a full token bucket. Or on trains (``source="trains"``, ``calibration/patterns/train-*.csv``): the
-``all_to_all_train`` pattern, All-to-Alls back to back as a step issues them, simulated as that
-many calls each starting when the previous one ends. Every (testbed, size) is simulated with the calibrated links (efficiency,
-latencies) and the configured bucket, and (b, c) minimise the sum of squared log errors of the
-median repetition: a grid, then a pattern search (diagonal moves too) that halves its steps. c is
-fitted only when the sweep holds both two-host testbeds and bigger ones (which tell b and c apart);
-else it is 0.
+with a full token bucket. Or on trains (``source="trains"``, ``calibration/patterns/train-*.csv``):
+the ``all_to_all_train`` pattern, All-to-Alls back to back as a step issues them, simulated as
+that many calls each starting when the previous one ends. Every (testbed, size) is simulated with
+the calibrated links (efficiency, latencies) and the configured bucket, and (b, c) minimise the
+sum of squared log errors of the median repetition: a grid, then a pattern search (diagonal moves
+too) that halves its steps. c is fitted only when the sweep holds both two-host testbeds and bigger
+ones (which tell b and c apart); else it is 0.
 """
 from __future__ import annotations
 
