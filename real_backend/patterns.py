@@ -23,19 +23,23 @@ going on to the next as soon as its own call returns (no barrier between calls),
 many All-to-Alls a row holds, its times cover all of them (``goodput`` counts the bytes of every
 call), and ``release_mean_s`` is the mean over the ranks of their return from the last call, so
 ``release_mean_s / calls`` is what a call costs a rank on average in a train, the quantity a step's
-All-to-All phase times measure.
+All-to-All phase times measure. Per call (medians over a row's calls): ``call_arrival_skew_s``, how
+far apart the ranks reached it; ``call_after_last_arrival_s``, from the last arrival to the last
+return; ``call_rank_mean_s``, a rank's mean time in it (for one-call patterns, from the barrier).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 from typing import Optional
 
 PROG = "real_backend.patterns"
 COLUMNS = ("pattern", "rep", "ranks", "bytes_per_pair", "pairs", "calls", "compute_matmuls", "bottleneck_bytes",
-           "seconds", "goodput", "release_first_s", "release_last_s", "release_mean_s", "release_spread", "rate_bits",
+           "seconds", "goodput", "release_first_s", "release_last_s", "release_mean_s", "release_spread",
+           "call_arrival_skew_s", "call_after_last_arrival_s", "call_rank_mean_s", "rate_bits",
            "run_id", "host", "backend", "world_size")
 #: matmul size of ``--train-compute`` (square, fp32)
 COMPUTE_DIM = 128
@@ -88,6 +92,22 @@ def mean_release(starts, ends, pairs: list[tuple[int, int]]) -> float:
     part = sorted({r for pair in pairs for r in pair})
     t0 = min(starts[r] for r in part)
     return sum(ends[r] - t0 for r in part) / len(part)
+
+
+def call_times(arrive, ret, pairs: list[tuple[int, int]]) -> tuple[float, float, float]:
+    """Per call (``arrive[r][i]``, ``ret[r][i]``: when rank r reached call i and got it back, s), over
+    the ranks taking part in ``pairs``, the medians over calls of: how far apart the ranks reached it
+    (max - min), how long it took from the last arrival to the last return, and a rank's mean time in
+    it. In a train, what the first measures adds to a call's cost beyond the second."""
+    part = sorted({r for pair in pairs for r in pair})
+    skew, after, mean = [], [], []
+    for i in range(len(arrive[part[0]])):
+        a = [arrive[r][i] for r in part]
+        e = [ret[r][i] for r in part]
+        skew.append(max(a) - min(a))
+        after.append(max(e) - max(a))
+        mean.append(sum(x - y for x, y in zip(e, a)) / len(part))
+    return statistics.median(skew), statistics.median(after), statistics.median(mean)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,13 +169,16 @@ def main(argv: Optional[list[str]] = None) -> int:
             dist.barrier()
             w0 = time.time()
             t0 = time.perf_counter()
+            marks = torch.zeros(2 * calls, dtype=torch.float64)   # (arrival, return) of each call
             if name == "all_to_all":
                 dist.all_to_all_single(a2a_out, a2a_in)
             elif name == "all_to_all_train":
                 for call in range(calls):
                     for _ in range(work if call else 0):
                         torch.mm(mat, mat)
+                    marks[2 * call] = time.time()
                     dist.all_to_all_single(a2a_out, a2a_in)
+                    marks[2 * call + 1] = time.time()
             else:
                 reqs = []
                 for s, d in pairs:
@@ -168,18 +191,22 @@ def main(argv: Optional[list[str]] = None) -> int:
             w1 = time.time()
             dist.barrier()
             dt = time.perf_counter() - t0
-            stamps = torch.zeros(2 * world, dtype=torch.float64)
-            stamps[2 * rank], stamps[2 * rank + 1] = w0, w1
-            dist.all_reduce(stamps)                  # every rank's (start, return), outside the timing
-            first, last, spread = release_times(stamps[0::2].tolist(), stamps[1::2].tolist(), pairs)
-            mean = mean_release(stamps[0::2].tolist(), stamps[1::2].tolist(), pairs)
+            if calls == 1:
+                marks[0], marks[1] = w0, w1
+            stamps = torch.zeros(world, 2 + 2 * calls, dtype=torch.float64)
+            stamps[rank, 0], stamps[rank, 1], stamps[rank, 2:] = w0, w1, marks
+            dist.all_reduce(stamps)                  # every rank's times, outside the timing
+            first, last, spread = release_times(stamps[:, 0].tolist(), stamps[:, 1].tolist(), pairs)
+            mean = mean_release(stamps[:, 0].tolist(), stamps[:, 1].tolist(), pairs)
+            skew, after_last, rank_mean = call_times(stamps[:, 2::2].tolist(), stamps[:, 3::2].tolist(), pairs)
             if rep >= args.warmup and rank == 0:
                 rows.append({"pattern": name, "rep": rep - args.warmup, "ranks": world, "bytes_per_pair": elems * 4,
                              "pairs": len(pairs), "calls": calls, "compute_matmuls": work, "bottleneck_bytes": bneck,
                              "seconds": dt,
                              "goodput": (calls * bneck / dt / (rate_bits / 8.0)) if rate_bits and bneck else None,
                              "release_first_s": first, "release_last_s": last, "release_mean_s": mean,
-                             "release_spread": spread,
+                             "release_spread": spread, "call_arrival_skew_s": skew,
+                             "call_after_last_arrival_s": after_last, "call_rank_mean_s": rank_mean,
                              "rate_bits": rate_bits or None, "world_size": world, "backend": backend})
     if rank == 0:
         meta = torch_meta("patterns", backend, "cpu", argv=list(argv if argv is not None else sys.argv[1:]),

@@ -17,7 +17,7 @@ from moesim.config import load_config
 from moesim.errors import InputFileError, MoesimError
 from moesim.validate.traffic import _ipf, measured_dispatch_copies
 from moesim.workload import build_program
-from real_backend.patterns import PATTERNS, _pairs, bottleneck_bytes, mean_release, release_times
+from real_backend.patterns import PATTERNS, _pairs, bottleneck_bytes, call_times, mean_release, release_times
 
 ROOT = Path(__file__).resolve().parents[1]
 VAL = ROOT / "calibration" / "validation"
@@ -123,6 +123,8 @@ def test_patterns_probe_runs_on_real_gloo(tmp_path):
     assert (df.loc[train, "compute_matmuls"] == 5).all() and (df.loc[~train, "compute_matmuls"] == 0).all()
     assert (df["release_first_s"] <= df["release_mean_s"] + 1e-9).all()
     assert (df["release_mean_s"] <= df["release_last_s"] + 1e-9).all()
+    assert (df["call_arrival_skew_s"] >= 0).all() and (df["call_after_last_arrival_s"] >= 0).all()
+    assert (df.loc[train, "call_rank_mean_s"] * 3 <= df.loc[train, "release_last_s"] + 1e-6).all()
     assert (df["seconds"] > 0).all() and df["goodput"].isna().all()      # not shaped: no rate to compare
     assert set(PATTERNS) >= set(df["pattern"])
     # every rank is released after the first and no later than the whole pattern (closing barrier)
@@ -140,6 +142,12 @@ def test_release_times_closed_form():
     assert spread == pytest.approx(0.048 / 0.100)
     assert release_times([1.0, 1.0], [1.0, 1.0], [(0, 1)]) == (0.0, 0.0, 0.0)
     assert mean_release(starts, ends, [(0, 1), (1, 2), (2, 0)]) == pytest.approx((0.100 + 0.052 + 0.081) / 3)
+    # two calls of ranks 0-2 (rank 3 not taking part): arrivals 0/1/2 ms and 10/13/11 ms, returns
+    # 5/6/7 ms and 20/20/21 ms: skew 2 and 3 ms, after the last arrival 5 and 8 ms, rank means 5 and 9 ms
+    arrive = [[0.000, 0.010], [0.001, 0.013], [0.002, 0.011], [9.0, 9.0]]
+    ret = [[0.005, 0.020], [0.006, 0.020], [0.007, 0.021], [9.9, 9.9]]
+    skew, after, mean = call_times(arrive, ret, [(0, 1), (1, 2), (2, 0)])
+    assert (skew, after, mean) == pytest.approx((0.0025, 0.0065, 0.007))   # medians of the two calls
 
 
 def _synthetic_runs(tmp_path, names, truth) -> list:

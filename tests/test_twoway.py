@@ -177,3 +177,18 @@ def test_back_to_back_calls_start_where_the_previous_ended():
     first = simulate_measured("all_to_all", "world", 4, 1, 4 * 393216, 150e6, bucket, 0.0, 0.0)
     train = simulate_measured("all_to_all", "world", 4, 1, 4 * 393216, 150e6, bucket, 0.0, 0.0, repeat=5)
     assert first < one and (train - first) / 4 == pytest.approx(one, rel=1e-6)
+
+
+def test_a_trains_ranks_arrive_apart_and_each_call_still_takes_an_isolated_call():
+    """README "What remains" (6), ``trainskew-*``: per call the ranks of a 4x1 train reach it far apart
+    (alone they start within a millisecond), the call ends about one isolated call after the last
+    arrival, and a rank's mean time in it is that, not the isolated call's mean."""
+    from moesim.calibrate.tables import _read_raw
+    for rate in (150, 400):
+        kind, _, df = _read_raw(ROOT / "calibration" / "patterns" / f"trainskew-4x1-{rate}mbit-393216.csv")
+        med = df.groupby("pattern")[["call_arrival_skew_s", "call_after_last_arrival_s", "call_rank_mean_s"]].median()
+        alone, train = med.loc["all_to_all"], med.loc["all_to_all_train"]
+        assert alone["call_arrival_skew_s"] < 0.002 and train["call_arrival_skew_s"] > 0.3 * alone["call_after_last_arrival_s"]
+        assert train["call_after_last_arrival_s"] == pytest.approx(alone["call_after_last_arrival_s"], rel=0.15)
+        assert train["call_rank_mean_s"] == pytest.approx(train["call_after_last_arrival_s"], rel=0.05)
+        assert alone["call_rank_mean_s"] < 0.85 * alone["call_after_last_arrival_s"]
