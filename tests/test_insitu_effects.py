@@ -124,7 +124,8 @@ def test_patterns_probe_runs_on_real_gloo(tmp_path):
     assert (df["release_first_s"] <= df["release_mean_s"] + 1e-9).all()
     assert (df["release_mean_s"] <= df["release_last_s"] + 1e-9).all()
     assert (df["call_arrival_skew_s"] >= 0).all() and (df["call_after_last_arrival_s"] >= 0).all()
-    assert (df.loc[train, "call_rank_mean_s"] * 3 <= df.loc[train, "release_last_s"] + 1e-6).all()
+    # a rank's time in one call lies within the whole pattern's time (from the earliest start)
+    assert (df["call_rank_mean_s"] > 0).all() and (df["call_rank_mean_s"] <= df["release_last_s"] + 1e-6).all()
     assert (df["seconds"] > 0).all() and df["goodput"].isna().all()      # not shaped: no rate to compare
     assert set(PATTERNS) >= set(df["pattern"])
     # every rank is released after the first and no later than the whole pattern (closing barrier)
