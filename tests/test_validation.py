@@ -143,6 +143,31 @@ def test_in_step_goodput_floor_on_shaped_4x1_runs(committed):
         assert cdac[k]["measured"] > cdac[k]["predicted"] + 0.05, (k, cdac[k])
 
 
+def test_round_spread_closed_form_and_on_committed_campaigns(committed):
+    """``speedup_round_spread``: relative sd of a held-out pair's per-round speedups (ddof 1), median
+    and max over pairs, and sd / sqrt(rounds); fit pairs and single-round pairs do not count."""
+    from moesim.validate.core import round_spread
+    pairs = [{"role": "heldout", "measured_speedup_runs": [1.0, 1.2]},          # sd 0.1414 / 1.1
+             {"role": "heldout", "measured_speedup_runs": [2.0, 2.0, 2.0]},     # 0
+             {"role": "heldout", "measured_speedup_runs": [3.0]},               # one round: left out
+             {"role": "fit", "measured_speedup_runs": [1.0, 5.0]}]
+    got = round_spread(pairs)
+    first = (0.2 / 2 ** 0.5) / 1.1
+    assert got["pairs"] == 2 and got["rounds"] == 3 and got["max_sd"] == pytest.approx(first)
+    assert got["median_sd"] == pytest.approx(first / 2)
+    assert got["median_sd_of_mean"] == pytest.approx((first / 2 ** 0.5) / 2)
+    assert round_spread(pairs[2:]) is None
+    # the committed campaigns (README "What remains"): single-round has none; the others move by a
+    # median 2.5-6 % from round to round, 1.3-2.6 % for their 3- or 5-round estimates
+    rep = committed[0]
+    spread = rep["speedup_round_spread"]
+    if committed[1] == CAMPAIGN:
+        assert spread is None
+    else:
+        assert spread["pairs"] == 12 and spread["rounds"] in (3, 5)
+        assert 0.025 <= spread["median_sd"] <= 0.06 and 0.013 <= spread["median_sd_of_mean"] <= 0.026
+
+
 def test_goodput_floor_closed_form():
     """8 x remote bytes / (dispatch + combine) / rate, measured and predicted; only shaped testbeds with
     one rank per host and byte counts."""

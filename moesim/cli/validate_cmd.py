@@ -83,6 +83,11 @@ def run(args: argparse.Namespace) -> int:
             runs = p.get("measured_speedup_runs") or []
             print(f"{p['label']:30s} {p['role']:8s} {p['measured_speedup']:8.3f}x {p['predicted_speedup']:8.3f}x "
                   f"{100 * p['error']:5.1f}%" + ("  " + " ".join(f"{x:.2f}" for x in runs) if repeated else ""))
+        spread = rep.get("speedup_round_spread")
+        if spread:
+            print(f"measured speedups from round to round ({spread['pairs']} held-out pairs): relative sd median "
+                  f"{100 * spread['median_sd']:.1f}% (max {100 * spread['max_sd']:.1f}%), of a {spread['rounds']}-round "
+                  f"estimate about {100 * spread['median_sd_of_mean']:.1f}%")
     if args.a2a_cost and rep["a2a_cost"]:
         print("All-to-All phases per rank-step = intercept + slope x remote bytes (least squares over a testbed's "
               "configurations of one structure)")

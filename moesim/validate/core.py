@@ -254,6 +254,27 @@ def _rank_skew(runs: list, res) -> dict | None:
         return None
 
 
+def round_spread(pairs: list) -> dict | None:
+    """How much a measured speedup moves from round to round, over the held-out pairs measured in
+    at least two rounds: per pair the relative standard deviation of its per-round speedups;
+    ``median_sd`` and ``max_sd`` over the pairs (fractions), ``rounds`` (the most rounds of a pair)
+    and ``median_sd_of_mean`` = median of sd / sqrt(rounds), the noise left in an N-round estimate.
+    A perfect model still misses the measured speedup by about that much. None: no repeated pair."""
+    sds, of_mean, rounds = [], [], 0
+    for p in pairs:
+        runs = np.asarray(p.get("measured_speedup_runs") or [], dtype=float)
+        if p["role"] != "heldout" or len(runs) < 2:
+            continue
+        sd = float(np.std(runs, ddof=1) / np.mean(runs))
+        sds.append(sd)
+        of_mean.append(sd / math.sqrt(len(runs)))
+        rounds = max(rounds, len(runs))
+    if not sds:
+        return None
+    return {"pairs": len(sds), "rounds": rounds, "median_sd": float(np.median(sds)), "max_sd": float(np.max(sds)),
+            "median_sd_of_mean": float(np.median(of_mean))}
+
+
 def summarise(rows: list, prof, camp: Campaign) -> dict:
     held = [r for r in rows if r["role"] == "heldout"]
     fit = [r for r in rows if r["role"] == "fit"]
@@ -286,6 +307,7 @@ def summarise(rows: list, prof, camp: Campaign) -> dict:
         "mape": s["mape"], "max_error": s["max_error"], "judged_on": "heldout" if held else "all",
         "heldout": stats(held), "fit": stats(fit), "all": stats(rows),
         "speedup_max_error": max((p["error"] for p in held_pairs), default=None),
+        "speedup_round_spread": round_spread(held_pairs),
         "pairs": pairs, "rows": rows, "a2a_cost": a2a_cost(rows), "a2a_goodput_floor": goodput_floor(rows),
         "profile": {"name": prof.name, "status": prof.status, "path": prof.path},
     }
