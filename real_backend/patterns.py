@@ -6,7 +6,8 @@
 Each pattern is a set of (src, dst) rank pairs that send ``--bytes`` each at once with gloo
 ``isend``/``irecv`` (gloo keeps one TCP connection per rank pair, in both directions), framed by
 barriers after ``--gap`` seconds of idle link (token buckets full again); plus ``all_to_all`` with
-``all_to_all_single`` and equal splits. Rank 0 writes one row per pattern and repetition: seconds,
+``all_to_all_single`` and equal splits (or, with ``--uneven F``, rank 0 sending and receiving F
+times ``--bytes`` to and from every peer, as a router's busiest expert rank does). Rank 0 writes one row per pattern and repetition: seconds,
 bytes on the busiest host link (``bottleneck_bytes``: the most any one host sends or receives to
 or from other hosts) and, on a shaped testbed, ``goodput`` = bottleneck bytes / seconds / tc rate.
 ``release_first_s`` / ``release_last_s``: when the first and the last rank taking part got its
@@ -38,7 +39,7 @@ from typing import Optional
 
 PROG = "real_backend.patterns"
 COLUMNS = ("pattern", "rep", "ranks", "bytes_per_pair", "pairs", "calls", "compute_matmuls", "bottleneck_bytes",
-           "seconds", "goodput", "release_first_s", "release_last_s", "release_mean_s", "release_spread",
+           "uneven", "seconds", "goodput", "release_first_s", "release_last_s", "release_mean_s", "release_spread",
            "call_arrival_skew_s", "call_after_last_arrival_s", "call_rank_mean_s", "rate_bits",
            "run_id", "host", "backend", "world_size")
 #: matmul size of ``--train-compute`` (square, fp32)
@@ -64,14 +65,16 @@ def _pairs(name: str, n: int) -> list[tuple[int, int]]:
 PATTERNS = ("single", "pair_two_way", "fan_in", "fan_out", "ring", "exchange", "all_to_all", "all_to_all_train")
 
 
-def bottleneck_bytes(pairs: list[tuple[int, int]], nbytes: int, host_of) -> int:
-    """The most bytes any host sends to, or receives from, other hosts."""
+def bottleneck_bytes(pairs: list[tuple[int, int]], nbytes: int, host_of, rank0_bytes: int | None = None) -> int:
+    """The most bytes any host sends to, or receives from, other hosts (``rank0_bytes``: what a pair
+    with rank 0 carries each way, when rank 0's pairs are bigger)."""
     up: dict[int, int] = {}
     down: dict[int, int] = {}
     for s, d in pairs:
         if host_of(s) != host_of(d):
-            up[host_of(s)] = up.get(host_of(s), 0) + nbytes
-            down[host_of(d)] = down.get(host_of(d), 0) + nbytes
+            n = rank0_bytes if (rank0_bytes is not None and 0 in (s, d)) else nbytes
+            up[host_of(s)] = up.get(host_of(s), 0) + n
+            down[host_of(d)] = down.get(host_of(d), 0) + n
     return max([*up.values(), *down.values(), 0])
 
 
@@ -122,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="All-to-Alls back to back in the all_to_all_train pattern (default 8)")
     ap.add_argument("--train-compute", type=int, default=0, metavar="MATMULS",
                     help=f"fixed CPU work between the train's calls: {COMPUTE_DIM} x {COMPUTE_DIM} fp32 matmuls (default 0)")
+    ap.add_argument("--uneven", type=float, default=1.0, metavar="F",
+                    help="all_to_all and all_to_all_train: rank 0 sends and receives F x --bytes per peer (default 1)")
     ap.add_argument("--timeout", type=float, default=300.0, help="collective timeout seconds")
     return ap
 
@@ -131,10 +136,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     names = [p.strip() for p in args.patterns.split(",") if p.strip()]
     bad = [p for p in names if p not in PATTERNS]
     if bad or args.bytes < 4 or args.reps < 1 or args.warmup < 0 or args.gap < 0 or args.train < 1 \
-            or args.train_compute < 0:
+            or args.train_compute < 0 or not args.uneven >= 1.0:
         print(f"{PROG}: error: " + (f"unknown pattern(s) {bad}" if bad else
                                     "--bytes >= 4, --reps >= 1, --warmup >= 0, --gap >= 0, --train >= 1, "
-                                    "--train-compute >= 0"), file=sys.stderr)
+                                    "--train-compute >= 0, --uneven >= 1"), file=sys.stderr)
         return 2
     import torch
     import torch.distributed as dist
@@ -155,12 +160,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     elems = args.bytes // 4
     send = torch.ones(elems)
     recv = [torch.empty(elems) for _ in range(world)]
-    a2a_in, a2a_out = torch.ones(elems * world), torch.empty(elems * world)
+    big = int(round(elems * args.uneven))          # rank 0's elements per peer, each way
+    splits = [big if (rank == 0) != (peer == 0) else elems for peer in range(world)]
+    a2a_in, a2a_out = torch.ones(sum(splits)), torch.empty(sum(splits))
+    a2a = (lambda: dist.all_to_all_single(a2a_out, a2a_in)) if big == elems else (  # noqa: E731
+        lambda: dist.all_to_all_single(a2a_out, a2a_in, output_split_sizes=splits, input_split_sizes=splits))
     mat = torch.ones(COMPUTE_DIM, COMPUTE_DIM)
     rows = []
     for name in names:
         pairs = _pairs(name, world)
-        bneck = bottleneck_bytes(pairs, elems * 4, host_of)
+        uneven = args.uneven if name in ("all_to_all", "all_to_all_train") else 1.0
+        bneck = bottleneck_bytes(pairs, elems * 4, host_of, big * 4 if uneven > 1.0 else None)
         calls = args.train if name == "all_to_all_train" else 1
         work = args.train_compute if name == "all_to_all_train" else 0
         for rep in range(args.warmup + args.reps):
@@ -171,13 +181,13 @@ def main(argv: Optional[list[str]] = None) -> int:
             t0 = time.perf_counter()
             marks = torch.zeros(2 * calls, dtype=torch.float64)   # (arrival, return) of each call
             if name == "all_to_all":
-                dist.all_to_all_single(a2a_out, a2a_in)
+                a2a()
             elif name == "all_to_all_train":
                 for call in range(calls):
                     for _ in range(work if call else 0):
                         torch.mm(mat, mat)
                     marks[2 * call] = time.time()
-                    dist.all_to_all_single(a2a_out, a2a_in)
+                    a2a()
                     marks[2 * call + 1] = time.time()
             else:
                 reqs = []
@@ -201,7 +211,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             skew, after_last, rank_mean = call_times(stamps[:, 2::2].tolist(), stamps[:, 3::2].tolist(), pairs)
             if rep >= args.warmup and rank == 0:
                 rows.append({"pattern": name, "rep": rep - args.warmup, "ranks": world, "bytes_per_pair": elems * 4,
-                             "pairs": len(pairs), "calls": calls, "compute_matmuls": work, "bottleneck_bytes": bneck,
+                             "pairs": len(pairs), "calls": calls, "compute_matmuls": work, "uneven": uneven,
+                             "bottleneck_bytes": bneck,
                              "seconds": dt,
                              "goodput": (calls * bneck / dt / (rate_bits / 8.0)) if rate_bits and bneck else None,
                              "release_first_s": first, "release_last_s": last, "release_mean_s": mean,

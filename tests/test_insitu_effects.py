@@ -101,6 +101,9 @@ def test_pattern_bottlenecks_closed_form():
     # 2 hosts x 2 ranks: same-host pairs use no host link
     assert bottleneck_bytes(_pairs("all_to_all", 4), nb, lambda r: r // 2) == 4 * nb
     assert bottleneck_bytes(_pairs("single", 4), nb, lambda r: r // 2) == 0
+    # --uneven: rank 0's pairs carry more each way; on 4x1 its host link is the busiest
+    assert bottleneck_bytes(_pairs("all_to_all", 4), nb, host, rank0_bytes=150) == 3 * 150
+    assert bottleneck_bytes(_pairs("ring", 4), nb, host, rank0_bytes=150) == 150
 
 
 @pytest.mark.torch
@@ -132,6 +135,27 @@ def test_patterns_probe_runs_on_real_gloo(tmp_path):
     assert (df["release_first_s"] > 0).all() and (df["release_first_s"] <= df["release_last_s"]).all()
     assert (df["release_last_s"] <= df["seconds"] + 0.05).all()
     assert df["release_spread"].between(0, 1).all()
+
+
+@pytest.mark.torch
+def test_patterns_probe_uneven_all_to_all_on_real_gloo(tmp_path):
+    """``--uneven 1.5``: rank 0 exchanges 1.5 x the bytes with every peer (split sizes), recorded."""
+    pytest.importorskip("torch")
+    out = tmp_path / "pat.csv"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "real_backend.patterns", "--out", str(out), "--bytes", "65536", "--reps", "2",
+                          "--gap", "0", "--patterns", "all_to_all,all_to_all_train,single", "--train", "2",
+                          "--uneven", "1.5"], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    from real_backend.results import read_table as rb_read
+    df, _ = rb_read(out)
+    a2a = df["pattern"].isin(["all_to_all", "all_to_all_train"])
+    assert (df.loc[a2a, "uneven"] == 1.5).all() and (df.loc[~a2a, "uneven"] == 1.0).all()
+    assert (df["seconds"] > 0).all()
+    bad = subprocess.run([sys.executable, "-m", "real_backend.patterns", "--out", str(tmp_path / "x.csv"),
+                          "--uneven", "0.5"], capture_output=True, text=True, timeout=60, env=env)
+    assert bad.returncode == 2 and "--uneven >= 1" in bad.stderr
 
 
 def test_release_times_closed_form():

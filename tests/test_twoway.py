@@ -192,3 +192,20 @@ def test_a_trains_ranks_arrive_apart_and_each_call_still_takes_an_isolated_call(
         assert train["call_after_last_arrival_s"] == pytest.approx(alone["call_after_last_arrival_s"], rel=0.15)
         assert train["call_rank_mean_s"] == pytest.approx(train["call_after_last_arrival_s"], rel=0.05)
         assert alone["call_rank_mean_s"] < 0.85 * alone["call_after_last_arrival_s"]
+
+
+def test_an_uneven_all_to_all_costs_what_its_busiest_link_carries():
+    """README "What remains" (6), ``uneven-*``: with rank 0 exchanging 25 % more with every peer, the
+    4x1 call (last rank, alone and in a train) costs 10-35 % more than the uniform one run just before."""
+    from moesim.calibrate.tables import _read_raw
+
+    def last_per_call(name):
+        _, _, df = _read_raw(ROOT / "calibration" / "patterns" / f"uneven-{name}.csv")
+        g = df.groupby("pattern")
+        return g["release_last_s"].median() / g["calls"].first(), df["uneven"].unique()
+    for rate in (150, 400):
+        flat, f1 = last_per_call(f"4x1-{rate}mbit-393216-x1.0")
+        skewed, f2 = last_per_call(f"4x1-{rate}mbit-393216-x1.25")
+        assert list(f1) == [1.0] and list(f2) == [1.25]
+        for pat in ("all_to_all", "all_to_all_train"):
+            assert 1.10 <= skewed[pat] / flat[pat] <= 1.35, (rate, pat, skewed[pat] / flat[pat])
