@@ -106,19 +106,24 @@ def test_pattern_bottlenecks_closed_form():
     assert bottleneck_bytes(_pairs("ring", 4), nb, host, rank0_bytes=150) == 150
 
 
-@pytest.mark.torch
-def test_patterns_probe_runs_on_real_gloo(tmp_path):
+def _run_patterns(tmp_path, *args):
+    """``real_backend.patterns`` on 2 real gloo ranks (64 KiB per pair, 2 repetitions, no gap) with
+    ``args``; its table and meta."""
     pytest.importorskip("torch")
     out = tmp_path / "pat.csv"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           "-m", "real_backend.patterns", "--out", str(out), "--bytes", "65536", "--reps", "2",
-                          "--gap", "0", "--patterns", "single,pair_two_way,all_to_all,all_to_all_train",
-                          "--train", "3", "--train-compute", "5"],
-                         capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+                          "--gap", "0", *args], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     from real_backend.results import read_table as rb_read
-    df, meta = rb_read(out)
+    return rb_read(out)
+
+
+@pytest.mark.torch
+def test_patterns_probe_runs_on_real_gloo(tmp_path):
+    df, meta = _run_patterns(tmp_path, "--patterns", "single,pair_two_way,all_to_all,all_to_all_train",
+                             "--train", "3", "--train-compute", "5")
     assert meta["kind"] == "patterns" and meta["world_size"] == 2
     assert set(df["pattern"]) == {"single", "pair_two_way", "all_to_all", "all_to_all_train"} and len(df) == 8
     train = df["pattern"] == "all_to_all_train"
@@ -140,21 +145,14 @@ def test_patterns_probe_runs_on_real_gloo(tmp_path):
 @pytest.mark.torch
 def test_patterns_probe_uneven_all_to_all_on_real_gloo(tmp_path):
     """``--uneven 1.5``: rank 0 exchanges 1.5 x the bytes with every peer (split sizes), recorded."""
-    pytest.importorskip("torch")
-    out = tmp_path / "pat.csv"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "-m", "real_backend.patterns", "--out", str(out), "--bytes", "65536", "--reps", "2",
-                          "--gap", "0", "--patterns", "all_to_all,all_to_all_train,single", "--train", "2",
-                          "--uneven", "1.5"], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-2000:]
-    from real_backend.results import read_table as rb_read
-    df, _ = rb_read(out)
+    df, _ = _run_patterns(tmp_path, "--patterns", "all_to_all,all_to_all_train,single", "--train", "2",
+                          "--uneven", "1.5")
     a2a = df["pattern"].isin(["all_to_all", "all_to_all_train"])
     assert (df.loc[a2a, "uneven"] == 1.5).all() and (df.loc[~a2a, "uneven"] == 1.0).all()
     assert (df["seconds"] > 0).all()
     bad = subprocess.run([sys.executable, "-m", "real_backend.patterns", "--out", str(tmp_path / "x.csv"),
-                          "--uneven", "0.5"], capture_output=True, text=True, timeout=60, env=env)
+                          "--uneven", "0.5"], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert bad.returncode == 2 and "--uneven >= 1" in bad.stderr
 
 
