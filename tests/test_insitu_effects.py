@@ -20,7 +20,8 @@ from moesim.workload import build_program
 from real_backend.patterns import PATTERNS, _pairs, bottleneck_bytes, call_times, mean_release, release_times
 
 ROOT = Path(__file__).resolve().parents[1]
-VAL = ROOT / "calibration" / "validation"
+OLD_DEFAULT = ROOT / "calibration" / "avx512-1r"   # the default campaign until 2026-12-03
+VAL = OLD_DEFAULT / "validation"
 
 
 def _margins(table, phase):
@@ -78,7 +79,7 @@ def test_measured_traffic_rejects_inconsistent_tables(tmp_path):
 
 
 def test_gemm_peak_is_the_measuring_machines_not_the_fitters():
-    mdir = ROOT / "calibration" / "measurements"
+    mdir = OLD_DEFAULT / "measurements"
     files = sorted(mdir.glob("*.csv"))
     tables = [read_table(f) for f in files if f.name.startswith("gemm")]
     peak, note = recorded_peak(tables, files)
@@ -214,7 +215,7 @@ def test_insitu_shared_core_fit_recovers_known_pool_cores_and_alone_factor(tmp_p
     from moesim.cost.profile import parse_profile
     patterns = sorted((ROOT / "calibration" / "patterns").glob("release-*.csv"))
     spread = release_spread(patterns).spread
-    base = _fixed_share(yaml.safe_load((ROOT / "calibration" / "cpu-testbed.yaml").read_text()))
+    base = _fixed_share(yaml.safe_load((OLD_DEFAULT / "cpu-testbed-avx512-1r.yaml").read_text()))
     base["calibration"]["links"]["nic"]["release_spread"] = spread
     def truth(run):
         assert run.topo.graph.graph["shared_cpu_cores"] == 2     # added from the run's cpu_count
@@ -264,7 +265,7 @@ def test_insitu_fit_recovers_a_known_wait_and_two_way_penalty(tmp_path):
 
     from moesim.calibrate.core import Calibration
     from moesim.calibrate.insitu import fit_insitu
-    base = _fixed_share(yaml.safe_load((ROOT / "calibration" / "cpu-testbed.yaml").read_text()))
+    base = _fixed_share(yaml.safe_load((OLD_DEFAULT / "cpu-testbed-avx512-1r.yaml").read_text()))
     prof = copy.deepcopy(base)
     for key in ("two_way_penalty", "burst_s"):
         prof["calibration"]["links"]["nic"].pop(key, None)
@@ -290,7 +291,7 @@ def test_insitu_fit_tells_the_peer_term_from_the_two_way_penalty(tmp_path):
 
     from moesim.calibrate.core import Calibration
     from moesim.calibrate.insitu import fit_insitu
-    base = _fixed_share(yaml.safe_load((ROOT / "calibration" / "cpu-testbed.yaml").read_text()))
+    base = _fixed_share(yaml.safe_load((OLD_DEFAULT / "cpu-testbed-avx512-1r.yaml").read_text()))
     for key in ("two_way_penalty", "peer_penalty", "burst_s"):
         base["calibration"]["links"]["nic"].pop(key, None)
     paths = _synthetic_runs(tmp_path, ("2x2-150mbit-cdac-k4.csv", "4x1-150mbit-cdac-k4.csv", "4x1-400mbit-cdac-k8.csv"),

@@ -152,7 +152,7 @@ def test_fit_network_chooses_tbf_effects_only_when_asked():
 
     from moesim.calibrate.fit import fit_network
     from moesim.calibrate.tables import collective_medians, read_table
-    root = Path(__file__).resolve().parents[1] / "calibration" / "measurements"
+    root = Path(__file__).resolve().parents[1] / "calibration" / "avx512-1r" / "measurements"
     coll = collective_medians([read_table(Path(p)) for p in sorted(glob.glob(str(root / "net-*.csv")))])
     off = fit_network(coll)
     assert off.links["nic"].two_way_penalty == 0.0 and off.links["nic"].burst_s == 0.0

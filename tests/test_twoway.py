@@ -18,6 +18,7 @@ from moesim.calibrate.twoway import SIZE_SWEEP_PATTERNS, TRAIN_PATTERNS, fit_two
 from moesim.errors import InputFileError, MoesimError
 
 ROOT = Path(__file__).resolve().parents[1]
+OLD_DEFAULT = ROOT / "calibration" / "avx512-1r"   # the default campaign until 2026-12-03
 
 LINKS = {"nic": LinkParams(efficiency=0.95, latency_s=1.5e-4),
          "stack": LinkParams(max_bandwidth=5e8), "loopback": LinkParams(max_bandwidth=1.5e9)}
@@ -121,14 +122,14 @@ def _train_calls(name: str) -> dict:
 
 def test_trains_reproduce_in_step_all_to_alls_and_their_goodput_falls_with_duration():
     """README "What remains" (6), back-to-back All-to-Alls: on 4x1 a train's call costs what a
-    step's does (default campaign, CDAC top-8, median per rank and call) within 10 %, passes no
-    token bucket (96 KiB at 400 Mbit/s: at the rate in a train, far above it alone), and its
+    step's does (one-round AVX-512 campaign, CDAC top-8, median per rank and call) within 10 %,
+    passes no token bucket (96 KiB at 400 Mbit/s: at the rate in a train, far above it alone), and its
     goodput falls with the call's duration on both rates; a link passing the first 15 ms at the
     rate and then 0.55 of it gives every 4x1 train's last rank within 10 %."""
     trains = {n: _train_calls(n) for n in ("4x1-150mbit-393216", "4x1-400mbit-393216", "4x1-150mbit-98304",
                                             "4x1-400mbit-98304")}
     for rate in (150, 400):
-        df = pd.read_csv(ROOT / "calibration" / "validation" / f"4x1-{rate}mbit-cdac-k8.csv", comment="#")
+        df = pd.read_csv(OLD_DEFAULT / "validation" / f"4x1-{rate}mbit-cdac-k8.csv", comment="#")
         a2a = df[df["phase"].isin(["dispatch", "combine"])]
         step_call = float((a2a["seconds"] / a2a["count"]).median())
         assert trains[f"4x1-{rate}mbit-393216"]["all_to_all_train"][0] == pytest.approx(step_call, rel=0.10)
@@ -156,7 +157,7 @@ def test_trains_fit_the_two_way_loss_that_steps_see():
     assert len(sweep) == 7 and (sweep["calls"] == 8).all() and set(sweep["hosts"]) == {2, 4}
     with pytest.raises(InputFileError, match="no all_to_all_train rows"):
         read_size_sweep(sorted(glob.glob(str(ROOT / SIZE_SWEEP_PATTERNS)))[:1], "all_to_all_train")
-    _, raw = raw_profile(str(ROOT / "calibration" / "cpu-testbed.yaml"))
+    _, raw = raw_profile(str(OLD_DEFAULT / "cpu-testbed-avx512-1r.yaml"))
     fit = fit_two_way(sweep, link_params(raw), float(raw["network"]["latency_per_message_s"]), TESTBED_TBF_BURST_S,
                       source="trains")
     rec = fit.record()

@@ -21,10 +21,12 @@ from test_calibration import write_table
 ROOT = Path(__file__).resolve().parents[1]
 CAMPAIGN = ROOT / "calibration" / "validation"
 #: the committed campaigns: (validation dir, measurements dir, the held-out pairs that miss the 10%
-#: speedup target, worst speedup error allowed). The AVX-512 campaign ran one run per configuration;
-#: the AVX2 campaign and its replication (measured after the model was frozen, fitted on its own
-#: tables) ran 3 rounds each on an AVX2 machine.
-CAMPAIGNS = [(CAMPAIGN, ROOT / "calibration" / "measurements", {"4x1 150Mbit k8"}, 0.12),
+#: speedup target, worst speedup error allowed). The default campaign (``calibration/``) ran 3 rounds
+#: on an AVX2 machine; the one before it (``calibration/avx512-1r/``) one run per configuration on
+#: an AVX-512 machine; the others 3 or 5 rounds (README "Results").
+CAMPAIGNS = [(CAMPAIGN, ROOT / "calibration" / "measurements", {"2x2 400Mbit k8"}, 0.21),
+             (ROOT / "calibration" / "avx512-1r" / "validation", ROOT / "calibration" / "avx512-1r" / "measurements",
+              {"4x1 150Mbit k8"}, 0.12),
              (ROOT / "calibration" / "avx2" / "validation", ROOT / "calibration" / "avx2" / "measurements", set(), 0.10),
              (ROOT / "calibration" / "avx2-replication" / "validation",
               ROOT / "calibration" / "avx2-replication" / "measurements",
@@ -39,7 +41,7 @@ RUN_COLUMNS = ("step", "rank", "phase", "direction", "seconds", "count", "bytes"
                "backend", "world_size", "structure", "mode", "ep", "dp")
 
 
-@pytest.fixture(scope="module", params=CAMPAIGNS, ids=["avx512-1r", "avx2", "avx2-replication", "avx2-5r", "avx512", "avx512-replication"])
+@pytest.fixture(scope="module", params=CAMPAIGNS, ids=["default", "avx512-1r", "avx2", "avx2-replication", "avx2-5r", "avx512", "avx512-replication"])
 def committed(request):
     vdir, mdir, missed, worst = request.param
     return validate([vdir]), vdir, mdir, (missed, worst)
@@ -61,10 +63,12 @@ def test_committed_campaign_meets_targets(committed):
     held_pairs = [p for p in rep["pairs"] if p["role"] == "heldout"]
     assert len(held_pairs) >= 8
     # Known gaps (README "What remains"), with the tbf efficiency fitted on the one-way rings: on the
-    # single-run AVX-512 campaign 4x1 150 Mbit/s top-8 (10.9 %, under-predicted); on the AVX2
-    # replication two top-2 pairs (10.4 % and 11.5 %), among them 2x2 400 Mbit/s top-2, whose rounds
-    # drifted (per-round speedups 0.99, 0.89, 1.00). The four other campaigns meet the target on every
-    # pair. Any new miss fails here.
+    # default campaign 2x2 400 Mbit/s top-8 (20.0 %, over-predicted; its DCCA rounds 2 and 3 computed
+    # 1.6x slower than round 1: per-round speedups 1.59, 1.29, 1.38); on the single-run AVX-512
+    # campaign 4x1 150 Mbit/s top-8 (10.9 %, under-predicted); on the AVX2 replication two top-2
+    # pairs (10.4 % and 11.5 %), among them 2x2 400 Mbit/s top-2, whose rounds drifted (per-round
+    # speedups 0.99, 0.89, 1.00). The four other campaigns meet the target on every pair. Any new
+    # miss fails here.
     missed = {p["label"] for p in held_pairs if p["error"] > 0.10}
     assert missed <= allowed_misses, missed
     assert rep["speedup_max_error"] <= worst, rep["speedup_max_error"]
@@ -161,7 +165,7 @@ def test_round_spread_closed_form_and_on_committed_campaigns(committed):
     # median 2.5-6 % from round to round, 1.3-2.6 % for their 3- or 5-round estimates
     rep = committed[0]
     spread = rep["speedup_round_spread"]
-    if committed[1] == CAMPAIGN:
+    if committed[1].parent.name == "avx512-1r":
         assert spread is None
     else:
         assert spread["pairs"] == 12 and spread["rounds"] in (3, 5)
