@@ -176,3 +176,24 @@ def test_resume_skips_a_finished_stage_of_the_same_design_only(tmp_path, monkeyp
     assert launched == []                        # complete: nothing measured again
     with pytest.raises(SystemExit, match=r"runs.json: this stage was completed under another design.*warmup"):
         campaign.validation_runs(_args(resume=True, warmup=5), lambda s: None, tmp_path)
+
+
+def test_repeat_compares_with_the_runs_the_manifest_lists(tmp_path, capsys):
+    """``--only repeat``'s comparison takes a configuration's committed runs from the validation
+    manifest, so a stray table in the directory does not count; the committed repeats of the default
+    campaign's 400 Mbit/s top-8 pairs (README, "The default campaign remade"): 2x2 measured 1.30x over
+    its three rounds, 1.51x in the first repeat."""
+    import shutil
+    root = Path(__file__).resolve().parents[1] / "calibration"
+    vdir = tmp_path / "validation"
+    shutil.copytree(root / "validation", vdir)
+    runs = campaign.committed_runs(vdir, "2x2-400mbit-dcca-k8")
+    assert [p.name for p in runs] == [f"2x2-400mbit-dcca-k8-r{i}.csv" for i in (1, 2, 3)]
+    shutil.copy(root / "avx512-1r" / "validation" / "2x2-400mbit-dcca-k8.csv", vdir)    # a stray table
+    assert campaign.committed_runs(vdir, "2x2-400mbit-dcca-k8") == runs
+    (vdir / "manifest.json").unlink()
+    (vdir / "runs.json").unlink()
+    assert len(campaign.committed_runs(vdir, "2x2-400mbit-dcca-k8")) == 4      # no manifest: every table
+    assert campaign.compare_repeat(root / "repeat" / "1", root / "validation") == 0
+    out = capsys.readouterr().out
+    assert "speedup 2x2-400mbit-k8       committed 1.301x  repeat 1.507x" in out

@@ -378,6 +378,17 @@ def main(argv: list[str] | None = None) -> int:
     return finish(args, log, out, mdir, vdir)
 
 
+def committed_runs(vdir: Path, config: str) -> list[Path]:
+    """The committed tables of one validation configuration (e.g. ``2x2-400mbit-dcca-k8``): the runs
+    its manifest (``runs.json`` while a campaign is unfinished) lists for it, so that stray tables
+    in the directory do not count; without either, ``<config>.csv`` and ``<config>-r<round>.csv``."""
+    for name in ("manifest.json", "runs.json"):
+        if (vdir / name).is_file():
+            runs = json.loads((vdir / name).read_text()).get("runs") or []
+            return [vdir / r["file"] for r in runs if r.get("config") == config and (vdir / r["file"]).is_file()]
+    return [x for x in (vdir / f"{config}.csv", *sorted(vdir.glob(f"{config}-r*.csv"))) if x.is_file()]
+
+
 def compare_repeat(rdir: Path, vdir: Path) -> int:
     """Print each repeated run's step time next to the committed runs of the same configuration
     (their median over rounds), and the DCCA-over-CDAC speedups of both."""
@@ -388,7 +399,7 @@ def compare_repeat(rdir: Path, vdir: Path) -> int:
     steps = {}
     print(f"{'run':28s} {'committed':>10s} {'repeat':>10s} {'change':>8s}")
     for f in sorted(rdir.glob("*.csv")):
-        committed = [x for x in (vdir / f.name, *sorted(vdir.glob(f"{f.stem}-r*.csv"))) if x.is_file()]
+        committed = committed_runs(vdir, f.stem)
         new_s, old_s = median_step([f]), median_step(committed)
         steps[f.stem] = (old_s, new_s)
         print(f"{f.stem:28s} {old_s * 1e3:8.0f} ms {new_s * 1e3:8.0f} ms {new_s / old_s - 1:+7.1%}")
