@@ -50,6 +50,15 @@ def test_validation_runs_come_in_whole_rounds(tmp_path, monkeypatch):
     launched.clear()
     single = campaign.validation_runs(_args(repeats=1), lambda s: None, tmp_path / "one")
     assert [x["file"] for x in single] == [f"{x['config']}.csv" for x in single] == launched
+    assert set(launched) == campaign.validation_table_names(_args(), 1)
+    # another campaign's tables in the directory are named, and left alone
+    logged = []
+    (tmp_path / "two").mkdir()
+    (tmp_path / "two" / "2x2-150mbit-cdac-k2.csv").write_text("old")
+    campaign.validation_runs(_args(), logged.append, tmp_path / "two")
+    assert any("1 table(s) this campaign does not write (2x2-150mbit-cdac-k2.csv)" in m for m in logged)
+    assert (tmp_path / "two" / "2x2-150mbit-cdac-k2.csv").read_text() == "old"
+    assert campaign.warn_stray_tables(_args(), logged.append, tmp_path, 3) == []
 
 
 def test_repeats_must_be_positive(capsys):

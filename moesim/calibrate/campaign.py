@@ -250,6 +250,7 @@ def validation_runs(args, log, vdir: Path) -> list[dict]:
     log("validation runs on the testbed")
     runs = []
     repeats = max(1, int(getattr(args, "repeats", 1)))
+    warn_stray_tables(args, log, vdir, repeats)
     # whole rounds one after another, so that slow drift of the machine touches every configuration
     # alike; a configuration's CDAC and DCCA runs follow each other (their speedup is a paired ratio)
     for rep in range(1, repeats + 1):
@@ -273,6 +274,24 @@ def validation_runs(args, log, vdir: Path) -> list[dict]:
     write_manifest(vdir / "runs.json", {"runs": runs, "campaign": campaign_info(args), "design": ledger.design})
     ledger.close()
     return runs
+
+
+def validation_table_names(args, repeats: int) -> set[str]:
+    """The run tables a validation stage of ``repeats`` rounds writes (file names)."""
+    configs = [f"{h}x{r}-{rate}-{s}-k{k}" for h, r in SHAPES for rate in args.rates for k in args.top_k
+               for s in STRUCTURES]
+    return {f"{c}-r{rep}.csv" if repeats > 1 else f"{c}.csv" for c in configs for rep in range(1, repeats + 1)}
+
+
+def warn_stray_tables(args, log, vdir: Path, repeats: int) -> list[str]:
+    """Name the ``*.csv`` in ``vdir`` that this stage does not write (another campaign's tables): they
+    are left alone, and the fit and ``moesim validate`` read only the runs the manifest lists."""
+    stray = sorted(p.name for p in vdir.glob("*.csv") if p.name not in validation_table_names(args, repeats))
+    if stray:
+        log(f"  warning: {vdir} holds {len(stray)} table(s) this campaign does not write ({', '.join(stray[:3])}"
+            f"{', ...' if len(stray) > 3 else ''}); they stay, and the fit and moesim validate read only the "
+            f"runs its manifest lists: move them away to keep the directory one campaign's")
+    return stray
 
 
 def campaign_info(args) -> dict:
