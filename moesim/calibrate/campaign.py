@@ -251,42 +251,49 @@ def validation_runs(args, log, vdir: Path) -> list[dict]:
     runs = []
     repeats = max(1, int(getattr(args, "repeats", 1)))
     warn_stray_tables(args, log, vdir, repeats)
-    # whole rounds one after another, so that slow drift of the machine touches every configuration
-    # alike; a configuration's CDAC and DCCA runs follow each other (their speedup is a paired ratio)
-    for rep in range(1, repeats + 1):
-        if repeats > 1:
+    round_logged = 0
+    for rep, hosts, rph, rate, k, st, config, name in validation_plan(args, repeats):
+        if repeats > 1 and rep != round_logged:
             log(f"  round {rep} of {repeats}")
-        for hosts, rph in SHAPES:
-            for rate in args.rates:
-                for k in args.top_k:
-                    for s in STRUCTURES:
-                        config = f"{hosts}x{rph}-{rate}-{s}-k{k}"
-                        name = f"{config}-r{rep}" if repeats > 1 else config
-                        out = vdir / f"{name}.csv"
-                        rec = r.testbed(hosts, rph, rate, "run", [*model_args(s, k), "--steps", str(args.steps),
-                                                                  "--warmup", str(args.warmup)], out)
-                        runs.append({"file": out.name, "topology": f"{name}.topology.json", "config": config,
-                                     "repeat": rep, "role": "fit" if k in args.fit_top_k else "heldout",
-                                     "testbed": {"hosts": hosts, "ranks_per_host": rph, "rate": rate},
-                                     "structure": s, "top_k": k, "command": rec["command"],
-                                     "loadavg_before": rec["loadavg_before"],
-                                     "loadavg_after": rec["loadavg_after"], "finished": rec["finished"]})
+            round_logged = rep
+        out = vdir / f"{name}.csv"
+        rec = r.testbed(hosts, rph, rate, "run", [*model_args(st, k), "--steps", str(args.steps),
+                                                  "--warmup", str(args.warmup)], out)
+        runs.append({"file": out.name, "topology": f"{name}.topology.json", "config": config,
+                     "repeat": rep, "role": "fit" if k in args.fit_top_k else "heldout",
+                     "testbed": {"hosts": hosts, "ranks_per_host": rph, "rate": rate},
+                     "structure": st, "top_k": k, "command": rec["command"],
+                     "loadavg_before": rec["loadavg_before"],
+                     "loadavg_after": rec["loadavg_after"], "finished": rec["finished"]})
     write_manifest(vdir / "runs.json", {"runs": runs, "campaign": campaign_info(args), "design": ledger.design})
     ledger.close()
     return runs
 
 
+def validation_plan(args, repeats: int):
+    """The validation runs in the order they are made: (round, hosts, ranks per host, rate, top-k,
+    structure, configuration, table name without ``.csv``). Whole rounds one after another, so that
+    slow drift of the machine touches every configuration alike; a configuration's CDAC and DCCA runs
+    follow each other (their speedup is a paired ratio)."""
+    for rep in range(1, repeats + 1):
+        for hosts, rph in SHAPES:
+            for rate in args.rates:
+                for k in args.top_k:
+                    for st in STRUCTURES:
+                        config = f"{hosts}x{rph}-{rate}-{st}-k{k}"
+                        yield rep, hosts, rph, rate, k, st, config, (f"{config}-r{rep}" if repeats > 1 else config)
+
+
 def validation_table_names(args, repeats: int) -> set[str]:
     """The run tables a validation stage of ``repeats`` rounds writes (file names)."""
-    configs = [f"{h}x{r}-{rate}-{s}-k{k}" for h, r in SHAPES for rate in args.rates for k in args.top_k
-               for s in STRUCTURES]
-    return {f"{c}-r{rep}.csv" if repeats > 1 else f"{c}.csv" for c in configs for rep in range(1, repeats + 1)}
+    return {f"{plan[-1]}.csv" for plan in validation_plan(args, repeats)}
 
 
 def warn_stray_tables(args, log, vdir: Path, repeats: int) -> list[str]:
     """Name the ``*.csv`` in ``vdir`` that this stage does not write (another campaign's tables): they
     are left alone, and the fit and ``moesim validate`` read only the runs the manifest lists."""
-    stray = sorted(p.name for p in vdir.glob("*.csv") if p.name not in validation_table_names(args, repeats))
+    ours = validation_table_names(args, repeats)
+    stray = sorted(p.name for p in vdir.glob("*.csv") if p.name not in ours)
     if stray:
         log(f"  warning: {vdir} holds {len(stray)} table(s) this campaign does not write ({', '.join(stray[:3])}"
             f"{', ...' if len(stray) > 3 else ''}); they stay, and the fit and moesim validate read only the "
