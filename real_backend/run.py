@@ -13,6 +13,13 @@ Output (rank 0 gathers every rank's rows, then writes atomically): a tidy CSV, o
 vocabulary plus ``step`` (the whole step, direction ``none``); ``bytes`` are the bytes of the
 tensors this rank passed to the phase's collectives (All-to-All payload only, the small count
 exchange excluded), ``bytes_remote`` the part addressed to other ranks (All-to-All only).
+
+``--paired-out FILE`` measures a CDAC/DCCA pair in one launch: the same processes also build the
+other structure (everything else equal) and alternate the two step by step (its warm-up steps too),
+so that both see the same machine. A shared machine's speed drifts by tens of percent within
+seconds to a minute (measured on the testbed), which two separate runs see apart and a ratio of
+them does not cancel. Each structure's table is written as a run of its own (``paired_with`` in
+its metadata names the other).
 """
 from __future__ import annotations
 
@@ -42,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--steps", type=int, default=5, help="measured steps (default 5)")
     ap.add_argument("--warmup", type=int, default=2, help="unrecorded warm-up steps first (default 2)")
     ap.add_argument("--out", required=True, help="output CSV (written by rank 0, atomically)")
+    ap.add_argument("--paired-out", default=None, metavar="FILE",
+                    help="also run the other MoE structure (cdac <-> dcca) in the same processes, alternating "
+                         "steps with this one, and write its table to FILE")
     ap.add_argument("--timeout", type=float, default=300.0,
                     help="seconds without progress (e.g. in a collective) before a rank gives up (default 300)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads per rank")
@@ -112,6 +122,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     try:
         cfg = load_config(args.model, args.overrides)
+        cfgs = [cfg]
+        if args.paired_out is not None:
+            cfgs.append(paired_config(args, cfg))
     except MoesimError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
@@ -120,7 +133,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     import torch.distributed as dist
 
     from real_backend.comm import sync_gradients
-    from real_backend.layers import build_model
     from real_backend.parallel import (build_groups, check_layout, finish_process_group, gather_rows_to_rank0,
                                        init_distributed, torch_meta)
     from real_backend.results import RUN_COLUMNS, write_table
@@ -145,21 +157,19 @@ def main(argv: Optional[list[str]] = None) -> int:
         rec = Recorder(device, progress=progress)
         rec.fail_hook = _fail_hook(args, rank, progress)
         amp = getattr(torch, AMP[cfg.model.dtype]) if AMP[cfg.model.dtype] else None
-        model = build_model(cfg, groups, rec, device=device, dtype=torch.float32)
-        model.set_comm_dtype(amp)
-        data = Workload(cfg, rank, device, amp or torch.float32)
         train = cfg.run.mode == "train"
-        opt = torch.optim.Adam(model.parameters(), lr=args.lr) if train else None
-        dense, experts = model.dense_parameters(), model.expert_parameters()
+        data = Workload(cfg, rank, device, amp or torch.float32)
+        runs = [_Measured(c, groups, rec, device, amp, train, args.lr) for c in cfgs]
         autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else contextlib.nullcontext
         watchdog = Watchdog(progress, rank, world, args.timeout, PROG)
         watchdog.start()
 
-        rows: list[dict[str, Any]] = []
         window = [None, None]       # wall clock (Unix s) of the measured steps, for outside probes
-        for it in range(args.warmup + args.steps):
-            if it == args.warmup:
+        for turn in range((args.warmup + args.steps) * len(runs)):
+            run, it = runs[turn % len(runs)], turn // len(runs)    # paired: the structures take turns
+            if it == args.warmup and window[0] is None:
                 window[0] = time.time()
+            model, opt, dense, experts, rows = run.model, run.opt, run.dense, run.experts, run.rows
             progress.step = it
             progress.touch("step", "none")
             rec.reset()
@@ -192,23 +202,39 @@ def main(argv: Optional[list[str]] = None) -> int:
             rows.append({"step": step, "rank": rank, "phase": "step", "direction": "none",
                          "seconds": rec._seconds(t0, t1), "count": 1, "bytes": 0, "bytes_remote": None})
         window[1] = time.time()
-        gathered = gather_rows_to_rank0(rows, progress, watchdog)
+        tagged = [dict(r, _run=i) for i, run in enumerate(runs) for r in run.rows]
+        everything = gather_rows_to_rank0(tagged, progress, watchdog)
         if rank == 0:
-            meta = torch_meta("run", backend, device, cuda=torch.version.cuda, config=cfg.to_dict(),
-                              steps=args.steps, warmup=args.warmup,
-                              argv=sys.argv[1:] if argv is None else list(argv), tokens_per_rank=data.tokens,
-                              timing="cuda_events" if device.type == "cuda" else "perf_counter",
-                              measured_window_unix=window,
-                              phase_directions="fwd/bwd; optimizer and step: none")
-            common = {"run_id": meta["run_id"], "host": meta["host"], "backend": backend, "world_size": world,
-                      "structure": cfg.moe.structure, "mode": cfg.run.mode, "ep": cfg.parallel.ep,
-                      "dp": cfg.parallel.dp_size}
-            all_rows = [dict(r, **common) for r in gathered]
-            all_rows.sort(key=lambda r: (r["step"], r["rank"], r["phase"], r["direction"]))
-            write_table(args.out, RUN_COLUMNS, all_rows, meta)
+            gathered = [[{k: v for k, v in r.items() if k != "_run"} for r in everything if r["_run"] == i]
+                        for i in range(len(runs))]
+            outs = [args.out, args.paired_out][:len(runs)]
+            tables = []
+            for i, (run, rows) in enumerate(zip(runs, gathered)):
+                c = run.cfg
+                extra = {}
+                if len(runs) > 1:
+                    other = runs[1 - i].cfg.moe.structure
+                    extra["paired_with"] = {"structure": other, "table": os.path.basename(outs[1 - i]),
+                                            "order": [r.cfg.moe.structure for r in runs],
+                                            "note": "steps alternate with the other structure's, one each"}
+                meta = torch_meta("run", backend, device, cuda=torch.version.cuda, config=c.to_dict(),
+                                  steps=args.steps, warmup=args.warmup,
+                                  argv=sys.argv[1:] if argv is None else list(argv), tokens_per_rank=data.tokens,
+                                  timing="cuda_events" if device.type == "cuda" else "perf_counter",
+                                  measured_window_unix=window,
+                                  phase_directions="fwd/bwd; optimizer and step: none", **extra)
+                common = {"run_id": meta["run_id"], "host": meta["host"], "backend": backend, "world_size": world,
+                          "structure": c.moe.structure, "mode": c.run.mode, "ep": c.parallel.ep,
+                          "dp": c.parallel.dp_size}
+                all_rows = [dict(r, **common) for r in rows]
+                all_rows.sort(key=lambda r: (r["step"], r["rank"], r["phase"], r["direction"]))
+                tables.append((outs[i], all_rows, meta, c))
+            for out, all_rows, meta, c in tables:
+                write_table(out, RUN_COLUMNS, all_rows, meta)
             if not args.quiet:
-                with contextlib.suppress(BrokenPipeError):
-                    _print_summary(all_rows, cfg, world, args.out)
+                for out, all_rows, meta, c in tables:
+                    with contextlib.suppress(BrokenPipeError):
+                        _print_summary(all_rows, c, world, out)
         finish_process_group(PROG)
         return 0
     except KeyboardInterrupt:
@@ -221,6 +247,34 @@ def main(argv: Optional[list[str]] = None) -> int:
             msg += "\n" + watchdog.diagnose(settle=2.0)
         report(msg, 1)
     return 1
+
+
+OTHER_STRUCTURE = {"cdac": "dcca", "dcca": "cdac"}
+
+
+def paired_config(args, cfg: Config) -> Config:
+    """The other structure's config for ``--paired-out``: the same overrides, then
+    ``moe.structure`` switched (cdac <-> dcca)."""
+    if cfg.moe.structure not in OTHER_STRUCTURE:
+        raise ConfigError("moe.structure", f"--paired-out pairs cdac with dcca; {cfg.moe.structure!r} has no pair")
+    if os.path.abspath(args.paired_out) == os.path.abspath(args.out):
+        raise ConfigError("--paired-out", f"names the same file as --out ({args.out})")
+    return load_config(args.model, [*args.overrides, f"moe.structure={OTHER_STRUCTURE[cfg.moe.structure]}"])
+
+
+class _Measured:
+    """One structure's model, optimizer and recorded rows in a (possibly paired) run."""
+
+    def __init__(self, cfg: Config, groups, rec, device, amp, train: bool, lr: float):
+        import torch
+
+        from real_backend.layers import build_model
+        self.cfg = cfg
+        self.model = build_model(cfg, groups, rec, device=device, dtype=torch.float32)
+        self.model.set_comm_dtype(amp)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=lr) if train else None
+        self.dense, self.experts = self.model.dense_parameters(), self.model.expert_parameters()
+        self.rows: list[dict[str, Any]] = []
 
 
 def _print_summary(rows: list[dict], cfg: Config, world: int, out: str) -> None:

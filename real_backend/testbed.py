@@ -332,13 +332,23 @@ def cleanup_stale(log: Callable[[str], None] = print) -> int:
     return 1 if left else 0
 
 
-def _out_arg(args: list[str]) -> Optional[str]:
+def _out_arg(args: list[str], flag: str = "--out") -> Optional[str]:
+    """The value of ``flag`` in an inner command line (``--out X`` or ``--out=X``), or None."""
     for i, a in enumerate(args):
-        if a == "--out" and i + 1 < len(args):
+        if a == flag and i + 1 < len(args):
             return args[i + 1]
-        if a.startswith("--out="):
+        if a.startswith(flag + "="):
             return a.split("=", 1)[1]
     return None
+
+
+def topology_paths(inner: list[str], explicit: Optional[str] = None) -> list[str]:
+    """Where a successful run writes the testbed's topology: ``explicit`` (``--topology``), else
+    ``<table>.topology.json`` next to the inner command's ``--out`` and ``--paired-out`` tables."""
+    if explicit:
+        return [explicit]
+    tables = [t for t in (_out_arg(inner), _out_arg(inner, "--paired-out")) if t]
+    return [str(Path(t).with_suffix("")) + ".topology.json" for t in tables] or ["testbed.topology.json"]
 
 
 def _write_netstats(tb: Testbed, path: str, codes: list, log: Callable[[str], None]) -> None:
@@ -362,7 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--ranks-per-host", type=int, default=1, help="ranks per host (default 1)")
     ap.add_argument("--rate", default="none", help="tc rate of each host link, e.g. 100mbit, 1gbit; none = unshaped")
     ap.add_argument("--topology", default=None,
-                    help="topology file to write on success (default: <out>.topology.json next to --out)")
+                    help="topology file to write on success (default: <out>.topology.json next to --out, "
+                         "and next to run's --paired-out too)")
     ap.add_argument("--loopback-bw", type=float, default=DEFAULT_LOOPBACK_BW,
                     help="nominal bytes/s of a rank's stack and loopback links in the topology file")
     ap.add_argument("--deadline", type=float, default=None, help="kill everything after this many seconds")
@@ -390,8 +401,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         module, inner = MODULES[cmd[0]], cmd[1:]
         rate = parse_rate(args.rate)
         check_prerequisites()
-        out = _out_arg(inner)
-        topo_path = args.topology or (str(Path(out).with_suffix("")) + ".topology.json" if out else "testbed.topology.json")
+        topo_paths = topology_paths(inner, args.topology)
         tb = Testbed(args.hosts, args.ranks_per_host, rate, args.loopback_bw, log=log)
     except TestbedError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
@@ -417,8 +427,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             code = 1
         else:
             from moesim.io import write_json_atomic
-            write_json_atomic(topo_path, tb.topology())
-            log(f"{PROG}: topology -> {topo_path}")
+            for topo_path in topo_paths:
+                write_json_atomic(topo_path, tb.topology())
+            log(f"{PROG}: topology -> {', '.join(topo_paths)}")
             code = 0
         if args.netstats:
             _write_netstats(tb, args.netstats, codes, log)

@@ -23,17 +23,23 @@ def _args(**over) -> argparse.Namespace:
 def test_validation_runs_come_in_whole_rounds(tmp_path, monkeypatch):
     launched = []
 
-    def run_on_testbed(self, hosts, rph, rate, module, args, out):
+    def run_on_testbed(self, hosts, rph, rate, module, args, out, paired_out=None):
         assert module == "run" and f"moe.top_k={out.name.split('-k')[1][0]}" in args
-        launched.append(out.name)
+        launched.append(out.name if paired_out is None else (out.name, paired_out.name))
         out.write_text("table")
         return {"command": "python -m real_backend.testbed ...", "loadavg_before": [0.1, 0.1, 0.1, 0.0],
                 "loadavg_after": [0.2, 0.1, 0.1], "finished": "2026-12-01T00:00:00+00:00"}
 
     monkeypatch.setattr(campaign.Runner, "testbed", run_on_testbed)
-    runs = campaign.validation_runs(_args(), lambda s: None, tmp_path)
+    sequential = campaign.validation_runs(_args(paired=False), lambda s: None, tmp_path / "seq")
     per_round = len(campaign.SHAPES) * 2 * 2 * 2          # shapes x rates x top-k x structures
-    assert len(runs) == len(launched) == 3 * per_round
+    assert len(sequential) == len(launched) == 3 * per_round and "paired_with" not in sequential[0]
+    launched.clear()
+    runs = campaign.validation_runs(_args(), lambda s: None, tmp_path)
+    # by default a configuration's CDAC and DCCA run as one launch (their steps alternate)
+    assert launched == [(a["file"], b["file"]) for a, b in zip(runs[::2], runs[1::2])]
+    assert [r["file"] for r in sequential] == [r["file"] for r in runs]
+    assert all(a["paired_with"] == b["file"] and b["paired_with"] == a["file"] for a, b in zip(runs[::2], runs[1::2]))
     # round r holds every configuration once, before round r + 1 starts
     for r in range(3):
         block = runs[r * per_round:(r + 1) * per_round]
@@ -48,7 +54,7 @@ def test_validation_runs_come_in_whole_rounds(tmp_path, monkeypatch):
     assert {x["role"] for x in runs if x["top_k"] == 2} == {"heldout"}
     # one round keeps the plain names
     launched.clear()
-    single = campaign.validation_runs(_args(repeats=1), lambda s: None, tmp_path / "one")
+    single = campaign.validation_runs(_args(repeats=1, paired=False), lambda s: None, tmp_path / "one")
     assert [x["file"] for x in single] == [f"{x['config']}.csv" for x in single] == launched
     assert set(launched) == campaign.validation_table_names(_args(), 1)
     # another campaign's tables in the directory are named, and left alone
@@ -111,19 +117,23 @@ def test_patterns_that_match_nothing_stop_the_fit_before_it_starts(tmp_path):
 
 def _fake_testbed(monkeypatch, fail_after: int | None = None):
     """Runs the campaign's real Runner with the testbed launch replaced: each launch writes its
-    table and topology; the launch after ``fail_after`` successes crashes (exit 1, three tries)."""
+    tables (a paired launch two) and their topologies, and ``launched`` lists the tables; the launch
+    after ``fail_after`` successful launches crashes (exit 1, three tries)."""
     launched = []
+    launches = [0]
     real_run = campaign.subprocess.run
 
     def fake_run(cmd, *a, **kw):
         if cmd[0] == "git":
             return real_run(cmd, *a, **kw)
-        out = Path(cmd[cmd.index("--out") + 1])
-        if fail_after is not None and len(launched) >= fail_after:
+        outs = [Path(cmd[cmd.index(flag) + 1]) for flag in ("--out", "--paired-out") if flag in cmd]
+        if fail_after is not None and launches[0] >= fail_after:
             return subprocess.CompletedProcess(cmd, 1, "", "worker crashed")
-        launched.append(out.name)
-        out.write_text("table")
-        out.with_name(out.stem + ".topology.json").write_text("{}")
+        launches[0] += 1
+        for out in outs:
+            launched.append(out.name)
+            out.write_text("table")
+            out.with_name(out.stem + ".topology.json").write_text("{}")
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
     monkeypatch.setattr(campaign.subprocess, "run", fake_run)
@@ -137,14 +147,14 @@ def test_an_interrupted_campaign_resumes_where_it_stopped(tmp_path, monkeypatch)
     with pytest.raises(SystemExit, match="failed 3 times"):
         campaign.validation_runs(_args(), lambda s: None, tmp_path)
     ledger = json.loads((tmp_path / "progress.json").read_text())
-    assert sorted(ledger["records"]) == sorted(launched) and len(launched) == 5
+    assert sorted(ledger["records"]) == sorted(launched) and len(launched) == 10   # five paired launches
     assert not (tmp_path / "runs.json").exists()
     first = list(launched)
     launched = _fake_testbed(monkeypatch)
     runs = campaign.validation_runs(_args(resume=True), lambda s: None, tmp_path)
-    # the five finished runs are kept, the rest run once each, in the campaign's order
+    # the five finished launches are kept, the rest run once each, in the campaign's order
     assert not set(first) & set(launched) and len(first) + len(launched) == len(runs)
-    assert [r["file"] for r in runs][:5] == first
+    assert [r["file"] for r in runs][:10] == first
     assert json.loads((tmp_path / "runs.json").read_text())["runs"] == runs
     assert not (tmp_path / "progress.json").exists()
 
@@ -158,9 +168,10 @@ def test_resume_refuses_another_design_and_a_missing_table_runs_again(tmp_path, 
         campaign.validation_runs(_args(resume=True, steps=20), lambda s: None, tmp_path)
     assert launched == []                        # nothing was measured under the new design
     gone = json.loads((tmp_path / "progress.json").read_text())["records"]
-    (tmp_path / sorted(gone)[0]).unlink()        # a recorded table that is no longer there
+    assert len(gone) == 6                        # three paired launches
+    (tmp_path / sorted(gone)[0]).unlink()        # a recorded table that is no longer there: its pair runs again
     campaign.validation_runs(_args(resume=True), lambda s: None, tmp_path)
-    assert sorted(gone)[0] in launched and len(launched) == 3 * 16 - 2
+    assert sorted(gone)[0] in launched and len(launched) == 3 * 16 - 6 + 2
 
 
 def test_without_resume_a_campaign_starts_over_and_a_broken_ledger_is_named(tmp_path, monkeypatch):

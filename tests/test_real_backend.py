@@ -275,6 +275,37 @@ def test_runner_world1_train_prefill_decode(tmp_path):
         assert set(d.direction) <= {"fwd", "none"} and "experts" in set(d.phase)
 
 
+def test_paired_run_alternates_cdac_and_dcca_in_one_launch(tmp_path):
+    """--paired-out: one launch, both structures, each table a run of its own that names the other,
+    over the same measured window (their steps alternate)."""
+    cdac, dcca = tmp_path / "c.csv", tmp_path / "d.csv"
+    res = _run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "real_backend.run",
+                "--model", str(SMALL), "--set", "parallel.ep=2", "--set", "parallel.dp=2", "--set", "model.layers=1",
+                "--steps", "3", "--warmup", "1", "--out", str(cdac), "--paired-out", str(dcca), "--quiet"],
+               cwd=tmp_path, timeout=180)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    dc, mc = _check_run_table(cdac, 2, 3, "cdac")
+    dd, md = _check_run_table(dcca, 2, 3, "dcca")
+    assert set(dc.structure) == {"cdac"} and set(dd.structure) == {"dcca"}
+    assert "descend" in set(dd.phase) and "descend" not in set(dc.phase)
+    assert mc["paired_with"]["table"] == "d.csv" and md["paired_with"]["table"] == "c.csv"
+    assert mc["paired_with"]["order"] == md["paired_with"]["order"] == ["cdac", "dcca"]
+    assert mc["measured_window_unix"] == md["measured_window_unix"]
+    # DCCA's All-to-All carries r.h values per token copy, CDAC's h (the same tokens, other routers)
+    cfg = load_config(SMALL, ["parallel.ep=2", "parallel.dp=2", "model.layers=1", "moe.structure=dcca"])
+    per_copy = {s: d[(d.phase == "dispatch") & (d.direction == "fwd")]["bytes"].sum()
+                for s, d in (("cdac", dc), ("dcca", dd))}
+    assert 0.5 * cfg.low_dim / cfg.model.hidden < per_copy["dcca"] / per_copy["cdac"] < 2 * cfg.low_dim / cfg.model.hidden
+    # nothing to pair with, or one file for both: refused before anything runs
+    for bad, msg in ((["--set", "moe.structure=dense", "--paired-out", str(tmp_path / "x.csv")], "no pair"),
+                     (["--paired-out", str(tmp_path / "same.csv")], "same file")):
+        out = tmp_path / "same.csv"
+        r = _run(["-m", "real_backend.run", "--model", str(SMALL), "--set", "parallel.ep=1", *bad,
+                  "--steps", "1", "--out", str(out)], cwd=tmp_path)
+        assert r.returncode == 2 and msg in r.stderr, r.stderr
+        assert not out.exists() and not (tmp_path / "x.csv").exists()
+
+
 def test_runner_refuses_mismatched_world_and_bad_config(tmp_path):
     out = tmp_path / "x.csv"
     r = _run(["-m", "real_backend.run", "--model", str(SMALL), "--steps", "1", "--out", str(out)], cwd=tmp_path)

@@ -89,6 +89,14 @@ def _readable_by_others(*paths: Path) -> bool:
     return True
 
 
+def test_topology_is_written_next_to_every_table_of_the_run():
+    from real_backend.testbed import topology_paths
+    assert topology_paths(["--steps", "3", "--out", "v/a.csv"]) == ["v/a.topology.json"]
+    assert topology_paths(["--out=v/a.csv", "--paired-out", "v/b.csv"]) == ["v/a.topology.json", "v/b.topology.json"]
+    assert topology_paths(["--out", "v/a.csv"], "t.json") == ["t.json"]
+    assert topology_paths(["--steps", "3"]) == ["testbed.topology.json"]
+
+
 def test_refuses_without_root_or_iproute2(tmp_path):
     setpriv = shutil.which("setpriv")
     args = ["--hosts", "2", "--", "microbench", "--out", str(tmp_path / "x.csv")]

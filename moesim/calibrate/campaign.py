@@ -147,39 +147,49 @@ class Runner:
         self.records: list[dict] = []
         self.ledger = ledger
 
-    def run(self, cmd: list[str], out: Path, extra_env: dict | None = None, tries: int = 3) -> dict:
-        topology = out.with_name(out.stem + ".topology.json")
-        kept = self.ledger.get(out.name) if self.ledger else None
-        if kept is not None and (topology.is_file() or "real_backend.testbed" not in cmd):
-            self.records.append(kept)
-            self.log(f"  {out.name}: kept (finished {kept.get('finished', '?')})")
-            return kept
+    def run(self, cmd: list[str], out: Path, extra_env: dict | None = None, tries: int = 3,
+            also: tuple[Path, ...] = ()) -> dict:
+        """Run ``cmd`` until it writes ``out`` (and the tables ``also``, e.g. a paired run's second;
+        with their topology files on the testbed); the record is filed under each of them."""
+        outs = (out, *also)
+        topologies = [o.with_name(o.stem + ".topology.json") for o in outs]
+        kept = [self.ledger.get(o.name) for o in outs] if self.ledger else [None]
+        if all(k is not None for k in kept) and (all(t.is_file() for t in topologies)
+                                                 or "real_backend.testbed" not in cmd):
+            self.records.append(kept[0])
+            self.log(f"  {', '.join(o.name for o in outs)}: kept (finished {kept[0].get('finished', '?')})")
+            return kept[0]
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(extra_env or {}))
         for attempt in range(1, tries + 1):
             la = wait_quiet(self.args.max_load, self.args.wait_timeout, self.log)
             t0 = time.monotonic()
             res = subprocess.run(cmd, cwd=repo_root(), env=env, capture_output=True, text=True)
             wall = time.monotonic() - t0
-            if res.returncode == 0 and out.is_file():
+            if res.returncode == 0 and all(o.is_file() for o in outs):
                 rec = {"file": out.name, "command": " ".join(shlex.quote(c) for c in cmd), "loadavg_before": la,
                        "loadavg_after": loadavg(), "wall_s": round(wall, 1), "attempts": attempt, "finished": now_iso()}
+                if also:
+                    rec["also"] = [o.name for o in also]
                 self.records.append(rec)
                 if self.ledger:
-                    self.ledger.add(out.name, rec)
-                self.log(f"  {out.name}: {wall:.0f} s (load before {la[0]:.2f})")
+                    for o in outs:
+                        self.ledger.add(o.name, rec)
+                self.log(f"  {', '.join(o.name for o in outs)}: {wall:.0f} s (load before {la[0]:.2f})")
                 return rec
             self.log(f"  {out.name}: attempt {attempt} failed (exit {res.returncode}): "
                      f"{(res.stderr or res.stdout).strip().splitlines()[-1:] or ''}")
-            for p in (out, topology):
+            for p in (*outs, *topologies):
                 if p.exists():
                     p.unlink()
             time.sleep(3)
         raise SystemExit(f"{PROG}: {out.name} failed {tries} times; see the messages above")
 
-    def testbed(self, hosts: int, rph: int, rate: str, module: str, args: list[str], out: Path) -> dict:
+    def testbed(self, hosts: int, rph: int, rate: str, module: str, args: list[str], out: Path,
+                paired_out: Path | None = None) -> dict:
+        paired = ["--paired-out", str(paired_out)] if paired_out is not None else []
         cmd = [self.py, "-m", "real_backend.testbed", "--hosts", str(hosts), "--ranks-per-host", str(rph),
-               "--rate", rate, "--deadline", "600", "--", module, *args, "--out", str(out), "--quiet"]
-        return self.run(cmd, out)
+               "--rate", rate, "--deadline", "600", "--", module, *args, "--out", str(out), *paired, "--quiet"]
+        return self.run(cmd, out, also=(paired_out,) if paired_out is not None else ())
 
 
 def model_args(structure: str, top_k: int, extra: list[str] = ()) -> list[str]:
@@ -252,19 +262,27 @@ def validation_runs(args, log, vdir: Path) -> list[dict]:
     repeats = max(1, int(getattr(args, "repeats", 1)))
     warn_stray_tables(args, log, vdir, repeats)
     round_logged = 0
-    for rep, hosts, rph, rate, k, st, config, name in validation_plan(args, repeats):
+    paired = getattr(args, "paired", True)
+    plan = list(validation_plan(args, repeats))
+    for i, (rep, hosts, rph, rate, k, st, config, name) in enumerate(plan):
         if repeats > 1 and rep != round_logged:
             log(f"  round {rep} of {repeats}")
             round_logged = rep
         out = vdir / f"{name}.csv"
-        rec = r.testbed(hosts, rph, rate, "run", [*model_args(st, k), "--steps", str(args.steps),
-                                                  "--warmup", str(args.warmup)], out)
+        if paired and i % 2:        # the pair's second table came with the first's run
+            rec = runs[-1]
+        else:
+            partner = vdir / f"{plan[i + 1][-1]}.csv" if paired else None
+            rec = r.testbed(hosts, rph, rate, "run", [*model_args(st, k), "--steps", str(args.steps),
+                                                      "--warmup", str(args.warmup)], out, paired_out=partner)
         runs.append({"file": out.name, "topology": f"{name}.topology.json", "config": config,
                      "repeat": rep, "role": "fit" if k in args.fit_top_k else "heldout",
                      "testbed": {"hosts": hosts, "ranks_per_host": rph, "rate": rate},
                      "structure": st, "top_k": k, "command": rec["command"],
                      "loadavg_before": rec["loadavg_before"],
                      "loadavg_after": rec["loadavg_after"], "finished": rec["finished"]})
+        if paired:
+            runs[-1]["paired_with"] = plan[i + 1 - 2 * (i % 2)][-1] + ".csv"
     write_manifest(vdir / "runs.json", {"runs": runs, "campaign": campaign_info(args), "design": ledger.design})
     ledger.close()
     return runs
@@ -274,7 +292,8 @@ def validation_plan(args, repeats: int):
     """The validation runs in the order they are made: (round, hosts, ranks per host, rate, top-k,
     structure, configuration, table name without ``.csv``). Whole rounds one after another, so that
     slow drift of the machine touches every configuration alike; a configuration's CDAC and DCCA runs
-    follow each other (their speedup is a paired ratio)."""
+    follow each other (their speedup is a paired ratio), and with ``--paired`` (the default) they are one
+    launch whose steps alternate (``real_backend.run --paired-out``)."""
     for rep in range(1, repeats + 1):
         for hosts, rph in SHAPES:
             for rate in args.rates:
@@ -305,7 +324,8 @@ def campaign_info(args) -> dict:
     return {"command": " ".join(["python -m", PROG, *map(shlex.quote, getattr(args, "argv", []))]), "date": now_iso(),
             "machine": machine_info(), "model": MODEL, "model_overrides": MODEL_SETS, "steps": args.steps,
             "warmup": args.warmup, "rates": list(args.rates), "shapes": [f"{h}x{r}" for h, r in SHAPES],
-            "top_k": list(args.top_k), "repeats": int(getattr(args, "repeats", 1)), "max_load": args.max_load}
+            "top_k": list(args.top_k), "repeats": int(getattr(args, "repeats", 1)), "max_load": args.max_load,
+            "paired": bool(getattr(args, "paired", True))}
 
 
 def write_manifest(path: Path, data: dict) -> None:
@@ -358,6 +378,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3,
                     help="runs of every validation configuration, in whole rounds (default 3); validation "
                          "compares predictions with the median over a configuration's runs")
+    ap.add_argument("--sequential", dest="paired", action="store_false",
+                    help="measure a configuration's CDAC and DCCA runs as two launches one after the other "
+                         "(the campaigns before 2026-12-03 did); default: one launch whose steps alternate "
+                         "between the structures (real_backend.run --paired-out), so that the machine's drift "
+                         "in speed touches both alike")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--reps", type=int, default=7, help="microbenchmark repetitions")
