@@ -200,16 +200,17 @@ def test_resume_skips_a_finished_stage_of_the_same_design_only(tmp_path, monkeyp
 
 def test_repeat_compares_with_the_runs_the_manifest_lists(tmp_path, capsys):
     """``--only repeat``'s comparison takes a configuration's committed runs from the validation
-    manifest, so a stray table in the directory does not count; the committed repeats of the default
-    campaign's 400 Mbit/s top-8 pairs (README, "The default campaign remade"): 2x2 measured 1.30x over
-    its three rounds, 1.51x in the first repeat."""
+    manifest, so a stray table in the directory does not count; the committed repeats of the sequential
+    AVX2 campaign's 400 Mbit/s top-8 pairs (README, "The default campaign remade"): 2x2 measured 1.30x
+    over its three rounds, 1.51x in the first repeat."""
     import shutil
-    root = Path(__file__).resolve().parents[1] / "calibration"
+    top = Path(__file__).resolve().parents[1] / "calibration"
+    root = top / "avx2-sequential"
     vdir = tmp_path / "validation"
     shutil.copytree(root / "validation", vdir)
     runs = campaign.committed_runs(vdir, "2x2-400mbit-dcca-k8")
     assert [p.name for p in runs] == [f"2x2-400mbit-dcca-k8-r{i}.csv" for i in (1, 2, 3)]
-    shutil.copy(root / "avx512-1r" / "validation" / "2x2-400mbit-dcca-k8.csv", vdir)    # a stray table
+    shutil.copy(top / "avx512-1r" / "validation" / "2x2-400mbit-dcca-k8.csv", vdir)    # a stray table
     assert campaign.committed_runs(vdir, "2x2-400mbit-dcca-k8") == runs
     (vdir / "manifest.json").unlink()
     (vdir / "runs.json").unlink()
