@@ -269,12 +269,13 @@ def validation_runs(args, log, vdir: Path) -> list[dict]:
             log(f"  round {rep} of {repeats}")
             round_logged = rep
         out = vdir / f"{name}.csv"
-        if paired and i % 2:        # the pair's second table came with the first's run
+        partner = f"{plan[i ^ 1][-1]}.csv"     # CDAC and DCCA of a configuration sit at 2j and 2j + 1
+        if paired and i % 2:                   # the pair's DCCA table came with its CDAC launch
             rec = runs[-1]
         else:
-            partner = vdir / f"{plan[i + 1][-1]}.csv" if paired else None
             rec = r.testbed(hosts, rph, rate, "run", [*model_args(st, k), "--steps", str(args.steps),
-                                                      "--warmup", str(args.warmup)], out, paired_out=partner)
+                                                      "--warmup", str(args.warmup)], out,
+                            paired_out=vdir / partner if paired else None)
         runs.append({"file": out.name, "topology": f"{name}.topology.json", "config": config,
                      "repeat": rep, "role": "fit" if k in args.fit_top_k else "heldout",
                      "testbed": {"hosts": hosts, "ranks_per_host": rph, "rate": rate},
@@ -282,7 +283,7 @@ def validation_runs(args, log, vdir: Path) -> list[dict]:
                      "loadavg_before": rec["loadavg_before"],
                      "loadavg_after": rec["loadavg_after"], "finished": rec["finished"]})
         if paired:
-            runs[-1]["paired_with"] = plan[i + 1 - 2 * (i % 2)][-1] + ".csv"
+            runs[-1]["paired_with"] = partner
     write_manifest(vdir / "runs.json", {"runs": runs, "campaign": campaign_info(args), "design": ledger.design})
     ledger.close()
     return runs
@@ -292,8 +293,8 @@ def validation_plan(args, repeats: int):
     """The validation runs in the order they are made: (round, hosts, ranks per host, rate, top-k,
     structure, configuration, table name without ``.csv``). Whole rounds one after another, so that
     slow drift of the machine touches every configuration alike; a configuration's CDAC and DCCA runs
-    follow each other (their speedup is a paired ratio), and with ``--paired`` (the default) they are one
-    launch whose steps alternate (``real_backend.run --paired-out``)."""
+    follow each other (their speedup is a paired ratio); unless ``--sequential``, they are one launch
+    whose steps alternate (``real_backend.run --paired-out``)."""
     for rep in range(1, repeats + 1):
         for hosts, rph in SHAPES:
             for rate in args.rates:
