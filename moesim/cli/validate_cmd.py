@@ -16,8 +16,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "step time and per-phase times, the absolute percentage error per run, MAPE and "
                                    "max error, and DCCA-over-CDAC speedups. Repeated runs of one configuration form one row (median "
                                    "over the runs). A campaign directory (with manifest.json) "
-                                   "brings its own profile, topologies and fit/held-out split.")
-    p.add_argument("runs", nargs="+", metavar="RUN_CSVS", help="real_backend.run tables, or a campaign directory")
+                                   "brings its own profile, topologies and fit/held-out split. Several campaign "
+                                   "directories are judged together: per campaign its held-out results, and per "
+                                   "configuration the signed speedup error on every campaign (a model bias shows "
+                                   "as one sign throughout).")
+    p.add_argument("runs", nargs="+", metavar="RUN_CSVS",
+                   help="real_backend.run tables, or a campaign directory, or several campaign directories")
     p.add_argument("--profile", metavar="NAME|FILE", help="device profile (default: the campaign manifest's)")
     p.add_argument("--topology", metavar="FILE", help="topology for every run (default: each run's <csv>.topology.json "
                                                      "or the manifest's, else one built from the table's testbed meta)")
@@ -37,16 +41,36 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="what-if: the speedups the model would predict with these phases predicted exactly "
                         "(their measured times in both structures' steps), e.g. grad_allreduce; indicative only, "
                         "the model books waiting in other phases than the runs do (moesim.validate.counterfactual)")
+    p.add_argument("--a2a-start", choices=("together", "pairwise"),
+                   help="what-if: All-to-Alls on shared cores start when every rank is there (together) or each "
+                        "rank pair when both are (pairwise), whatever the profile says; indicative only, the "
+                        "profile's other parameters were fitted with its own setting")
+    p.add_argument("--time-slice", type=float, metavar="SECONDS",
+                   help="what-if: the shared cores' time slice (0: processor sharing), whatever the profile says; "
+                        "indicative only, as --a2a-start")
     p.set_defaults(func=run)
+
+
+def _engine(args: argparse.Namespace) -> dict:
+    out = {}
+    if args.a2a_start is not None:
+        out["pairwise_a2a"] = args.a2a_start == "pairwise"
+    if args.time_slice is not None:
+        out["time_slice_s"] = args.time_slice
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
     from moesim.validate import REAL_BACKEND_BUCKET_BYTES, validate
+    from moesim.validate.across import campaign_dirs
     from moesim.validate.counterfactual import check_phases, with_measured_phases
     what_if = None if args.measured_phases is None else check_phases(
         [ph.strip() for ph in args.measured_phases.split(",") if ph.strip()])
+    dirs = campaign_dirs(args.runs)
+    if dirs is not None:
+        return _run_across(args, dirs)
     rep = validate(args.runs, profile=args.profile, topology=args.topology,
-                   bucket_bytes=args.bucket_bytes or REAL_BACKEND_BUCKET_BYTES)
+                   bucket_bytes=args.bucket_bytes or REAL_BACKEND_BUCKET_BYTES, engine=_engine(args))
     if what_if is not None:
         rep["counterfactual"] = with_measured_phases(rep, what_if)
     if args.plot:
@@ -57,6 +81,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     nruns = sum(r.get("repeats", 1) for r in rep["rows"])
     repeated = nruns > len(rep["rows"])
+    if rep.get("engine_what_if"):
+        print("what-if engine: " + ", ".join(f"{k}={v}" for k, v in rep["engine_what_if"].items())
+              + " (indicative: the profile's parameters were fitted with its own settings)")
     print(f"profile {rep['profile']['name']} ({rep['profile']['status']}); {len(rep['rows'])} configuration(s), "
           f"{nruns} run(s)" + ("; measured = median over a configuration's runs, spread = (max - min) / median"
                                if repeated else ""))
@@ -129,4 +156,48 @@ def run(args: argparse.Namespace) -> int:
         t = rep["targets"]
         print(f"targets (MAPE <= {100 * t.get('mape', 0):.0f}%, speedup error <= {100 * t.get('speedup_error', 0):.0f}%): "
               f"{'met' if rep['targets_met'] else 'NOT met'}")
+    return 0
+
+
+def _run_across(args: argparse.Namespace, dirs: list) -> int:
+    """Several campaign directories: per campaign and per configuration, over the held-out pairs."""
+    from moesim.errors import MoesimError
+    from moesim.validate import REAL_BACKEND_BUCKET_BYTES
+    from moesim.validate.across import validate_across
+    unused = [f"--{n.replace('_', '-')}" for n in ("profile", "topology", "plot", "measured_phases")
+              if getattr(args, n)]
+    if unused:
+        raise MoesimError(f"{', '.join(unused)}: not available when several campaigns are judged together "
+                          "(each brings its own profile and topologies; judge one campaign for those)")
+    rep = validate_across(dirs, bucket_bytes=args.bucket_bytes or REAL_BACKEND_BUCKET_BYTES, engine=_engine(args))
+    if args.json:
+        print(json.dumps(rep, indent=2))
+        return 0
+    eng = next(iter(rep["reports"].values())).get("engine_what_if")
+    if eng:
+        print("what-if engine: " + ", ".join(f"{k}={v}" for k, v in eng.items())
+              + " (indicative: the profiles' parameters were fitted with their own settings)")
+    names = [c["name"] for c in rep["campaigns"]]
+    width = max(34, max(len(n) for n in names) + 1)
+    print(f"{'campaign':{width}s} {'profile':30s} {'MAPE':>6s} {'max':>6s} {'pairs ok':>9s} {'mean':>6s} "
+          f"{'signed':>7s}  worst pair")
+    for c in rep["campaigns"]:
+        mape = "-" if c["heldout_mape"] is None else f"{100 * c['heldout_mape']:5.1f}%"
+        mx = "-" if c["heldout_max_error"] is None else f"{100 * c['heldout_max_error']:5.1f}%"
+        mean = "-" if c["mean_error"] is None else f"{100 * c['mean_error']:5.1f}%"
+        sgn = "-" if c["mean_signed_error"] is None else f"{100 * c['mean_signed_error']:+6.1f}%"
+        worst = "" if c["worst"] is None else f"{c['worst']['label']} {100 * c['worst']['error']:.1f}%"
+        print(f"{c['name']:{width}s} {c['profile']:30s} {mape:>6s} {mx:>6s} {c['within_target']:>4d} of {c['pairs']:<2d} "
+              f"{mean:>6s} {sgn:>7s}  {worst}")
+    print("signed speedup error per held-out pair (predicted / measured - 1), campaigns in the order above")
+    print(f"{'configuration':24s} {'over':>4s} {'under':>5s} {'mean':>7s} {'max |e|':>7s}  per campaign")
+    for c in rep["configurations"]:
+        cells = " ".join(f"{100 * c['signed_errors'][n]:+5.1f}" if n in c["signed_errors"] else "    -" for n in names)
+        print(f"{c['label']:24s} {c['over']:4d} {c['under']:5d} {100 * c['mean_signed_error']:+6.1f}% "
+              f"{100 * c['max_abs_error']:6.1f}%  {cells}")
+    t = rep["total"]
+    if t["pairs"]:
+        print(f"all {t['campaigns']} campaigns: {t['within_target']} of {t['pairs']} held-out pairs within target; "
+              f"mean error {100 * t['mean_error']:.2f}%, mean signed {100 * t['mean_signed_error']:+.2f}%, "
+              f"worst {100 * t['max_error']:.1f}%")
     return 0

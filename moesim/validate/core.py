@@ -193,15 +193,41 @@ def measured_config(runs: list) -> tuple[float, dict, list[float], int]:
     return float(np.median(step_runs)), phases, step_runs, int(sum(p[2] for p in per))
 
 
+#: engine settings ``validate(engine=...)`` may override (what-ifs on the profile's fitted parameters)
+ENGINE_WHAT_IF = {"pairwise_a2a": bool, "time_slice_s": float}
+
+
+def check_engine(engine: dict | None) -> dict:
+    """The engine overrides of a what-if, checked: keys from :data:`ENGINE_WHAT_IF`; ``time_slice_s``
+    in [0, 1] s."""
+    out = {}
+    for k, v in (engine or {}).items():
+        if k not in ENGINE_WHAT_IF:
+            raise MoesimError(f"unknown engine setting {k!r} for a what-if (known: {', '.join(ENGINE_WHAT_IF)})")
+        if v is None:
+            continue
+        if k == "time_slice_s":
+            v = float(v)
+            if not (0.0 <= v <= 1.0):
+                raise MoesimError(f"time_slice_s must lie in [0, 1] s, got {v!r}")
+        out[k] = ENGINE_WHAT_IF[k](v)
+    return out
+
+
 def validate(paths: Sequence[str | os.PathLike], profile: str | None = None, topology: str | None = None,
-             bucket_bytes: float = REAL_BACKEND_BUCKET_BYTES, measured_traffic: bool = True) -> dict:
+             bucket_bytes: float = REAL_BACKEND_BUCKET_BYTES, measured_traffic: bool = True,
+             engine: dict | None = None) -> dict:
     """Simulate every configuration and compare. Returns a JSON-able report (see :func:`summarise`).
 
     Repeated runs of one configuration (same testbed and config, e.g. a campaign's ``--repeats``)
     form one row: measured is the median over the runs, the simulation replays their mean measured
     traffic. ``measured_traffic``: replay the measured All-to-All traffic (:mod:`.traffic`) instead
-    of the config's routing."""
+    of the config's routing. ``engine``: what-if overrides of the engine's shared-core settings
+    (:data:`ENGINE_WHAT_IF`, e.g. ``{"pairwise_a2a": False}``) on the profile's fitted parameters;
+    indicative only, since the profile was fitted with its own settings (recorded in the report as
+    ``engine_what_if``)."""
     from moesim.engine import SimOptions, simulate
+    engine = check_engine(engine)
     camp = resolve_inputs(paths)
     prof_ref = profile or camp.profile
     if not prof_ref:
@@ -216,7 +242,7 @@ def validate(paths: Sequence[str | os.PathLike], profile: str | None = None, top
             raise InputFileError(first.spec.path, f"the run used {cfg.world_size} ranks but its topology "
                                                   f"({topo_src}) has {topo.num_gpus} GPUs")
         copies = mean_copies(runs) if measured_traffic else None
-        res = simulate(cfg, topo, prof, SimOptions(bucket_bytes=bucket_bytes, a2a_copies=copies))
+        res = simulate(cfg, topo, prof, SimOptions(bucket_bytes=bucket_bytes, a2a_copies=copies, **engine))
         meas_step, meas_ph, step_runs, steps = measured_config(runs)
         pred_ph = res.breakdown_s
         phases = {}
@@ -237,7 +263,10 @@ def validate(paths: Sequence[str | os.PathLike], profile: str | None = None, top
             "a2a_remote_bytes": None if any(b is None for b in nbytes) else float(np.mean(nbytes)),
             "rank_skew": _rank_skew(runs, res),
         })
-    return summarise(rows, prof, camp)
+    rep = summarise(rows, prof, camp)
+    if engine:
+        rep["engine_what_if"] = engine
+    return rep
 
 
 def _rank_skew(runs: list, res) -> dict | None:
