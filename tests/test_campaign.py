@@ -201,7 +201,7 @@ def test_resume_skips_a_finished_stage_of_the_same_design_only(tmp_path, monkeyp
 def test_repeat_compares_with_the_runs_the_manifest_lists(tmp_path, capsys):
     """``--only repeat``'s comparison takes a configuration's committed runs from the validation
     manifest, so a stray table in the directory does not count; the committed repeats of the sequential
-    AVX2 campaign's 400 Mbit/s top-8 pairs (README, "The default campaign remade"): 2x2 measured 1.30x
+    AVX2 campaign's 400 Mbit/s top-8 pairs (calibration/README.md, "The default campaign remade"): 2x2 measured 1.30x
     over its three rounds, 1.51x in the first repeat."""
     import shutil
     top = Path(__file__).resolve().parents[1] / "calibration"

@@ -1,7 +1,7 @@
 """moesim.calibrate.twoway: the shaped links' two-way loss (b, c) fitted on a size sweep of isolated
 All-to-Alls. Closed form: sweeps made by the simulator at known (b, c) give them back; c needs both
 two-host and bigger testbeds; bad tables fail naming the file; the committed sweep shows what the
-README says of it; the campaign records and checks its flag."""
+calibration/README.md says of it; the campaign records and checks its flag."""
 from __future__ import annotations
 
 import argparse
@@ -50,7 +50,7 @@ def test_the_peer_term_needs_two_host_and_bigger_testbeds():
 
 
 def test_the_committed_sweep_is_rate_independent_and_peer_dependent():
-    """README: the isolated All-to-All's goodput per bottleneck byte is 0.62-0.63 on 4x1 and 0.81-0.83
+    """calibration/README.md: the isolated All-to-All's goodput per bottleneck byte is 0.62-0.63 on 4x1 and 0.81-0.83
     on 2x2, at 150 and 400 Mbit/s alike; no tbf drop, no TCP timeout in any run."""
     import json
     sweep = read_size_sweep(SWEEP)
@@ -121,7 +121,7 @@ def _train_calls(name: str) -> dict:
 
 
 def test_trains_reproduce_in_step_all_to_alls_and_their_goodput_falls_with_duration():
-    """README "What remains" (6), back-to-back All-to-Alls: on 4x1 a train's call costs what a
+    """calibration/README.md "What remains" (6), back-to-back All-to-Alls: on 4x1 a train's call costs what a
     step's does (one-round AVX-512 campaign, CDAC top-8, median per rank and call) within 10 %,
     passes no token bucket (96 KiB at 400 Mbit/s: at the rate in a train, far above it alone), and its
     goodput falls with the call's duration on both rates; a link passing the first 15 ms at the
@@ -149,7 +149,7 @@ def test_trains_reproduce_in_step_all_to_alls_and_their_goodput_falls_with_durat
 def test_trains_fit_the_two_way_loss_that_steps_see():
     """``--two-way trains``: the committed trains (back-to-back All-to-Alls, one table per testbed and
     size) read as one row per table with its calls, and (b, c) fitted on them reproduce every train
-    within 6 % (README, pre-registration "Trains set the two-way loss")."""
+    within 6 % (calibration/README.md, pre-registration "Trains set the two-way loss")."""
     from moesim.calibrate.netmodel import TESTBED_TBF_BURST_S
     from moesim.calibrate.profile_io import link_params, raw_profile
     files = sorted(glob.glob(str(ROOT / TRAIN_PATTERNS)))
@@ -181,7 +181,7 @@ def test_back_to_back_calls_start_where_the_previous_ended():
 
 
 def test_a_trains_ranks_arrive_apart_and_each_call_still_takes_an_isolated_call():
-    """README "What remains" (6), ``trainskew-*``: per call the ranks of a 4x1 train reach it far apart
+    """calibration/README.md "What remains" (6), ``trainskew-*``: per call the ranks of a 4x1 train reach it far apart
     (alone they start within a millisecond), the call ends about one isolated call after the last
     arrival, and a rank's mean time in it is that, not the isolated call's mean."""
     from moesim.calibrate.tables import _read_raw
@@ -196,7 +196,7 @@ def test_a_trains_ranks_arrive_apart_and_each_call_still_takes_an_isolated_call(
 
 
 def test_an_uneven_all_to_all_costs_what_its_busiest_link_carries():
-    """README "What remains" (6), ``uneven-*``: with rank 0 exchanging 25 % more with every peer, the
+    """calibration/README.md "What remains" (6), ``uneven-*``: with rank 0 exchanging 25 % more with every peer, the
     4x1 call (last rank, alone and in a train) costs 10-35 % more than the uniform one run just before."""
     from moesim.calibrate.tables import _read_raw
 

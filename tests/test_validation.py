@@ -24,7 +24,7 @@ CAMPAIGN = ROOT / "calibration" / "validation"
 #: speedup target, worst speedup error allowed). The default campaign (``calibration/``) ran 3 rounds
 #: of paired launches on an AVX2 machine; ``calibration/avx2-sequential/`` the same design as two
 #: launches per pair, the same morning; ``calibration/avx512-1r/`` one run per configuration on an
-#: AVX-512 machine; the others 3 or 5 rounds (README "Results").
+#: AVX-512 machine; the others 3 or 5 rounds (README "Results"; the record: calibration/README.md).
 CAMPAIGNS = [(CAMPAIGN, ROOT / "calibration" / "measurements", {"4x1 400Mbit k2"}, 0.15),
              (ROOT / "calibration" / "avx2-sequential" / "validation",
               ROOT / "calibration" / "avx2-sequential" / "measurements", {"2x2 400Mbit k8"}, 0.21),
@@ -65,7 +65,7 @@ def test_committed_campaign_meets_targets(committed):
     assert rep["max_error"] >= rep["mape"]
     held_pairs = [p for p in rep["pairs"] if p["role"] == "heldout"]
     assert len(held_pairs) >= 8
-    # Known gaps (README "What remains"), with the tbf efficiency fitted on the one-way rings: on the
+    # Known gaps (calibration/README.md "What remains"), with the tbf efficiency fitted on the one-way rings: on the
     # paired default campaign 4x1 400 Mbit/s top-2 (14.0 %, over-predicted, its three rounds agreeing:
     # the model's top-2 over-prediction at 400 Mbit/s); on the sequential AVX2 campaign 2x2 400 Mbit/s
     # top-8 (20.0 %, over-predicted; its DCCA rounds 2 and 3 computed
@@ -114,7 +114,7 @@ def test_in_step_byte_cost_at_the_slowest_rate_matches_the_pattern_probe(committ
     at 150 Mbit/s, where the shaped links bind and its bytes dominate: measured, a byte moves at
     0.5-0.75 of the rate, near the two-way loss that ``real_backend.patterns`` measures for
     isolated All-to-Alls (0.62-0.79), and the model prices it within 30 %. (At 400 Mbit/s and
-    unshaped the model over-prices CDAC's bytes, on 2x2 by about 30 ms a top-8 step: README "What
+    unshaped the model over-prices CDAC's bytes, on 2x2 by about 30 ms a top-8 step: calibration/README.md "What
     remains".)"""
     rep = committed[0]
     cost = {c["label"]: c for c in rep["a2a_cost"]}
@@ -135,7 +135,7 @@ def test_in_step_byte_cost_at_the_slowest_rate_matches_the_pattern_probe(committ
 
 def test_in_step_goodput_floor_on_shaped_4x1_runs(committed):
     """The least mean rate of a shaped host link over its rank's All-to-All phases (``goodput_floor``,
-    4x1 only: one rank per host). README "What remains" (6), on every committed campaign: CDAC's
+    4x1 only: one rank per host). calibration/README.md "What remains" (6), on every committed campaign: CDAC's
     links ran slower at top-8 than at top-2 at 150 Mbit/s (longer transfers lose more), slower than
     the model has them there, and faster than the model has them at 400 Mbit/s top-4 and top-8."""
     rep = committed[0]
@@ -166,7 +166,7 @@ def test_round_spread_closed_form_and_on_committed_campaigns(committed):
     assert got["median_sd"] == pytest.approx(first / 2)
     assert got["median_sd_of_mean"] == pytest.approx((first / 2 ** 0.5) / 2)
     assert round_spread(pairs[2:]) is None
-    # the committed campaigns (README "What remains"): single-round has none; the others move by a
+    # the committed campaigns (calibration/README.md "What remains"): single-round has none; the others move by a
     # median 2.5-6 % from round to round, 1.3-2.6 % for their 3- or 5-round estimates
     rep = committed[0]
     spread = rep["speedup_round_spread"]
@@ -243,7 +243,7 @@ def test_validate_cli_json_on_committed_campaign(moesim_exe):
     floor_table = res.stdout.split("Shaped host link's least mean rate")[1].split("targets")[0].splitlines()[2:]
     assert len(floor_table) == 12 and all(line.startswith("4x1 ") for line in floor_table)
     # every configuration carries its rank skew, measured and simulated (shared cores, rank by rank);
-    # known gap (README "Ranks reach an All-to-All apart"): the model spreads the ranks less than the
+    # known gap (calibration/README.md "Ranks reach an All-to-All apart"): the model spreads the ranks less than the
     # testbed does
     skews = [r["rank_skew"] for r in rep["rows"]]
     assert len(skews) == 36 and all(s and s["measured_s"] > 0 and s["predicted_s"] > 0 for s in skews)

@@ -185,7 +185,7 @@ def _rows_features(coll: pd.DataFrame, nic_two_way: float = 0.0, burst_s: float 
 TWO_WAY_GRID = tuple(np.round(np.arange(0.0, 0.41, 0.05), 3))
 BURST_GRID_S = (0.0, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01)
 NIC_EFFICIENCY_FROM = ("joint", "one-way")
-NIC_EFFICIENCY_DEFAULT = "one-way"         # adopted by its pre-registered rule (README)
+NIC_EFFICIENCY_DEFAULT = "one-way"         # adopted by its pre-registered rule (calibration/README.md)
 # the rate, not the per-message terms, sets a ring's time from here on: at 1 MiB those terms, fitted
 # mostly on All-to-Alls, are 5-15 % of a 4-rank ring's time and over-price it (the committed campaigns)
 ONE_WAY_MIN_BYTES = 4 << 20
