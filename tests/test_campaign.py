@@ -218,3 +218,17 @@ def test_repeat_compares_with_the_runs_the_manifest_lists(tmp_path, capsys):
     assert campaign.compare_repeat(root / "repeat" / "1", root / "validation") == 0
     out = capsys.readouterr().out
     assert "speedup 2x2-400mbit-k8       committed 1.301x  repeat 1.507x" in out
+
+
+def test_each_repeat_gets_a_directory_of_its_own(tmp_path):
+    """``--only repeat`` writes into ``repeat/<n>``, a new n each time, so that earlier repeats stay;
+    ``--resume`` finishes the last one."""
+    base = tmp_path / "repeat"
+    assert campaign.repeat_dir(base) == base / "1"
+    assert campaign.repeat_dir(base, resume=True) == base / "1"      # nothing to resume: the first
+    (base / "1").mkdir(parents=True)
+    (base / "3").mkdir()
+    (base / "notes").mkdir()                                          # not a number: ignored
+    (base / "7").write_text("a file, not a repeat")
+    assert campaign.repeat_dir(base) == base / "4"
+    assert campaign.repeat_dir(base, resume=True) == base / "3"

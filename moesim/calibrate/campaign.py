@@ -340,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default="cpu-testbed", help="profile name (default cpu-testbed)")
     ap.add_argument("--only", choices=("all", "measure", "validation", "calibrate", "repeat"), default="all",
                     help="calibrate: re-fit from the tables already in --out, measure nothing; repeat: run the "
-                         "validation configurations (--rates, --top-k) again into <out>/repeat/ and compare "
+                         "validation configurations (--rates, --top-k) again into <out>/repeat/<n> (a new n each "
+                         "time; --resume: the last) and compare "
                          "their step times with the committed ones (run-to-run spread)")
     ap.add_argument("--rates", default=",".join(RATES))
     ap.add_argument("--top-k", default=",".join(map(str, TOP_KS)))
@@ -420,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.only == "repeat":
         args.repeats = 1
-        rdir = out / "repeat"
+        rdir = repeat_dir(out / "repeat", bool(getattr(args, "resume", False)))
+        log(f"repeat runs into {rdir}")
         validation_runs(args, log, rdir)
         return compare_repeat(rdir, vdir)
     if args.only in ("all", "measure"):
@@ -428,6 +430,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in ("all", "validation"):
         validation_runs(args, log, vdir)
     return finish(args, log, out, mdir, vdir)
+
+
+def repeat_dir(base: Path, resume: bool = False) -> Path:
+    """Where ``--only repeat`` writes: ``base/<n>``, one numbered directory per invocation so that
+    earlier repeats stay (n = one more than the highest there); with ``resume``, the highest one,
+    to finish an interrupted repeat."""
+    taken = [int(p.name) for p in base.glob("*") if p.is_dir() and p.name.isdigit()] if base.is_dir() else []
+    if resume and taken:
+        return base / str(max(taken))
+    return base / str(max(taken, default=0) + 1)
 
 
 def committed_runs(vdir: Path, config: str) -> list[Path]:
