@@ -113,6 +113,8 @@ def test_two_campaigns_judged_together(capsys):
     assert "4x1 400Mbit k2" in out and "over under" in out
     assert main(["validate", str(VAL), str(OTHER), "--profile", str(PROFILE)]) == 2
     assert "--profile" in capsys.readouterr().err
+    assert main(["validate", str(VAL), str(OTHER), "--phases", "--skew"]) == 2
+    assert "--phases, --skew: not available" in capsys.readouterr().err
 
 
 def test_two_campaigns_json(capsys):

@@ -164,8 +164,8 @@ def _run_across(args: argparse.Namespace, dirs: list) -> int:
     from moesim.errors import MoesimError
     from moesim.validate import REAL_BACKEND_BUCKET_BYTES
     from moesim.validate.across import validate_across
-    unused = [f"--{n.replace('_', '-')}" for n in ("profile", "topology", "plot", "measured_phases")
-              if getattr(args, n)]
+    unused = [f"--{n.replace('_', '-')}" for n in ("profile", "topology", "plot", "measured_phases", "phases",
+                                                   "a2a_cost", "skew") if getattr(args, n)]
     if unused:
         raise MoesimError(f"{', '.join(unused)}: not available when several campaigns are judged together "
                           "(each brings its own profile and topologies; judge one campaign for those)")
