@@ -24,10 +24,6 @@ from moesim.errors import InputFileError, MoesimError
 PROG = "python -m moesim.calibrate.cpuwork"
 
 
-def _rate_label(rate_bits) -> str:
-    return "none" if not rate_bits else f"{int(round(float(rate_bits) / 1e6))}mbit"
-
-
 def load_probe(path: str | Path) -> list[dict]:
     """The runs of a schedprobe JSON, checked for the fields used here."""
     path = Path(path)
@@ -53,35 +49,32 @@ def load_probe(path: str | Path) -> list[dict]:
 def compare(probe: str | Path, campaign: str | Path) -> list[dict]:
     """One row per probed configuration the campaign measured: probe step, compute phases and CPU
     per rank-step (mean over ranks), the model's alone compute work per rank-step, and the
-    difference (seconds)."""
+    difference (seconds). A probe run ``4x1``/``400mbit``/``cdac``/top-2 is the campaign's
+    configuration ``4x1-400mbit-cdac-k2`` (its committed runs, :func:`~moesim.calibrate.campaign.committed_runs`)."""
+    from moesim.calibrate.campaign import committed_runs
     from moesim.calibrate.profile_io import raw_profile
     from moesim.engine import SimOptions, simulate
-    from moesim.validate.core import (REAL_BACKEND_BUCKET_BYTES, group_repeats, load_run, mean_copies,
-                                      resolve_inputs, topology_for)
+    from moesim.validate.core import REAL_BACKEND_BUCKET_BYTES, load_run, mean_copies, resolve_inputs, topology_for
     runs = load_probe(probe)
     camp = resolve_inputs([campaign])
     if not camp.profile:
         raise MoesimError(f"{campaign}: a campaign directory with a manifest naming its profile is needed")
     prof, _ = raw_profile(camp.profile)
-    groups = {}
-    for rs in group_repeats([load_run(s) for s in camp.runs]):
-        f = rs[0]
-        key = (f"{f.tb['hosts']}x{f.tb['ranks_per_host']}", _rate_label(f.tb["rate_bits"]), f.cfg.moe.structure,
-               int(f.cfg.moe.top_k))
-        groups[key] = rs
+    specs = {s.path.name: s for s in camp.runs}
     rows = []
     for r in runs:
-        key = (r["testbed"], r["rate"], r["structure"], int(r["top_k"]))
-        rs = groups.get(key)
-        if rs is None:
+        config = f"{r['testbed']}-{r['rate']}-{r['structure']}-k{int(r['top_k'])}"
+        measured = [load_run(specs[x.name]) for x in committed_runs(Path(campaign), config) if x.name in specs]
+        if not measured:
             continue
-        f = rs[0]
-        topo, _ = topology_for(f.spec, f.table)
-        res = simulate(f.cfg, topo, prof, SimOptions(bucket_bytes=REAL_BACKEND_BUCKET_BYTES, a2a_copies=mean_copies(rs)))
+        first = measured[0]
+        topo, _ = topology_for(first.spec, first.table)
+        res = simulate(first.cfg, topo, prof, SimOptions(bucket_bytes=REAL_BACKEND_BUCKET_BYTES,
+                                                         a2a_copies=mean_copies(measured)))
         factor = res.cpu_pool[1] if res.cpu_pool else 1.0
         alone = float(np.mean([np.sum(d) for d in res.classes.durations])) * factor
         cpu = float(np.mean(r["schedstat"]["cpu_s_per_step"]))
-        rows.append({"testbed": key[0], "rate": key[1], "structure": key[2], "top_k": key[3],
+        rows.append({"testbed": r["testbed"], "rate": r["rate"], "structure": r["structure"], "top_k": int(r["top_k"]),
                      "probe_step_s": float(r["step_s"]), "probe_compute_phases_s": float(r["compute_phases_s"]),
                      "cpu_per_rank_step_s": cpu, "model_alone_work_s": alone, "outside_model_s": cpu - alone})
     return rows

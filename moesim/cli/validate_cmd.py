@@ -60,6 +60,12 @@ def _engine(args: argparse.Namespace) -> dict:
     return out
 
 
+def _print_what_if(engine: dict | None) -> None:
+    if engine:
+        print("what-if engine: " + ", ".join(f"{k}={v}" for k, v in engine.items())
+              + " (indicative: a profile's parameters were fitted with its own settings)")
+
+
 def run(args: argparse.Namespace) -> int:
     from moesim.validate import REAL_BACKEND_BUCKET_BYTES, validate
     from moesim.validate.across import campaign_dirs
@@ -81,9 +87,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     nruns = sum(r.get("repeats", 1) for r in rep["rows"])
     repeated = nruns > len(rep["rows"])
-    if rep.get("engine_what_if"):
-        print("what-if engine: " + ", ".join(f"{k}={v}" for k, v in rep["engine_what_if"].items())
-              + " (indicative: the profile's parameters were fitted with its own settings)")
+    _print_what_if(rep.get("engine_what_if"))
     print(f"profile {rep['profile']['name']} ({rep['profile']['status']}); {len(rep['rows'])} configuration(s), "
           f"{nruns} run(s)" + ("; measured = median over a configuration's runs, spread = (max - min) / median"
                                if repeated else ""))
@@ -173,10 +177,7 @@ def _run_across(args: argparse.Namespace, dirs: list) -> int:
     if args.json:
         print(json.dumps(rep, indent=2))
         return 0
-    eng = next(iter(rep["reports"].values())).get("engine_what_if")
-    if eng:
-        print("what-if engine: " + ", ".join(f"{k}={v}" for k, v in eng.items())
-              + " (indicative: the profiles' parameters were fitted with their own settings)")
+    _print_what_if(next(iter(rep["reports"].values())).get("engine_what_if"))
     names = [c["name"] for c in rep["campaigns"]]
     width = max(34, max(len(n) for n in names) + 1)
     print(f"{'campaign':{width}s} {'profile':30s} {'MAPE':>6s} {'max':>6s} {'pairs ok':>9s} {'mean':>6s} "
