@@ -358,6 +358,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="shared-core model: each rank pair of an All-to-All starts as soon as both ranks are "
                          "there (pairwise, default; moesim.engine.netbridge), or the All-to-All when all are "
                          "(together)")
+    ap.add_argument("--a2a-cpu", choices=("none", "fit"), default="none",
+                    help="shared-core model: the CPU an All-to-All call costs each member rank once its data has "
+                         "landed: none (default), or fitted in situ with the pool's cores and alone factor over "
+                         "0, 2 and 4 ms (fit; moesim.calibrate.insitu.A2A_CPU_GRID_S)")
     ap.add_argument("--time-slice", default="skew",
                     help="shared-core model: the CPU scheduler's time slice, 'skew' (default: chosen by the fit "
                          "runs' measured rank skew, moesim.calibrate.skew) or seconds (0: processor sharing)")
@@ -478,13 +482,14 @@ def compare_repeat(rdir: Path, vdir: Path) -> int:
 
 def fit_command(out: str, name: str, patterns: str, a2a_start: str = "pairwise", time_slice: str = "skew",
                 burst: str = "whole", nic_efficiency: str = NIC_EFFICIENCY_DEFAULT, two_way: str = "insitu",
-                two_way_patterns: str | None = None) -> str:
+                two_way_patterns: str | None = None, a2a_cpu: str = "none") -> str:
     """The command that re-creates a campaign profile (options at their defaults left out)."""
     opts = "".join(f" {k} {shlex.quote(v)}" for k, v, default in
                    (("--name", name, "cpu-testbed"), ("--patterns", patterns, DEFAULT_PATTERNS),
                     ("--a2a-start", a2a_start, "pairwise"), ("--time-slice", time_slice, "skew"),
                     ("--burst", burst, "whole"), ("--nic-efficiency", nic_efficiency, NIC_EFFICIENCY_DEFAULT),
-                    ("--two-way", two_way, "insitu"), ("--two-way-patterns", two_way_patterns, None)) if v != default)
+                    ("--two-way", two_way, "insitu"), ("--two-way-patterns", two_way_patterns, None),
+                    ("--a2a-cpu", a2a_cpu, "none")) if v != default)
     base = f"python -m {PROG} --out {out}{opts}"
     return f"{base}  (this fit alone: {base} --only calibrate)"
 
@@ -512,7 +517,7 @@ def finish(args, log, out: Path, mdir: Path, vdir: Path) -> int:
     """Fit the profile from the measurements (+ the in-situ fit on the fit runs) and write the
     validation manifest; then print the validation."""
     from moesim.calibrate import calibrate, write_profile
-    from moesim.calibrate.insitu import fit_insitu
+    from moesim.calibrate.insitu import A2A_CPU_GRID_S, fit_insitu
     prof_path = out / f"{args.name}.yaml"
     root = repo_root()
     patterns = [] if args.patterns == "none" else sorted(
@@ -526,7 +531,7 @@ def finish(args, log, out: Path, mdir: Path, vdir: Path) -> int:
     runs = json.loads((vdir / "runs.json").read_text())["runs"]
     fit_runs = [vdir / r["file"] for r in runs if r["role"] == "fit"]
     a2a_start, time_slice = getattr(args, "a2a_start", "pairwise"), getattr(args, "time_slice", "skew")
-    burst = getattr(args, "burst", "whole")
+    burst, a2a_cpu = getattr(args, "burst", "whole"), getattr(args, "a2a_cpu", "none")
     two_way, two_way_patterns = getattr(args, "two_way", "insitu"), getattr(args, "two_way_patterns", None)
     held = None
     if two_way != "insitu":
@@ -536,11 +541,12 @@ def finish(args, log, out: Path, mdir: Path, vdir: Path) -> int:
                          pairwise_a2a=a2a_start == "pairwise",
                          time_slice_s=None if time_slice == "skew" else float(time_slice),
                          two_way=None if held is None else (held.penalty, held.peer),
-                         **({"burst_fractions": (1.0,)} if burst == "whole" else {}))
+                         **({"burst_fractions": (1.0,)} if burst == "whole" else {}),
+                         **({"a2a_cpu_grid": A2A_CPU_GRID_S} if a2a_cpu == "fit" else {}))
     if held is not None:
         cal.profile["calibration"]["two_way_from"] = held.record()
     cal.profile["provenance"]["command"] = fit_command(args.out, args.name, args.patterns, a2a_start, time_slice,
-                                                       burst, nic_efficiency, two_way, two_way_patterns)
+                                                       burst, nic_efficiency, two_way, two_way_patterns, a2a_cpu)
     if patterns:
         cal.profile["provenance"]["release_patterns"] = patterns
     write_profile(prof_path, cal.profile)

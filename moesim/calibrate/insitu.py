@@ -75,6 +75,9 @@ POOL_PEER_GRID = (0.0, 0.2)
 # (moesim.calibrate.skew), starting from SLICE_START_S; 0 = processor sharing, 4 ms = this kernel's tick
 SLICE_GRID_S = (0.0, 0.004, 0.01, 0.02, 0.03, 0.05)
 SLICE_START_S = 0.03
+# CPU an All-to-All call costs each member rank on the shared cores once its data has landed (alone s;
+# --a2a-cpu fit): fitted with the pool's K and g over this grid, then refined by the coordinate search
+A2A_CPU_GRID_S = (0.0, 0.002, 0.004)
 
 
 class _Run:
@@ -137,11 +140,14 @@ def _loss(runs: list[_Run], prof: dict, point: tuple, cache: dict, burst_s: floa
 
 def _fit_pool(runs: list[_Run], prof: dict, grids: tuple, penalties_on: bool, peers_on: bool, bursts: list,
               refine: int, time_slice_s: float = 0.0, pairwise_a2a: bool = False,
-              two_way: tuple[float, float] | None = None) -> tuple[tuple, np.ndarray, int]:
-    """Shared-core mode: grid over (K, g, wait, b, c) at no burst (at the one burst when ``bursts``
-    offers only one: a burst fixed by measurement), then a coordinate search that halves its steps
-    ``refine`` times (the burst among ``bursts``). ``two_way`` = (b, c) measured elsewhere: held, not
-    searched. Returns the best (K, g, wait, b, c, burst), its predictions and the number of evaluations."""
+              two_way: tuple[float, float] | None = None,
+              a2a_cpu_grid: tuple = (0.0,)) -> tuple[tuple, np.ndarray, int]:
+    """Shared-core mode: grid over (K, g, wait, b, c, All-to-All CPU) at no burst (at the one burst
+    when ``bursts`` offers only one: a burst fixed by measurement), then a coordinate search that
+    halves its steps ``refine`` times (the burst among ``bursts``; the All-to-All CPU only when
+    ``a2a_cpu_grid`` offers more than one value). ``two_way`` = (b, c) measured elsewhere: held, not
+    searched. Returns the best (K, g, wait, b, c, burst, a2a_cpu_s), its predictions and the number of
+    evaluations."""
     cores_grid, alone_grid, wait_grid, penalty_grid, peer_grid = grids
     if two_way is not None:
         penalty_grid, peer_grid = (float(two_way[0]),), (float(two_way[1]),)
@@ -154,17 +160,22 @@ def _fit_pool(runs: list[_Run], prof: dict, grids: tuple, penalties_on: bool, pe
     def loss(x) -> float:
         key = tuple(round(v, 9) for v in x)
         if key not in cache:
-            k, g, wait, b, c, burst = x
+            k, g, wait, b, c, burst, cpu = x
             pred = np.array([r.step(prof, wait, b, burst, c, cpu_pool=True, pool_cores=k, alone_factor=g,
-                                    time_slice_s=time_slice_s, pairwise_a2a=pairwise_a2a) for r in runs])
+                                    time_slice_s=time_slice_s, pairwise_a2a=pairwise_a2a, a2a_cpu_s=cpu)
+                             for r in runs])
             cache[key] = (float(np.sum((pred / meas - 1.0) ** 2)), pred)
         return cache[key][0]
 
-    grid = itertools.product(cores_grid, alone_grid, wait_grid, penalty_grid, peer_grid,
-                             (bursts[0],) if len(bursts) == 1 else (0.0,))
+    a2a_cpu_grid = tuple(float(v) for v in a2a_cpu_grid)
+    grid = ((k, g, w, b, c, burst, cpu) for k, g, w, b, c, burst, cpu in
+            itertools.product(cores_grid, alone_grid, wait_grid, penalty_grid, peer_grid,
+                              (bursts[0],) if len(bursts) == 1 else (0.0,), a2a_cpu_grid))
     best = min(grid, key=loss)
-    steps = [0.25, 0.075, 2.5e-3, 0.075 if penalties_on else 0.0, 0.1 if peers_on else 0.0]
-    lower, upper = (0.25, 0.05, 0.0, 0.0, 0.0), (64.0, 1.0, 1.0, 5.0, 5.0)
+    cpu_step = 0.5 * float(np.diff(sorted(a2a_cpu_grid)).min()) if len(a2a_cpu_grid) > 1 else 0.0
+    # coordinates searched: K, g, wait, b, c, (burst: by its list below), All-to-All CPU
+    steps = [0.25, 0.075, 2.5e-3, 0.075 if penalties_on else 0.0, 0.1 if peers_on else 0.0, 0.0, cpu_step]
+    lower, upper = (0.25, 0.05, 0.0, 0.0, 0.0, 0.0, 0.0), (64.0, 1.0, 1.0, 5.0, 5.0, 1.0, 0.5)
     for _ in range(refine):
         for i, h in enumerate(steps):
             for sign in ((-1, 1) if h > 0 else ()):
@@ -173,7 +184,7 @@ def _fit_pool(runs: list[_Run], prof: dict, grids: tuple, penalties_on: bool, pe
                 if loss(tuple(cand)) < loss(best):
                     best = tuple(cand)
         for burst in bursts:
-            cand = best[:5] + (burst,)
+            cand = best[:5] + (burst,) + best[6:]
             if loss(cand) < loss(best):
                 best = cand
         steps = [h / 2 for h in steps]
@@ -191,9 +202,10 @@ def _slice_from_skew(runs: list[_Run], prof: dict, fit_at, slice_grid, pairwise_
     sims: dict = {}
 
     def skews_at(q: float) -> list[float]:
-        k, g, wait, b, c, burst = best
+        k, g, wait, b, c, burst, cpu = best
         sims[q] = [simulated_skew(r.simulate(prof, wait, b, burst, c, cpu_pool=True, pool_cores=k, alone_factor=g,
-                                             time_slice_s=q, pairwise_a2a=pairwise_a2a)) for r in runs]
+                                             time_slice_s=q, pairwise_a2a=pairwise_a2a, a2a_cpu_s=cpu))
+                   for r in runs]
         return sims[q]
     chosen, rms = pick_time_slice(slice_grid, measured, skews_at)
     if chosen != start:
@@ -213,7 +225,8 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
                burst_fractions=BURST_FRACTIONS, wait_grid=WAIT_GRID_S, penalty_grid=PENALTY_GRID,
                peer_grid=PEER_GRID, patterns: list | None = None, pool_grids: tuple | None = None,
                refine: int = 3, time_slice_s: float | None = 0.0, pairwise_a2a: bool = False,
-               slice_grid=SLICE_GRID_S, two_way: tuple[float, float] | None = None):
+               slice_grid=SLICE_GRID_S, two_way: tuple[float, float] | None = None,
+               a2a_cpu_grid: tuple = (0.0,)):
     """Fit ``receiver_wait_s``, the shaped-link two-way penalty b, its peer-host term c and the
     usable token-bucket burst of ``cal.profile`` on the step times of ``run_paths`` (multi-rank
     testbed runs: the fit configurations). c is fitted only when the shaped fit runs include both
@@ -230,7 +243,10 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
     members over the measured spread (the median of the tables, :mod:`moesim.calibrate.release`;
     measured, not fitted). The pool's effective cores K and the alone factor g are fitted with the
     rest, over ``pool_grids`` = (K, g, wait s, b, c) grids and ``refine`` rounds of coordinate search;
-    they are written to ``calibration.cpu_pool``, the spread to the ``nic`` links."""
+    they are written to ``calibration.cpu_pool``, the spread to the ``nic`` links. ``a2a_cpu_grid``:
+    candidate CPU seconds an All-to-All call costs each member rank in the pool once its data has
+    landed (:class:`moesim.engine.SimOptions` ``a2a_cpu_s``), fitted with the rest when it has more
+    than one value (default ``(0.0,)``: none)."""
     from moesim.validate.core import REAL_BACKEND_BUCKET_BYTES, RunSpec, group_repeats, load_run
     bucket = bucket_bytes or REAL_BACKEND_BUCKET_BYTES
     prof = cal.profile
@@ -260,16 +276,19 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
 
         def fit_at(q: float):
             return _fit_pool(runs, prof, grids, len(penalties) > 1, len(peers) > 1, bursts, refine, q, pairwise_a2a,
-                             two_way if has_nic else None)
+                             two_way if has_nic else None, a2a_cpu_grid)
         skew = None
         if time_slice_s is None:   # the scheduler's slice from the measured rank skew, then refit at it
             time_slice_s, (best, pred, evaluations), skew = _slice_from_skew(runs, prof, fit_at, slice_grid,
                                                                             pairwise_a2a)
         else:
             best, pred, evaluations = fit_at(float(time_slice_s))
-        k_cores, alone, wait, penalty, peer, burst = best
+        k_cores, alone, wait, penalty, peer, burst, a2a_cpu = best
         pool = {"pool_cores": float(k_cores), "alone_factor": float(alone), "time_slice_s": float(time_slice_s),
-                "pairwise_a2a": bool(pairwise_a2a), **({"rank_skew": skew} if skew else {}),
+                "pairwise_a2a": bool(pairwise_a2a),
+                **({"a2a_cpu_s": float(a2a_cpu), "a2a_cpu_grid_s": list(a2a_cpu_grid)} if len(a2a_cpu_grid) > 1
+                   or a2a_cpu_grid[0] > 0 else {}),
+                **({"rank_skew": skew} if skew else {}),
                 "release_spread": spread.spread,
                 "release_measured": spread.to_dict()["per_file"], "release_repetitions": spread.rows,
                 "meaning": "the fit runs' ranks share one machine's cores: the engine runs the ranks that compute "
@@ -278,7 +297,9 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
                            "work is alone_factor x its priced seconds); with pairwise_a2a each rank pair of an "
                            "All-to-All exchanges as soon as both ranks are there, else the members of an "
                            "All-to-All over shaped links are released over the last release_spread of its time "
-                           "(measured by real_backend.patterns); see moesim.engine.cpupool, moesim.engine.netbridge"}
+                           "(measured by real_backend.patterns); a2a_cpu_s (when fitted): the alone CPU work each "
+                           "member rank of an All-to-All then runs on the shared cores once its data has landed; see "
+                           "moesim.engine.cpupool, moesim.engine.netbridge"}
         return _write_fit(cal, prof, runs, pred, wait, penalty, peer, burst, configured, has_nic, evaluations, pool)
     if has_nic:   # the fixed share: no staggered release either
         prof["calibration"]["links"]["nic"].pop("release_spread", None)
@@ -326,7 +347,8 @@ def _write_fit(cal, prof: dict, runs: list[_Run], pred: np.ndarray, wait: float,
         "residuals": residual_summary(pred, meas),
     }
     if pool is not None:
-        cal_sec["insitu"]["cpu_pool"] = {"pool_cores": pool["pool_cores"], "alone_factor": pool["alone_factor"]}
+        cal_sec["insitu"]["cpu_pool"] = {"pool_cores": pool["pool_cores"], "alone_factor": pool["alone_factor"],
+                                         **({"a2a_cpu_s": pool["a2a_cpu_s"]} if "a2a_cpu_s" in pool else {})}
         cal_sec["cpu_pool"] = pool
     else:
         cal_sec.pop("cpu_pool", None)

@@ -48,6 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--time-slice", type=float, metavar="SECONDS",
                    help="what-if: the shared cores' time slice (0: processor sharing), whatever the profile says; "
                         "indicative only, as --a2a-start")
+    p.add_argument("--a2a-cpu", type=float, metavar="SECONDS",
+                   help="what-if: the alone CPU work each rank of an All-to-All does on the shared cores once its "
+                        "data has landed, whatever the profile says; indicative only, as --a2a-start")
     p.set_defaults(func=run)
 
 
@@ -57,6 +60,8 @@ def _engine(args: argparse.Namespace) -> dict:
         out["pairwise_a2a"] = args.a2a_start == "pairwise"
     if args.time_slice is not None:
         out["time_slice_s"] = args.time_slice
+    if args.a2a_cpu is not None:
+        out["a2a_cpu_s"] = args.a2a_cpu
     return out
 
 

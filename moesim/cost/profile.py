@@ -41,6 +41,9 @@ class DeviceProfile:
     #: All-to-All rank pairs start their exchange as soon as both ranks arrive
     #: (``calibration.cpu_pool.pairwise_a2a``; :mod:`moesim.engine.netbridge`)
     pairwise_a2a: bool = False
+    #: CPU an All-to-All call costs each member rank after its data has landed (s of alone work in the
+    #: pool: gloo's and the layer's own work around the exchange; ``calibration.cpu_pool.a2a_cpu_s``)
+    a2a_cpu_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,9 @@ def _contention(path: Path, data: Mapping) -> dict:
                 raise InputFileError(path, f"field 'calibration.cpu_pool.pairwise_a2a' must be true or false, "
                                            f"got {pool['pairwise_a2a']!r}")
             out["pairwise_a2a"] = pool["pairwise_a2a"]
+        if pool.get("a2a_cpu_s") is not None:
+            out["a2a_cpu_s"] = _num(path, "calibration.cpu_pool.a2a_cpu_s", pool["a2a_cpu_s"],
+                                    allow_zero=True, at_most=1.0)
     return out
 
 

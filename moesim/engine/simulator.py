@@ -51,7 +51,9 @@ class SimOptions:
     off, every op costs the profile's fixed core share. ``release_spread`` overrides the topology's
     (set, it applies to every All-to-All whose group spans hosts). ``time_slice_s`` (s; 0: processor
     sharing) and ``pairwise_a2a`` (each rank pair of a direct All-to-All starts once both ranks are
-    there) override the profile's ``calibration.cpu_pool`` (default: processor sharing, together)."""
+    there) override the profile's ``calibration.cpu_pool`` (default: processor sharing, together), as
+    ``a2a_cpu_s`` does (s of alone CPU work each member rank of an All-to-All runs in the pool once its
+    data has landed, before it returns; default 0)."""
 
     a2a_algorithm: str = "direct"
     bucket_bytes: float = DEFAULT_BUCKET_BYTES
@@ -62,6 +64,7 @@ class SimOptions:
     release_spread: Optional[float] = None
     time_slice_s: Optional[float] = None
     pairwise_a2a: Optional[bool] = None
+    a2a_cpu_s: Optional[float] = None
 
 
 def _resolve_profiles(topology, profile) -> tuple[dict, np.ndarray, Profile]:
@@ -100,7 +103,7 @@ class Simulation:
         self.topology = apply_profile_network(topology, self.profile)
         self.program: Program = build_program(cfg, options.bucket_bytes, options.a2a_copies)
         self.classes: RankClasses = price_program(self.program, self.models, self.device_of_rank)
-        self.time_slice_s, self.pairwise = 0.0, False
+        self.time_slice_s, self.pairwise, self.a2a_cpu_s = 0.0, False, 0.0
         use_pool = options.cpu_pool if options.cpu_pool is not None else bool(self.profile.device.pool_cores)
         self.pool = pool_of(self.topology, self.profile.device) if use_pool else None
         if options.cpu_pool and self.pool is None:
@@ -116,6 +119,9 @@ class Simulation:
                                       else options.time_slice_s)
             self.pairwise = bool(self.profile.device.pairwise_a2a if options.pairwise_a2a is None
                                  else options.pairwise_a2a) and options.a2a_algorithm == "direct"
+            self.a2a_cpu_s = float(self.profile.device.a2a_cpu_s if options.a2a_cpu_s is None else options.a2a_cpu_s)
+            if not (0.0 <= self.a2a_cpu_s < 1.0):
+                raise MoesimError(f"a2a_cpu_s must lie in [0, 1) s, got {self.a2a_cpu_s!r}")
             if options.release_spread is not None:
                 if not 0.0 <= options.release_spread < 1.0:
                     raise MoesimError(f"release_spread must lie in [0, 1), got {options.release_spread!r}")
@@ -165,6 +171,17 @@ class Simulation:
                     member.succeed()
 
         pairwise = pool is not None and self.pairwise
+        a2a_cpu = self.a2a_cpu_s if pool is not None else 0.0
+        a2a_members: dict[int, frozenset] = {}
+
+        def a2a_cpu_of(cid: int, rank: int) -> float:
+            """Alone CPU seconds ``rank`` spends in All-to-All ``cid`` after its data has landed."""
+            spec = prog.collectives[cid]
+            if a2a_cpu <= 0 or spec.op != "all_to_all":
+                return 0.0
+            if cid not in a2a_members:
+                a2a_members[cid] = frozenset(int(r) for g in spec.groups for r in g)
+            return a2a_cpu if rank in a2a_members[cid] else 0.0
 
         def when_channel_free(cid: int, go) -> None:
             """Run ``go()`` once the previous collective on ``cid``'s channel is done."""
@@ -226,6 +243,10 @@ class Simulation:
                     t0 = env.now
                     if not ev.processed:
                         yield ev
+                    if a2a_cpu > 0:
+                        work = a2a_cpu_of(it.cid, int(classes.members[c][0]))
+                        if work > 0:
+                            yield pool.run(work)
                     spec = prog.collectives[it.cid]
                     out.append(Span("compute", f"wait:{spec.name}", it.phase, spec.layer, spec.direction, t0, env.now))
                     i += 1
