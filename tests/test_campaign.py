@@ -232,3 +232,9 @@ def test_each_repeat_gets_a_directory_of_its_own(tmp_path):
     (base / "7").write_text("a file, not a repeat")
     assert campaign.repeat_dir(base) == base / "4"
     assert campaign.repeat_dir(base, resume=True) == base / "3"
+
+
+def test_fit_command_records_the_all_to_all_cpu_option():
+    cmd = campaign.fit_command("c", "cpu-testbed", campaign.DEFAULT_PATTERNS, "together", a2a_cpu="fit")
+    assert "--a2a-start together" in cmd and "--a2a-cpu fit" in cmd
+    assert "--a2a-cpu" not in campaign.fit_command("c", "cpu-testbed", campaign.DEFAULT_PATTERNS)

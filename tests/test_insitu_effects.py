@@ -320,3 +320,43 @@ def test_tables_without_byte_counts_fall_back_to_the_config_routing():
     t.df.loc[(t.df["phase"] == "combine") & (t.df["rank"] == 2), "bytes"] = np.nan
     with pytest.raises(InputFileError, match="missing or negative"):
         measured_dispatch_copies(t, 4, 256, 4)
+
+
+def test_insitu_fit_recovers_a_known_all_to_all_cpu(tmp_path):
+    """Fit runs whose step times are the simulator's own with 2 ms of CPU per All-to-All call
+    (together start, (K, g) = (2.0, 0.8)): the fit finds the CPU and the alone factor among its
+    grids, records them in calibration.cpu_pool, and the profile carries them to the engine."""
+    import copy
+
+    import yaml
+
+    from moesim.calibrate.core import Calibration
+    from moesim.calibrate.insitu import fit_insitu
+    from moesim.cost.profile import parse_profile
+    patterns = sorted((ROOT / "calibration" / "patterns").glob("release-*.csv"))
+    from moesim.calibrate.release import release_spread
+    base = _fixed_share(yaml.safe_load((OLD_DEFAULT / "cpu-testbed-avx512-1r.yaml").read_text()))
+    base["calibration"]["links"]["nic"]["release_spread"] = release_spread(patterns).spread
+
+    def truth(run):
+        return run.step(base, 0.005, 0.1, 0.0, 0.0, cpu_pool=True, pool_cores=2.0, alone_factor=0.8,
+                        time_slice_s=0.03, pairwise_a2a=False, a2a_cpu_s=0.002)
+    paths = _synthetic_runs(tmp_path, ("4x1-150mbit-cdac-k4.csv", "4x1-150mbit-dcca-k4.csv", "4x1-none-dcca-k4.csv"),
+                            truth)
+
+    def fit(grid):
+        cal = Calibration(profile=copy.deepcopy(base), compute=None, contention=None, network=None)
+        return fit_insitu(cal, paths, patterns=patterns, refine=0, burst_fractions=(0.0,),
+                          pool_grids=((2.0,), (0.7, 0.8, 0.9), (0.005,), (0.1,), (0.0,)), time_slice_s=0.03,
+                          a2a_cpu_grid=grid).profile
+    prof = fit((0.0, 0.002, 0.004))
+    pool = prof["calibration"]["cpu_pool"]
+    assert (pool["a2a_cpu_s"], pool["alone_factor"], pool["pairwise_a2a"]) == (0.002, 0.8, False)
+    assert pool["a2a_cpu_grid_s"] == [0.0, 0.002, 0.004]
+    assert prof["calibration"]["insitu"]["cpu_pool"]["a2a_cpu_s"] == 0.002
+    assert prof["calibration"]["insitu"]["residuals"]["max_error"] < 1e-9
+    assert parse_profile(prof, Path("<fitted>")).device.a2a_cpu_s == 0.002
+    # without the CPU among its candidates the fit cannot reproduce the runs, and records none
+    none = fit((0.0,))
+    assert "a2a_cpu_s" not in none["calibration"]["cpu_pool"]
+    assert none["calibration"]["insitu"]["residuals"]["max_error"] > 1e-3

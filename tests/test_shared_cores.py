@@ -423,3 +423,55 @@ def test_time_slices_put_simulated_ranks_apart_as_measured():
     # the engine is work conserving: the step hardly changes
     steps = [simulate(cfg, topo, prof, SimOptions(cpu_pool=True, time_slice_s=q)).step_time_s for q in (0.0, 0.03)]
     assert steps[1] == pytest.approx(steps[0], rel=0.03)
+
+
+def test_all_to_all_cpu_closed_form():
+    """Ranks in step (together start, processor sharing, no stagger): every All-to-All call has its
+    4 members run a2a_cpu_s of alone work together on K effective cores once the data has landed, so
+    the step grows by exactly calls x a2a_cpu_s x 4 / K, and the time lands in the All-to-All's own
+    phase (its wait span), not in compute."""
+    prof = find_profile(AVX2)
+    topo = Topology(netmodel.testbed_graph(4, 1, None, cores=2), source="<t>")
+    cfg = _campaign_cfg("dcca", top_k=2)
+    k_cores, kappa = 1.6, 0.003
+    opts = dict(cpu_pool=True, pool_cores=k_cores, alone_factor=0.7, release_spread=0.0, time_slice_s=0.0,
+                pairwise_a2a=False)
+    base = simulate(cfg, topo, prof, SimOptions(**opts))
+    more = simulate(cfg, topo, prof, SimOptions(a2a_cpu_s=kappa, **opts))
+    calls = sum(1 for c in base.program.collectives.values() if c.op == "all_to_all")
+    # 2 layers x (dispatch, combine) x (forward, backward), and the forward dispatch's split-size exchange
+    assert calls == 10
+    assert more.step_time_s - base.step_time_s == pytest.approx(calls * kappa * 4 / k_cores, rel=1e-6)
+
+    def wait_time(res, phase):
+        return sum(sp.end - sp.start for sp in res.class_spans[0] if sp.name.startswith("wait:") and sp.phase == phase)
+    grew = sum(wait_time(more, ph) - wait_time(base, ph) for ph in ("dispatch", "combine"))
+    assert grew == pytest.approx(calls * kappa * 4 / k_cores, rel=1e-6)
+    # the profile's value is the default; the option overrides it; off the pool it does nothing
+    fitted = dataclasses.replace(prof, device=dataclasses.replace(prof.device, a2a_cpu_s=kappa))
+    assert simulate(cfg, topo, fitted, SimOptions(**opts)).step_time_s == pytest.approx(more.step_time_s, rel=1e-12)
+    assert simulate(cfg, topo, fitted, SimOptions(a2a_cpu_s=0.0, **opts)).step_time_s == pytest.approx(
+        base.step_time_s, rel=1e-12)
+    assert simulate(cfg, topo, fitted, SimOptions(cpu_pool=False)).step_time_s == pytest.approx(
+        simulate(cfg, topo, prof, SimOptions(cpu_pool=False)).step_time_s, rel=1e-12)
+    for bad in (-1e-3, 1.0, float("nan")):
+        with pytest.raises(MoesimError, match="a2a_cpu_s"):
+            simulate(cfg, topo, prof, SimOptions(a2a_cpu_s=bad, **opts))
+
+
+def test_profile_reads_all_to_all_cpu_and_names_a_bad_field(tmp_path):
+    import yaml
+
+    from moesim.cost.profile import load_profile
+    data = yaml.safe_load(Path(AVX2).read_text())
+    assert find_profile(AVX2).device.a2a_cpu_s == 0.0          # committed profiles: none
+    data["calibration"]["cpu_pool"]["a2a_cpu_s"] = 0.0025
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(data))
+    assert load_profile(good).device.a2a_cpu_s == 0.0025
+    for bad in (-0.001, 2.0, "fast"):
+        data["calibration"]["cpu_pool"]["a2a_cpu_s"] = bad
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump(data))
+        with pytest.raises(InputFileError, match=r"bad\.yaml.*calibration\.cpu_pool\.a2a_cpu_s"):
+            load_profile(path)

@@ -1,5 +1,5 @@
 """Several campaigns judged together (``moesim validate DIR DIR ...``) and the engine what-ifs of
-``moesim validate`` (``--a2a-start``, ``--time-slice``)."""
+``moesim validate`` (``--a2a-start``, ``--time-slice``, ``--a2a-cpu``)."""
 from __future__ import annotations
 
 import json
@@ -72,6 +72,10 @@ def test_engine_what_if_is_checked():
         check_engine({"cpu": 1})
     with pytest.raises(MoesimError, match=r"time_slice_s must lie in \[0, 1\]"):
         check_engine({"time_slice_s": 2.0})
+    assert check_engine({"a2a_cpu_s": "0.002"}) == {"a2a_cpu_s": 0.002}
+    for bad in (-0.001, 1.0):
+        with pytest.raises(MoesimError, match=r"a2a_cpu_s must lie in \[0, 1\)"):
+            check_engine({"a2a_cpu_s": bad})
 
 
 def test_engine_what_if_simulates_with_the_override():
@@ -118,7 +122,7 @@ def test_two_campaigns_judged_together(capsys):
 
 
 def test_two_campaigns_json(capsys):
-    assert main(["validate", str(VAL), str(OTHER), "--json", "--a2a-start", "together"]) == 0
+    assert main(["validate", str(VAL), str(OTHER), "--json", "--a2a-start", "together", "--a2a-cpu", "0.002"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["total"]["pairs"] == 24 and len(rep["configurations"]) == 12
-    assert all(r["engine_what_if"] == {"pairwise_a2a": False} for r in rep["reports"].values())
+    assert all(r["engine_what_if"] == {"pairwise_a2a": False, "a2a_cpu_s": 0.002} for r in rep["reports"].values())

@@ -133,7 +133,7 @@ def _contention(path: Path, data: Mapping) -> dict:
             out["pairwise_a2a"] = pool["pairwise_a2a"]
         if pool.get("a2a_cpu_s") is not None:
             out["a2a_cpu_s"] = _num(path, "calibration.cpu_pool.a2a_cpu_s", pool["a2a_cpu_s"],
-                                    allow_zero=True, at_most=1.0)
+                                    allow_zero=True, at_most=0.5)
     return out
 
 
