@@ -5,8 +5,10 @@ concurrent collectives (All-to-Alls of several ep groups, gradient all-reduces o
 backward pass) share links max-min fairly.
 
 Where ranks share one machine's cores (:class:`SimOptions` ``cpu_pool``), every rank is its own
-process, runs of compute ops share the cores (:mod:`moesim.engine.cpupool`) and All-to-All members
-over shaped links are released staggered (:mod:`moesim.engine.netbridge`).
+process, runs of compute ops share the cores (:mod:`moesim.engine.cpupool`), All-to-All members
+over shaped links are released staggered (:mod:`moesim.engine.netbridge`), and a profile's
+``a2a_cpu_s`` is CPU work each released member runs in the pool before its All-to-All returns (booked
+to the All-to-All's wait span).
 
 Simplifications (documented in README): a collective completes for all its members at once (when
 its last flow lands; staggered All-to-Alls aside), every group of one SPMD collective starts
