@@ -410,6 +410,30 @@ def test_measured_rank_skew_closed_form():
     assert best == 0.03 and rms[0.03] == rms[0.05] < rms[0.01] < rms[0.0]
 
 
+def test_simulated_rank_skew_counts_calls_as_the_runs_do():
+    """A layer's forward dispatch is one call in the runs (its split-size exchange and payload are
+    timed together) but two collectives in the engine: the simulated skew sums them per layer."""
+    from types import SimpleNamespace
+
+    from moesim.calibrate.skew import simulated_skew
+    from moesim.engine.result import Span
+
+    def rank(counts, payload, combine):
+        out = []
+        for layer in (0, 1):
+            out += [Span("compute", "wait:dispatch_counts", "dispatch", layer, "fwd", 0.0, counts),
+                    Span("compute", "wait:dispatch", "dispatch", layer, "fwd", 0.0, payload),
+                    Span("compute", "wait:combine", "combine", layer, "fwd", 0.0, combine),
+                    Span("compute", "attention", "attention", layer, "fwd", 0.0, 9.0)]
+        return out
+    # per call (layer): dispatch 4, 6, 8 ms (mean 6, min 4: skew 2 ms); combine 1, 4, 7 ms (skew 3 ms)
+    res = SimpleNamespace(class_spans=[rank(0.001, 0.003, 0.001), rank(0.002, 0.004, 0.004),
+                                       rank(0.001, 0.007, 0.007)])
+    assert simulated_skew(res) == pytest.approx(0.0025)      # the median of 2 and 3 ms
+    with pytest.raises(MoesimError, match="rank by rank"):
+        simulated_skew(SimpleNamespace(class_spans=[rank(0.001, 0.003, 0.001)]))
+
+
 def test_time_slices_put_simulated_ranks_apart_as_measured():
     """Processor sharing keeps the ranks of a step in step (no skew); time slices as long as the
     compute between All-to-Alls let the ranks reach them apart, as on the testbed."""

@@ -42,15 +42,19 @@ def measured_skew(df: pd.DataFrame) -> float:
 
 
 def simulated_skew(result) -> float:
-    """Rank skew (s) of a simulated step (:class:`moesim.engine.SimResult` simulated rank by rank)."""
-    rows = [(sp.phase, sp.direction, c, sp.end - sp.start)
+    """Rank skew (s) of a simulated step (:class:`moesim.engine.SimResult` simulated rank by rank).
+
+    A call is what ``real_backend`` times as one: a layer's phase in one direction, so the forward
+    dispatch's split-size exchange and its payload All-to-All (two collectives in the engine) are one
+    call, as in the runs' ``count`` column."""
+    rows = [(sp.phase, sp.direction, c, sp.layer, sp.end - sp.start)
             for c, spans in enumerate(result.class_spans) for sp in spans
             if sp.name.startswith("wait:") and sp.phase in A2A_PHASES]
-    d = pd.DataFrame(rows, columns=["phase", "direction", "rank", "t"])
+    d = pd.DataFrame(rows, columns=["phase", "direction", "rank", "layer", "t"])
     if d.empty or d["rank"].nunique() < 2:
         raise MoesimError("a simulated rank skew needs a step simulated rank by rank (shared cores)")
-    g = d.groupby(["phase", "direction", "rank"])["t"].agg(["sum", "count"]).reset_index()
-    g["per"] = g["sum"] / g["count"]
+    g = d.groupby(["phase", "direction", "rank"]).agg(s=("t", "sum"), calls=("layer", "nunique")).reset_index()
+    g["per"] = g["s"] / g["calls"]
     return _skew(g, ["phase", "direction"])
 
 
