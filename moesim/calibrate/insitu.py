@@ -168,9 +168,8 @@ def _fit_pool(runs: list[_Run], prof: dict, grids: tuple, penalties_on: bool, pe
         return cache[key][0]
 
     a2a_cpu_grid = tuple(float(v) for v in a2a_cpu_grid)
-    grid = ((k, g, w, b, c, burst, cpu) for k, g, w, b, c, burst, cpu in
-            itertools.product(cores_grid, alone_grid, wait_grid, penalty_grid, peer_grid,
-                              (bursts[0],) if len(bursts) == 1 else (0.0,), a2a_cpu_grid))
+    grid = itertools.product(cores_grid, alone_grid, wait_grid, penalty_grid, peer_grid,
+                             (bursts[0],) if len(bursts) == 1 else (0.0,), a2a_cpu_grid)
     best = min(grid, key=loss)
     cpu_step = 0.5 * float(np.diff(sorted(a2a_cpu_grid)).min()) if len(a2a_cpu_grid) > 1 else 0.0
     # coordinates searched: K, g, wait, b, c, (burst: by its list below), All-to-All CPU
