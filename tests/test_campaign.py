@@ -238,3 +238,11 @@ def test_fit_command_records_the_all_to_all_cpu_option():
     cmd = campaign.fit_command("c", "cpu-testbed", campaign.DEFAULT_PATTERNS, "together", a2a_cpu="fit")
     assert "--a2a-start together" in cmd and "--a2a-cpu fit" in cmd
     assert "--a2a-cpu" not in campaign.fit_command("c", "cpu-testbed", campaign.DEFAULT_PATTERNS)
+    cmd = campaign.fit_command("c", "cpu-testbed", campaign.DEFAULT_PATTERNS, "together", a2a_cpu="last-arriver")
+    assert "--a2a-cpu last-arriver" in cmd
+
+
+def test_campaign_refuses_an_unknown_all_to_all_cpu_mode(capsys):
+    with pytest.raises(SystemExit):
+        campaign.main(["--out", "x", "--only", "calibrate", "--a2a-cpu", "guess"])
+    assert "--a2a-cpu" in capsys.readouterr().err

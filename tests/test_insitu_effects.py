@@ -360,3 +360,61 @@ def test_insitu_fit_recovers_a_known_all_to_all_cpu(tmp_path):
     none = fit((0.0,))
     assert "a2a_cpu_s" not in none["calibration"]["cpu_pool"]
     assert none["calibration"]["insitu"]["residuals"]["max_error"] > 1e-3
+
+
+def test_all_to_all_cpu_set_by_the_last_arriver(tmp_path):
+    """Fit runs that are the simulator's own with 2 ms of CPU per All-to-All call (together start,
+    (K, g) = (2.0, 0.8)), steps and per-call times alike (every rank's call lasts the simulated
+    last-arriver time): the CPU is picked by the unshaped run's last arriver, the rest refitted with it
+    held reproduces the runs, and the profile records the observable, measured and simulated."""
+    import copy
+
+    import pandas as pd
+    import yaml
+
+    from moesim.calibrate.core import Calibration
+    from moesim.calibrate.insitu import _Run, fit_insitu
+    from moesim.calibrate.release import release_spread
+    from moesim.calibrate.skew import simulated_last_arriver
+    from moesim.validate.a2acost import A2A_PHASES
+    from moesim.validate.core import RunSpec, load_run
+    patterns = sorted((ROOT / "calibration" / "patterns").glob("release-*.csv"))
+    base = _fixed_share(yaml.safe_load((OLD_DEFAULT / "cpu-testbed-avx512-1r.yaml").read_text()))
+    base["calibration"]["links"]["nic"]["release_spread"] = release_spread(patterns).spread
+
+    def truth(run):
+        return run.simulate(base, 0.005, 0.1, 0.0, 0.0, cpu_pool=True, pool_cores=2.0, alone_factor=0.8,
+                            time_slice_s=0.03, pairwise_a2a=False, a2a_cpu_s=0.002)
+    paths, last = [], {}
+    for name in ("4x1-150mbit-cdac-k4.csv", "4x1-150mbit-dcca-k4.csv", "4x1-none-dcca-k4.csv"):
+        src = VAL / name
+        res = truth(_Run([load_run(RunSpec(src))], 64 * 2**20))
+        df = pd.read_csv(src, skiprows=2)
+        df.loc[df["phase"] == "step", "seconds"] = res.step_time_s
+        a2a = df["phase"].isin(A2A_PHASES)
+        last[name] = simulated_last_arriver(res)
+        df.loc[a2a, "seconds"] = df.loc[a2a, "count"].clip(lower=1) * last[name]
+        (tmp_path / name).write_text("".join(src.read_text().splitlines(keepends=True)[:2]) + df.to_csv(index=False))
+        (tmp_path / name.replace(".csv", ".topology.json")).write_text(
+            (VAL / name.replace(".csv", ".topology.json")).read_text())
+        paths.append(tmp_path / name)
+
+    def fit(paths, **kw):
+        cal = Calibration(profile=copy.deepcopy(base), compute=None, contention=None, network=None)
+        return fit_insitu(cal, paths, patterns=patterns, refine=0, burst_fractions=(0.0,),
+                          pool_grids=((2.0,), (0.7, 0.8, 0.9), (0.005,), (0.1,), (0.0,)), time_slice_s=0.03,
+                          **kw).profile
+    prof = fit(paths, a2a_cpu_last_arriver_grid=(0.0, 0.001, 0.002, 0.003, 0.004))
+    pool = prof["calibration"]["cpu_pool"]
+    assert (pool["a2a_cpu_s"], pool["alone_factor"]) == (0.002, 0.8)
+    assert pool["a2a_cpu_grid_s"] == [0.0, 0.001, 0.002, 0.003, 0.004]
+    rec = pool["a2a_last_arriver"]
+    assert list(rec["measured_s"]) == ["4x1-none-dcca-k4.csv"]          # the unshaped run only
+    assert rec["measured_s"]["4x1-none-dcca-k4.csv"] == pytest.approx(last["4x1-none-dcca-k4.csv"])
+    assert rec["simulated_s"]["4x1-none-dcca-k4.csv"] == pytest.approx(last["4x1-none-dcca-k4.csv"], rel=1e-9)
+    assert min(rec["rms_by_a2a_cpu_s"].values()) == rec["rms_by_a2a_cpu_s"]["0.002"]
+    assert prof["calibration"]["insitu"]["residuals"]["max_error"] < 1e-9
+    with pytest.raises(MoesimError, match="unshaped fit runs"):
+        fit(paths[:2], a2a_cpu_last_arriver_grid=(0.0, 0.002))
+    with pytest.raises(MoesimError, match="not both"):
+        fit(paths, a2a_cpu_last_arriver_grid=(0.0, 0.002), a2a_cpu_grid=(0.0, 0.002))

@@ -390,7 +390,7 @@ def test_simulated_core_share_follows_the_scheduler_probe():
 
 
 def test_measured_rank_skew_closed_form():
-    from moesim.calibrate.skew import measured_skew, pick_time_slice
+    from moesim.calibrate.skew import measured_last_arriver, measured_skew, pick_closest
     import pandas as pd
     rows = []
     for step in (0, 1, 2):
@@ -402,11 +402,14 @@ def test_measured_rank_skew_closed_form():
             rows.append({"step": step, "rank": rank, "phase": "attention", "direction": "fwd",
                          "seconds": 1.0 * rank, "count": 1})                 # not an All-to-All
     assert measured_skew(pd.DataFrame(rows)) == pytest.approx(0.004)
+    # the last arriver: min over ranks per call, 10 ms in every dispatch, 10, 11, 12 ms in the combines
+    assert measured_last_arriver(pd.DataFrame(rows)) == pytest.approx(0.010)
+    assert measured_last_arriver(pd.DataFrame([r for r in rows if r["phase"] != "dispatch"])) == pytest.approx(0.011)
     with pytest.raises(MoesimError, match="two ranks"):
         measured_skew(pd.DataFrame([r for r in rows if r["rank"] == 0]))
     # the slice whose simulated skew is closest; a tie goes to the shorter slice
     sims = {0.0: [0.0, 0.001], 0.01: [0.003, 0.004], 0.03: [0.005, 0.005], 0.05: [0.005, 0.005]}
-    best, rms = pick_time_slice(sims, np.array([0.006, 0.007]), lambda q: sims[q])
+    best, rms = pick_closest(sims, np.array([0.006, 0.007]), lambda q: sims[q])
     assert best == 0.03 and rms[0.03] == rms[0.05] < rms[0.01] < rms[0.0]
 
 
@@ -415,7 +418,7 @@ def test_simulated_rank_skew_counts_calls_as_the_runs_do():
     timed together) but two collectives in the engine: the simulated skew sums them per layer."""
     from types import SimpleNamespace
 
-    from moesim.calibrate.skew import simulated_skew
+    from moesim.calibrate.skew import simulated_last_arriver, simulated_skew
     from moesim.engine.result import Span
 
     def rank(counts, payload, combine):
@@ -430,6 +433,9 @@ def test_simulated_rank_skew_counts_calls_as_the_runs_do():
     res = SimpleNamespace(class_spans=[rank(0.001, 0.003, 0.001), rank(0.002, 0.004, 0.004),
                                        rank(0.001, 0.007, 0.007)])
     assert simulated_skew(res) == pytest.approx(0.0025)      # the median of 2 and 3 ms
+    assert simulated_last_arriver(res) == pytest.approx(0.0025)   # the median of 4 (dispatch) and 1 ms (combine)
+    with pytest.raises(MoesimError, match="rank by rank"):
+        simulated_last_arriver(SimpleNamespace(class_spans=[rank(0.001, 0.003, 0.001)]))
     with pytest.raises(MoesimError, match="rank by rank"):
         simulated_skew(SimpleNamespace(class_spans=[rank(0.001, 0.003, 0.001)]))
 

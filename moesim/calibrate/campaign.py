@@ -358,10 +358,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="shared-core model: each rank pair of an All-to-All starts as soon as both ranks are "
                          "there (pairwise, default; moesim.engine.netbridge), or the All-to-All when all are "
                          "(together)")
-    ap.add_argument("--a2a-cpu", choices=("none", "fit"), default="none",
+    ap.add_argument("--a2a-cpu", choices=("none", "fit", "last-arriver"), default="none",
                     help="shared-core model: the CPU an All-to-All call costs each member rank once its data has "
-                         "landed: none (default), or fitted in situ with the pool's cores and alone factor over "
-                         "0, 2 and 4 ms (fit; moesim.calibrate.insitu.A2A_CPU_GRID_S)")
+                         "landed: none (default); fitted in situ with the pool's cores and alone factor over "
+                         "0, 2 and 4 ms (fit; moesim.calibrate.insitu.A2A_CPU_GRID_S); or set by the unshaped fit "
+                         "runs' last-arriver time per call, 0-8 ms, then held while the rest is refitted on step "
+                         "and last-arriver times (last-arriver; moesim.calibrate.skew)")
     ap.add_argument("--time-slice", default="skew",
                     help="shared-core model: the CPU scheduler's time slice, 'skew' (default: chosen by the fit "
                          "runs' measured rank skew, moesim.calibrate.skew) or seconds (0: processor sharing)")
@@ -517,7 +519,7 @@ def finish(args, log, out: Path, mdir: Path, vdir: Path) -> int:
     """Fit the profile from the measurements (+ the in-situ fit on the fit runs) and write the
     validation manifest; then print the validation."""
     from moesim.calibrate import calibrate, write_profile
-    from moesim.calibrate.insitu import A2A_CPU_GRID_S, fit_insitu
+    from moesim.calibrate.insitu import A2A_CPU_GRID_S, A2A_CPU_LAST_ARRIVER_GRID_S, fit_insitu
     prof_path = out / f"{args.name}.yaml"
     root = repo_root()
     patterns = [] if args.patterns == "none" else sorted(
@@ -542,7 +544,9 @@ def finish(args, log, out: Path, mdir: Path, vdir: Path) -> int:
                          time_slice_s=None if time_slice == "skew" else float(time_slice),
                          two_way=None if held is None else (held.penalty, held.peer),
                          **({"burst_fractions": (1.0,)} if burst == "whole" else {}),
-                         **({"a2a_cpu_grid": A2A_CPU_GRID_S} if a2a_cpu == "fit" else {}))
+                         **({"a2a_cpu_grid": A2A_CPU_GRID_S} if a2a_cpu == "fit" else {}),
+                         **({"a2a_cpu_last_arriver_grid": A2A_CPU_LAST_ARRIVER_GRID_S}
+                            if a2a_cpu == "last-arriver" else {}))
     if held is not None:
         cal.profile["calibration"]["two_way_from"] = held.record()
     cal.profile["provenance"]["command"] = fit_command(args.out, args.name, args.patterns, a2a_start, time_slice,

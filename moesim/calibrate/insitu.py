@@ -78,6 +78,9 @@ SLICE_START_S = 0.03
 # CPU an All-to-All call costs each member rank on the shared cores once its data has landed (alone s;
 # --a2a-cpu fit): fitted with the pool's K and g over this grid, then refined by the coordinate search
 A2A_CPU_GRID_S = (0.0, 0.002, 0.004)
+# --a2a-cpu last-arriver: the candidates (alone s) among which the All-to-All CPU is chosen by the unshaped
+# fit runs' measured last-arriver time per call (moesim.calibrate.skew); then held while the rest is refitted
+A2A_CPU_LAST_ARRIVER_GRID_S = tuple(np.round(np.arange(0.0, 8.01e-3, 0.5e-3), 6))
 
 
 class _Run:
@@ -100,6 +103,16 @@ class _Run:
         """Median rank skew of the runs (s; :mod:`moesim.calibrate.skew`)."""
         from moesim.calibrate.skew import measured_skew
         return float(np.median([measured_skew(t.df) for t in self.tables]))
+
+    def measured_last_arriver(self) -> float:
+        """Median last-arriver time per All-to-All call of the runs (s; :mod:`moesim.calibrate.skew`)."""
+        from moesim.calibrate.skew import measured_last_arriver
+        return float(np.median([measured_last_arriver(t.df) for t in self.tables]))
+
+    @property
+    def shaped(self) -> bool:
+        """Whether the run's host links were shaped by tc."""
+        return float(self.topo.graph.graph.get("tc_rate_bits") or 0) > 0
 
     def step(self, profile_dict: dict, wait: float, penalty: float, burst_s: float = 0.0, peer: float = 0.0,
              **options) -> float:
@@ -141,30 +154,36 @@ def _loss(runs: list[_Run], prof: dict, point: tuple, cache: dict, burst_s: floa
 def _fit_pool(runs: list[_Run], prof: dict, grids: tuple, penalties_on: bool, peers_on: bool, bursts: list,
               refine: int, time_slice_s: float = 0.0, pairwise_a2a: bool = False,
               two_way: tuple[float, float] | None = None,
-              a2a_cpu_grid: tuple = (0.0,)) -> tuple[tuple, np.ndarray, int]:
+              a2a_cpu_grid: tuple = (0.0,),
+              last_arriver: dict | None = None) -> tuple[tuple, np.ndarray, int]:
     """Shared-core mode: grid over (K, g, wait, b, c, All-to-All CPU) at no burst (at the one burst
     when ``bursts`` offers only one: a burst fixed by measurement), then a coordinate search that
     halves its steps ``refine`` times (the burst among ``bursts``; the All-to-All CPU only when
     ``a2a_cpu_grid`` offers more than one value). ``two_way`` = (b, c) measured elsewhere: held, not
-    searched. Returns the best (K, g, wait, b, c, burst, a2a_cpu_s), its predictions and the number of
-    evaluations."""
+    searched. ``last_arriver`` = {index into ``runs``: measured last-arriver time per call (s)}: each
+    adds its squared relative error to the loss, beside the step errors. Returns the best (K, g, wait,
+    b, c, burst, a2a_cpu_s), its predicted steps and the number of evaluations."""
     cores_grid, alone_grid, wait_grid, penalty_grid, peer_grid = grids
     if two_way is not None:
         penalty_grid, peer_grid = (float(two_way[0]),), (float(two_way[1]),)
         penalties_on = peers_on = False
     else:
         penalty_grid, peer_grid = (penalty_grid if penalties_on else (0.0,)), (peer_grid if peers_on else (0.0,))
+    from moesim.calibrate.skew import simulated_last_arriver
     meas = np.array([r.measured for r in runs])
+    last_arriver = last_arriver or {}
     cache: dict = {}
 
     def loss(x) -> float:
         key = tuple(round(v, 9) for v in x)
         if key not in cache:
             k, g, wait, b, c, burst, cpu = x
-            pred = np.array([r.step(prof, wait, b, burst, c, cpu_pool=True, pool_cores=k, alone_factor=g,
-                                    time_slice_s=time_slice_s, pairwise_a2a=pairwise_a2a, a2a_cpu_s=cpu)
-                             for r in runs])
-            cache[key] = (float(np.sum((pred / meas - 1.0) ** 2)), pred)
+            results = [r.simulate(prof, wait, b, burst, c, cpu_pool=True, pool_cores=k, alone_factor=g,
+                                  time_slice_s=time_slice_s, pairwise_a2a=pairwise_a2a, a2a_cpu_s=cpu)
+                       for r in runs]
+            pred = np.array([res.step_time_s for res in results])
+            extra = sum((simulated_last_arriver(results[i]) / m - 1.0) ** 2 for i, m in last_arriver.items())
+            cache[key] = (float(np.sum((pred / meas - 1.0) ** 2) + extra), pred)
         return cache[key][0]
 
     a2a_cpu_grid = tuple(float(v) for v in a2a_cpu_grid)
@@ -194,7 +213,7 @@ def _slice_from_skew(runs: list[_Run], prof: dict, fit_at, slice_grid, pairwise_
     """Fit at ``SLICE_START_S``, pick the slice of ``slice_grid`` whose simulated rank skew with those
     parameters is closest to the measured one (:mod:`moesim.calibrate.skew`), and refit there if it
     differs. Returns (slice s, (best, predictions, evaluations), the record for the profile)."""
-    from moesim.calibrate.skew import pick_time_slice, simulated_skew
+    from moesim.calibrate.skew import pick_closest, simulated_skew
     start = SLICE_START_S if SLICE_START_S in slice_grid else float(max(slice_grid))
     best, pred, evaluations = fit_at(start)
     measured = np.array([r.measured_skew() for r in runs])
@@ -206,7 +225,7 @@ def _slice_from_skew(runs: list[_Run], prof: dict, fit_at, slice_grid, pairwise_
                                              time_slice_s=q, pairwise_a2a=pairwise_a2a, a2a_cpu_s=cpu))
                    for r in runs]
         return sims[q]
-    chosen, rms = pick_time_slice(slice_grid, measured, skews_at)
+    chosen, rms = pick_closest(slice_grid, measured, skews_at)
     if chosen != start:
         best, pred, more = fit_at(chosen)
         evaluations += more
@@ -220,12 +239,54 @@ def _slice_from_skew(runs: list[_Run], prof: dict, fit_at, slice_grid, pairwise_
     return chosen, (best, pred, evaluations), record
 
 
+def _a2a_cpu_from_last_arriver(runs: list[_Run], prof: dict, best: tuple, time_slice_s: float, pairwise_a2a: bool,
+                               grid) -> tuple[float, dict, dict]:
+    """The All-to-All CPU (alone s) among ``grid`` whose simulated last-arriver time per call, with the
+    parameters ``best`` fitted without it, comes closest to the one the unshaped fit runs measured
+    (:mod:`moesim.calibrate.skew`; on unshaped links a call's last arriver waits for no peer and moves
+    little, so what it spends there is the call's own cost). Returns (the CPU, {run index: measured s},
+    the record for the profile)."""
+    from moesim.calibrate.skew import pick_closest
+    idx = [i for i, r in enumerate(runs) if not r.shaped]
+    if not idx:
+        raise MoesimError("the All-to-All CPU from the last arriver needs unshaped fit runs (a testbed without "
+                          "tc rate); every fit run is shaped")
+    measured = {i: runs[i].measured_last_arriver() for i in idx}
+    sims: dict = {}
+
+    def at(cpu: float) -> list[float]:
+        sims[cpu] = list(_simulated_last_arrivers(runs, prof, best[:6] + (cpu,), time_slice_s, pairwise_a2a,
+                                                  idx).values())
+        return sims[cpu]
+    chosen, rms = pick_closest(grid, np.array([measured[i] for i in idx]), at)
+    record = {"measured_s": {runs[i].files[0]: float(measured[i]) for i in idx},
+              "simulated_before_refit_s": {runs[i].files[0]: float(v) for i, v in zip(idx, sims[chosen])},
+              "rms_by_a2a_cpu_s": {f"{q:g}": v for q, v in rms.items()},
+              "meaning": "the least time per All-to-All call over the ranks (the rank that reached the call "
+                         "last), median over a run's steps and phases, on the unshaped fit runs "
+                         "(moesim.calibrate.skew); a2a_cpu_s is the candidate whose simulated last-arriver "
+                         "time, with the parameters fitted without it, comes closest to the measured one; it "
+                         "is then held while the rest is refitted on the step times and these last-arriver "
+                         "times together"}
+    return chosen, measured, record
+
+
+def _simulated_last_arrivers(runs: list[_Run], prof: dict, best: tuple, time_slice_s: float, pairwise_a2a: bool,
+                            which) -> dict:
+    """{file: simulated last-arriver time per call (s)} of the runs indexed by ``which`` at ``best``."""
+    from moesim.calibrate.skew import simulated_last_arriver
+    k, g, wait, b, c, burst, cpu = best
+    return {runs[i].files[0]: simulated_last_arriver(runs[i].simulate(
+        prof, wait, b, burst, c, cpu_pool=True, pool_cores=k, alone_factor=g, time_slice_s=time_slice_s,
+        pairwise_a2a=pairwise_a2a, a2a_cpu_s=cpu)) for i in which}
+
+
 def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s: float | None = None,
                burst_fractions=BURST_FRACTIONS, wait_grid=WAIT_GRID_S, penalty_grid=PENALTY_GRID,
                peer_grid=PEER_GRID, patterns: list | None = None, pool_grids: tuple | None = None,
                refine: int = 3, time_slice_s: float | None = 0.0, pairwise_a2a: bool = False,
                slice_grid=SLICE_GRID_S, two_way: tuple[float, float] | None = None,
-               a2a_cpu_grid: tuple = (0.0,)):
+               a2a_cpu_grid: tuple = (0.0,), a2a_cpu_last_arriver_grid: tuple | None = None):
     """Fit ``receiver_wait_s``, the shaped-link two-way penalty b, its peer-host term c and the
     usable token-bucket burst of ``cal.profile`` on the step times of ``run_paths`` (multi-rank
     testbed runs: the fit configurations). c is fitted only when the shaped fit runs include both
@@ -245,7 +306,10 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
     they are written to ``calibration.cpu_pool``, the spread to the ``nic`` links. ``a2a_cpu_grid``:
     candidate CPU seconds an All-to-All call costs each member rank in the pool once its data has
     landed (:class:`moesim.engine.SimOptions` ``a2a_cpu_s``), fitted with the rest when it has more
-    than one value (default ``(0.0,)``: none)."""
+    than one value (default ``(0.0,)``: none). ``a2a_cpu_last_arriver_grid``: instead, the All-to-All
+    CPU is the candidate whose simulated last-arriver time per call (with the parameters fitted without
+    it) comes closest to the one the unshaped fit runs measured, and the rest is refitted with it held,
+    on step times and those last-arriver times together (:func:`_a2a_cpu_from_last_arriver`)."""
     from moesim.validate.core import REAL_BACKEND_BUCKET_BYTES, RunSpec, group_repeats, load_run
     bucket = bucket_bytes or REAL_BACKEND_BUCKET_BYTES
     prof = cal.profile
@@ -253,6 +317,12 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
         raise MoesimError("the in-situ fit needs a network section (fit the network microbenchmarks first)")
     if not run_paths:
         raise MoesimError("the in-situ fit needs at least one fit run")
+    if a2a_cpu_last_arriver_grid is not None and (len(a2a_cpu_grid) > 1 or float(a2a_cpu_grid[0]) > 0):
+        raise MoesimError("the All-to-All CPU is either fitted on step times (a2a_cpu_grid) or set by the last "
+                          "arriver (a2a_cpu_last_arriver_grid), not both")
+    if a2a_cpu_last_arriver_grid is not None and not patterns:
+        raise MoesimError("the All-to-All CPU runs on shared cores: setting it by the last arriver needs the "
+                          "shared-core fit (patterns)")
     runs = [_Run(g, bucket) for g in group_repeats([load_run(RunSpec(Path(p), role="fit")) for p in run_paths])]
     shaped_hosts = {r.hosts for r in runs if float(r.topo.graph.graph.get("tc_rate_bits") or 0) > 0}
     has_nic = bool(shaped_hosts) and "nic" in prof.get("calibration", {}).get("links", {})
@@ -282,11 +352,23 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
                                                                             pairwise_a2a)
         else:
             best, pred, evaluations = fit_at(float(time_slice_s))
+        last = None
+        if a2a_cpu_last_arriver_grid is not None:   # the CPU from the last arriver, then the rest refitted
+            cpu, measured_last, last = _a2a_cpu_from_last_arriver(runs, prof, best, float(time_slice_s),
+                                                                  pairwise_a2a, a2a_cpu_last_arriver_grid)
+            a2a_cpu_grid = (cpu,)
+            best, pred, more = _fit_pool(runs, prof, grids, len(penalties) > 1, len(peers) > 1, bursts, refine,
+                                         float(time_slice_s), pairwise_a2a, two_way if has_nic else None,
+                                         a2a_cpu_grid, last_arriver=measured_last)
+            evaluations += more
+            last["simulated_s"] = _simulated_last_arrivers(runs, prof, best, float(time_slice_s), pairwise_a2a,
+                                                           measured_last)
         k_cores, alone, wait, penalty, peer, burst, a2a_cpu = best
         pool = {"pool_cores": float(k_cores), "alone_factor": float(alone), "time_slice_s": float(time_slice_s),
                 "pairwise_a2a": bool(pairwise_a2a),
-                **({"a2a_cpu_s": float(a2a_cpu), "a2a_cpu_grid_s": list(a2a_cpu_grid)} if len(a2a_cpu_grid) > 1
-                   or a2a_cpu_grid[0] > 0 else {}),
+                **({"a2a_cpu_s": float(a2a_cpu), "a2a_cpu_grid_s": list(a2a_cpu_last_arriver_grid or a2a_cpu_grid)}
+                   if len(a2a_cpu_grid) > 1 or a2a_cpu_grid[0] > 0 or last else {}),
+                **({"a2a_last_arriver": last} if last else {}),
                 **({"rank_skew": skew} if skew else {}),
                 "release_spread": spread.spread,
                 "release_measured": spread.to_dict()["per_file"], "release_repetitions": spread.rows,

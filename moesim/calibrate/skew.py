@@ -12,6 +12,13 @@ while others wait for a core; processor sharing (every rank progressing together
 once. The skew is an observable that step times do not show, so it calibrates the CPU scheduler of
 :mod:`moesim.engine.cpupool` (its time slice) apart from the fit of step times
 (:func:`moesim.calibrate.insitu.fit_insitu`).
+
+The *last-arriver time* of a step is, per All-to-All phase and direction, the minimum over ranks of a
+rank's mean time per call: the time the rank that reached the call last (and so waited for no peer)
+still spent in it, its own cost of the call. The last-arriver time of a run is the median of that over
+its steps and phases. Step times cannot tell this cost apart from slower compute or more waiting in
+each call; the last-arriver time can, so it calibrates the CPU each call costs
+(``a2a_cpu_s``, :mod:`moesim.engine.cpupool`).
 """
 from __future__ import annotations
 
@@ -30,21 +37,28 @@ def _skew(per_call: pd.DataFrame, keys: list[str]) -> float:
     return float((g["mean"] - g["min"]).median())
 
 
-def measured_skew(df: pd.DataFrame) -> float:
-    """Rank skew (s) of a ``real_backend.run`` table's steps (columns step, rank, phase, direction,
-    seconds, count)."""
+def _last_arriver(per_call: pd.DataFrame, keys: list[str]) -> float:
+    """Median over ``keys`` groups of the min over ranks of ``per`` (s)."""
+    g = per_call.groupby(keys)["per"].min()
+    if g.empty:
+        raise MoesimError("no All-to-All phases to measure a last-arriver time from")
+    return float(g.median())
+
+
+def _measured_per_call(df: pd.DataFrame) -> pd.DataFrame:
+    """Per step, phase, direction and rank of a ``real_backend.run`` table: the mean time per
+    All-to-All call ``per`` (s)."""
     a = df[df["phase"].isin(A2A_PHASES)]
     if a.empty or a["rank"].nunique() < 2:
-        raise MoesimError("a rank skew needs All-to-All phases of at least two ranks")
+        raise MoesimError("a rank skew or last-arriver time needs All-to-All phases of at least two ranks")
     g = a.groupby(["step", "phase", "direction", "rank"]).agg(s=("seconds", "sum"), c=("count", "sum")).reset_index()
     g["per"] = g["s"] / g["c"].clip(lower=1)
-    return _skew(g, ["step", "phase", "direction"])
+    return g
 
 
-def simulated_skew(result) -> float:
-    """Rank skew (s) of a simulated step (:class:`moesim.engine.SimResult` simulated rank by rank).
-
-    A call is what ``real_backend`` times as one: a layer's phase in one direction, so the forward
+def _simulated_per_call(result) -> pd.DataFrame:
+    """Per phase, direction and rank of a step simulated rank by rank: the mean time per call ``per``
+    (s). A call is what ``real_backend`` times as one: a layer's phase in one direction, so the forward
     dispatch's split-size exchange and its payload All-to-All (two collectives in the engine) are one
     call, as in the runs' ``count`` column."""
     rows = [(sp.phase, sp.direction, c, sp.layer, sp.end - sp.start)
@@ -52,19 +66,42 @@ def simulated_skew(result) -> float:
             if sp.name.startswith("wait:") and sp.phase in A2A_PHASES]
     d = pd.DataFrame(rows, columns=["phase", "direction", "rank", "layer", "t"])
     if d.empty or d["rank"].nunique() < 2:
-        raise MoesimError("a simulated rank skew needs a step simulated rank by rank (shared cores)")
+        raise MoesimError("a simulated rank skew or last-arriver time needs a step simulated rank by rank "
+                          "(shared cores)")
     g = d.groupby(["phase", "direction", "rank"]).agg(s=("t", "sum"), calls=("layer", "nunique")).reset_index()
     g["per"] = g["s"] / g["calls"]
-    return _skew(g, ["phase", "direction"])
+    return g
 
 
-def pick_time_slice(candidates, measured: np.ndarray, simulate_skews) -> tuple[float, dict]:
-    """The candidate time slice (s) whose simulated skews come closest to ``measured`` (one per fit
-    configuration, s) in root mean square; ties go to the shorter slice. ``simulate_skews(q)`` returns
-    the simulated skews at slice ``q``. Returns (slice, {slice: rms s})."""
+def measured_skew(df: pd.DataFrame) -> float:
+    """Rank skew (s) of a ``real_backend.run`` table's steps (columns step, rank, phase, direction,
+    seconds, count)."""
+    return _skew(_measured_per_call(df), ["step", "phase", "direction"])
+
+
+def simulated_skew(result) -> float:
+    """Rank skew (s) of a simulated step (:class:`moesim.engine.SimResult` simulated rank by rank)."""
+    return _skew(_simulated_per_call(result), ["phase", "direction"])
+
+
+def measured_last_arriver(df: pd.DataFrame) -> float:
+    """Last-arriver time per All-to-All call (s) of a ``real_backend.run`` table's steps."""
+    return _last_arriver(_measured_per_call(df), ["step", "phase", "direction"])
+
+
+def simulated_last_arriver(result) -> float:
+    """Last-arriver time per All-to-All call (s) of a step simulated rank by rank."""
+    return _last_arriver(_simulated_per_call(result), ["phase", "direction"])
+
+
+def pick_closest(candidates, measured: np.ndarray, simulate) -> tuple[float, dict]:
+    """The candidate (a time slice, an All-to-All CPU; s) whose simulated observables come closest to
+    ``measured`` (one per fit configuration, s) in root mean square; ties go to the smaller candidate.
+    ``simulate(q)`` returns the simulated observables at candidate ``q``. Returns (candidate,
+    {candidate: rms s})."""
     rms = {}
     for q in sorted(float(x) for x in candidates):
-        sim = np.asarray(simulate_skews(q), dtype=float)
+        sim = np.asarray(simulate(q), dtype=float)
         rms[q] = float(np.sqrt(np.mean((sim - measured) ** 2)))
     best = min(rms.values())
     return next(q for q, v in rms.items() if v <= best * (1 + 1e-6) + 1e-12), rms
