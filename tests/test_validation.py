@@ -253,9 +253,17 @@ def test_validate_cli_json_on_committed_campaign(moesim_exe):
     assert res.returncode == 0, res.stderr
     table = res.stdout.split("All-to-All rank skew", 1)[1].splitlines()
     assert table[1].startswith("configuration") and table[2 + 36].startswith("median")
-    for line in table[2:2 + 36]:                       # configuration, measured, predicted (value unit)
-        v1, u1, v2, u2 = line.split()[-4:]
-        assert float(v1) > 0 and float(v2) > 0 and {u1, u2} <= {"s", "ms", "us"}
+    for line in table[2:2 + 36]:     # configuration, skew measured, predicted, last arriver measured, predicted
+        cells = line.split()[-8:]
+        assert all(float(v) > 0 for v in cells[::2]) and set(cells[1::2]) <= {"s", "ms", "us"}
+    # the last arriver (min over ranks per call) is at most the mean over ranks, so skew + last = mean > last
+    lasts = [r["last_arriver"] for r in rep["rows"]]
+    assert len(lasts) == 36 and all(x and x["measured_s"] > 0 and x["predicted_s"] > 0 for x in lasts)
+    row = next(r for r in rep["rows"] if r["label"].startswith("4x1 unshaped dcca k4"))
+    from moesim.calibrate.skew import measured_last_arriver
+    from moesim.calibrate.tables import read_table
+    assert row["last_arriver"]["measured_s"] == pytest.approx(float(np.median(
+        [measured_last_arriver(read_table(CAMPAIGN / f, expect="run").df) for f in row["files"]])))
 
 
 def test_what_if_replaces_phases_in_closed_form():

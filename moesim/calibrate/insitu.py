@@ -40,6 +40,11 @@
    at ``SLICE_START_S``, the slice whose simulated skew comes closest to the measured one is taken,
    and the fit is repeated at it. What the slice changes is how much of a short All-to-All's bytes
    move while its last rank is still computing.
+6. The CPU an All-to-All call costs each member rank (``a2a_cpu_s``, shared cores): on step times it
+   is the same as more waiting in each call or a slower core, so besides being fitted with the rest
+   (``a2a_cpu_grid``) it can be set by an observable of its own, the unshaped fit runs' last-arriver
+   time per call (:mod:`moesim.calibrate.skew`), and held while the rest is refitted on step and
+   last-arriver times together (``a2a_cpu_last_arriver_grid``).
 
 All are fitted jointly, on the fit runs only (never on the held-out ones), by minimising the sum of
 squared relative step errors over a grid refined around its best point; repeated runs of one

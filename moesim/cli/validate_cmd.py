@@ -36,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "testbeds the least mean rate of a host link over its rank's All-to-All phases")
     p.add_argument("--skew", action="store_true",
                    help="print every configuration's rank skew, measured and predicted: how far apart the ranks "
-                        "are in an All-to-All (mean minus min over ranks of the time per call; moesim.calibrate.skew)")
+                        "are in an All-to-All (mean minus min over ranks of the time per call), and its last-arriver "
+                        "time (min over ranks of the time per call; moesim.calibrate.skew)")
     p.add_argument("--measured-phases", metavar="PHASE[,PHASE...]",
                    help="what-if: the speedups the model would predict with these phases predicted exactly "
                         "(their measured times in both structures' steps), e.g. grad_allreduce; indicative only, "
@@ -140,15 +141,16 @@ def run(args: argparse.Namespace) -> int:
         for g in rep["a2a_goodput_floor"]:
             cells = [f"{g[s]:.2f}" if g[s] is not None else "-" for s in ("measured", "predicted")]
             print(f"{g['label']:34s} {g['role'] or '':8s} {cells[0]:>9s} {cells[1]:>9s}")
-    skews = [r for r in rep["rows"] if r.get("rank_skew")]
+    skews = [r for r in rep["rows"] if r.get("rank_skew") and r.get("last_arriver")]
     if args.skew and skews:
-        print("All-to-All rank skew (mean - min over ranks of the time per call, median over steps and phases)")
-        print(f"{'configuration':34s} {'measured':>10s} {'predicted':>10s}")
+        print("All-to-All rank skew (mean - min over ranks of the time per call) and last-arriver time (min over "
+              "ranks of the time per call), medians over steps and phases")
+        print(f"{'configuration':34s} {'skew':>10s} {'predicted':>10s} {'last':>10s} {'predicted':>10s}")
+        keys = [(o, k) for o in ("rank_skew", "last_arriver") for k in ("measured_s", "predicted_s")]
         for r in skews:
-            print(f"{r['label']:34s} {fmt_seconds(r['rank_skew']['measured_s']):>10s} "
-                  f"{fmt_seconds(r['rank_skew']['predicted_s']):>10s}")
-        med = {k: float(np.median([r["rank_skew"][k] for r in skews])) for k in ("measured_s", "predicted_s")}
-        print(f"{'median':34s} {fmt_seconds(med['measured_s']):>10s} {fmt_seconds(med['predicted_s']):>10s}")
+            print(f"{r['label']:34s} " + " ".join(f"{fmt_seconds(r[o][k]):>10s}" for o, k in keys))
+        print(f"{'median':34s} " + " ".join(f"{fmt_seconds(float(np.median([r[o][k] for r in skews]))):>10s}"
+                                            for o, k in keys))
     if "counterfactual" in rep:
         cf = rep["counterfactual"]
         s = cf["heldout"]

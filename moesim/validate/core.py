@@ -265,7 +265,8 @@ def validate(paths: Sequence[str | os.PathLike], profile: str | None = None, top
             "predicted_s": pred, "ape": abs(pred - meas_step) / meas_step,
             "phases": phases, "topology": topo_src, "_key": config_key(cfg, tb),
             "a2a_remote_bytes": None if any(b is None for b in nbytes) else float(np.mean(nbytes)),
-            "rank_skew": _rank_skew(runs, res),
+            "rank_skew": _per_call(runs, res, "skew"),
+            "last_arriver": _per_call(runs, res, "last_arriver"),
         })
     rep = summarise(rows, prof, camp)
     if engine:
@@ -273,16 +274,17 @@ def validate(paths: Sequence[str | os.PathLike], profile: str | None = None, top
     return rep
 
 
-def _rank_skew(runs: list, res) -> dict | None:
-    """Measured (median over the runs) and simulated rank skew of the All-to-Alls (s;
-    :mod:`moesim.calibrate.skew`), or None where either is undefined (one rank, or a simulation that
-    did not run the ranks one by one)."""
-    from moesim.calibrate.skew import measured_skew, simulated_skew
+def _per_call(runs: list, res, what: str) -> dict | None:
+    """Measured (median over the runs) and simulated per-call observable of the All-to-Alls (s;
+    :mod:`moesim.calibrate.skew`): ``what`` = "skew" (the rank skew) or "last_arriver" (the
+    last-arriver time per call); None where it is undefined (one rank, or a simulation that did not
+    run the ranks one by one)."""
+    from moesim.calibrate import skew
     if res.cpu_pool is None:
         return None
+    measured, simulated = getattr(skew, f"measured_{what}"), getattr(skew, f"simulated_{what}")
     try:
-        return {"measured_s": float(np.median([measured_skew(r.table.df) for r in runs])),
-                "predicted_s": simulated_skew(res)}
+        return {"measured_s": float(np.median([measured(r.table.df) for r in runs])), "predicted_s": simulated(res)}
     except MoesimError:
         return None
 
