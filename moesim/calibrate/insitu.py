@@ -119,6 +119,13 @@ class _Run:
         """Whether the run's host links were shaped by tc."""
         return float(self.topo.graph.graph.get("tc_rate_bits") or 0) > 0
 
+    def simulate_pool(self, profile_dict: dict, point: tuple, time_slice_s: float, pairwise_a2a: bool):
+        """The simulated step on shared cores at ``point`` = (K, g, wait s, b, c, burst s, All-to-All CPU
+        s), a point of :func:`_fit_pool`."""
+        k, g, wait, b, c, burst, cpu = point
+        return self.simulate(profile_dict, wait, b, burst, c, cpu_pool=True, pool_cores=k, alone_factor=g,
+                             time_slice_s=time_slice_s, pairwise_a2a=pairwise_a2a, a2a_cpu_s=cpu)
+
     def step(self, profile_dict: dict, wait: float, penalty: float, burst_s: float = 0.0, peer: float = 0.0,
              **options) -> float:
         """Predicted step (s) with these in-situ parameters; ``options``: more :class:`SimOptions`."""
@@ -168,13 +175,13 @@ def _fit_pool(runs: list[_Run], prof: dict, grids: tuple, penalties_on: bool, pe
     searched. ``last_arriver`` = {index into ``runs``: measured last-arriver time per call (s)}: each
     adds its squared relative error to the loss, beside the step errors. Returns the best (K, g, wait,
     b, c, burst, a2a_cpu_s), its predicted steps and the number of evaluations."""
+    from moesim.calibrate.skew import simulated_last_arriver
     cores_grid, alone_grid, wait_grid, penalty_grid, peer_grid = grids
     if two_way is not None:
         penalty_grid, peer_grid = (float(two_way[0]),), (float(two_way[1]),)
         penalties_on = peers_on = False
     else:
         penalty_grid, peer_grid = (penalty_grid if penalties_on else (0.0,)), (peer_grid if peers_on else (0.0,))
-    from moesim.calibrate.skew import simulated_last_arriver
     meas = np.array([r.measured for r in runs])
     last_arriver = last_arriver or {}
     cache: dict = {}
@@ -182,10 +189,7 @@ def _fit_pool(runs: list[_Run], prof: dict, grids: tuple, penalties_on: bool, pe
     def loss(x) -> float:
         key = tuple(round(v, 9) for v in x)
         if key not in cache:
-            k, g, wait, b, c, burst, cpu = x
-            results = [r.simulate(prof, wait, b, burst, c, cpu_pool=True, pool_cores=k, alone_factor=g,
-                                  time_slice_s=time_slice_s, pairwise_a2a=pairwise_a2a, a2a_cpu_s=cpu)
-                       for r in runs]
+            results = [r.simulate_pool(prof, x, time_slice_s, pairwise_a2a) for r in runs]
             pred = np.array([res.step_time_s for res in results])
             extra = sum((simulated_last_arriver(results[i]) / m - 1.0) ** 2 for i, m in last_arriver.items())
             cache[key] = (float(np.sum((pred / meas - 1.0) ** 2) + extra), pred)
@@ -225,10 +229,7 @@ def _slice_from_skew(runs: list[_Run], prof: dict, fit_at, slice_grid, pairwise_
     sims: dict = {}
 
     def skews_at(q: float) -> list[float]:
-        k, g, wait, b, c, burst, cpu = best
-        sims[q] = [simulated_skew(r.simulate(prof, wait, b, burst, c, cpu_pool=True, pool_cores=k, alone_factor=g,
-                                             time_slice_s=q, pairwise_a2a=pairwise_a2a, a2a_cpu_s=cpu))
-                   for r in runs]
+        sims[q] = [simulated_skew(r.simulate_pool(prof, best, q, pairwise_a2a)) for r in runs]
         return sims[q]
     chosen, rms = pick_closest(slice_grid, measured, skews_at)
     if chosen != start:
@@ -280,10 +281,8 @@ def _simulated_last_arrivers(runs: list[_Run], prof: dict, best: tuple, time_sli
                             which) -> dict:
     """{file: simulated last-arriver time per call (s)} of the runs indexed by ``which`` at ``best``."""
     from moesim.calibrate.skew import simulated_last_arriver
-    k, g, wait, b, c, burst, cpu = best
-    return {runs[i].files[0]: simulated_last_arriver(runs[i].simulate(
-        prof, wait, b, burst, c, cpu_pool=True, pool_cores=k, alone_factor=g, time_slice_s=time_slice_s,
-        pairwise_a2a=pairwise_a2a, a2a_cpu_s=cpu)) for i in which}
+    return {runs[i].files[0]: simulated_last_arriver(runs[i].simulate_pool(prof, best, time_slice_s, pairwise_a2a))
+            for i in which}
 
 
 def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s: float | None = None,
@@ -329,7 +328,7 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
         raise MoesimError("the All-to-All CPU runs on shared cores: setting it by the last arriver needs the "
                           "shared-core fit (patterns)")
     runs = [_Run(g, bucket) for g in group_repeats([load_run(RunSpec(Path(p), role="fit")) for p in run_paths])]
-    shaped_hosts = {r.hosts for r in runs if float(r.topo.graph.graph.get("tc_rate_bits") or 0) > 0}
+    shaped_hosts = {r.hosts for r in runs if r.shaped}
     has_nic = bool(shaped_hosts) and "nic" in prof.get("calibration", {}).get("links", {})
     penalties = tuple(penalty_grid) if has_nic else (0.0,)
     peers = tuple(peer_grid) if (has_nic and 2 in shaped_hosts and max(shaped_hosts) > 2) else (0.0,)
