@@ -390,7 +390,7 @@ def test_simulated_core_share_follows_the_scheduler_probe():
 
 
 def test_measured_rank_skew_closed_form():
-    from moesim.calibrate.skew import measured_last_arriver, measured_skew, pick_closest
+    from moesim.calibrate.skew import measured_call_times, measured_last_arriver, measured_skew, pick_closest
     import pandas as pd
     rows = []
     for step in (0, 1, 2):
@@ -405,6 +405,11 @@ def test_measured_rank_skew_closed_form():
     # the last arriver: min over ranks per call, 10 ms in every dispatch, 10, 11, 12 ms in the combines
     assert measured_last_arriver(pd.DataFrame(rows)) == pytest.approx(0.010)
     assert measured_last_arriver(pd.DataFrame([r for r in rows if r["phase"] != "dispatch"])) == pytest.approx(0.011)
+    # per phase: last arriver, mean and first arriver per call, medians over the steps
+    t = measured_call_times(pd.DataFrame(rows))
+    assert list(t.index) == [("combine", "fwd"), ("dispatch", "fwd")]
+    assert t.loc[("dispatch", "fwd")].tolist() == pytest.approx([0.010, 0.014, 0.020])
+    assert t.loc[("combine", "fwd")].tolist() == pytest.approx([0.011, 0.015, 0.021])
     with pytest.raises(MoesimError, match="two ranks"):
         measured_skew(pd.DataFrame([r for r in rows if r["rank"] == 0]))
     # the slice whose simulated skew is closest; a tie goes to the shorter slice
@@ -418,7 +423,7 @@ def test_simulated_rank_skew_counts_calls_as_the_runs_do():
     timed together) but two collectives in the engine: the simulated skew sums them per layer."""
     from types import SimpleNamespace
 
-    from moesim.calibrate.skew import simulated_last_arriver, simulated_skew
+    from moesim.calibrate.skew import simulated_call_times, simulated_last_arriver, simulated_skew
     from moesim.engine.result import Span
 
     def rank(counts, payload, combine):
@@ -434,6 +439,9 @@ def test_simulated_rank_skew_counts_calls_as_the_runs_do():
                                        rank(0.001, 0.007, 0.007)])
     assert simulated_skew(res) == pytest.approx(0.0025)      # the median of 2 and 3 ms
     assert simulated_last_arriver(res) == pytest.approx(0.0025)   # the median of 4 (dispatch) and 1 ms (combine)
+    t = simulated_call_times(res)
+    assert t.loc[("dispatch", "fwd")].tolist() == pytest.approx([0.004, 0.006, 0.008])
+    assert t.loc[("combine", "fwd")].tolist() == pytest.approx([0.001, 0.004, 0.007])
     with pytest.raises(MoesimError, match="rank by rank"):
         simulated_last_arriver(SimpleNamespace(class_spans=[rank(0.001, 0.003, 0.001)]))
     with pytest.raises(MoesimError, match="rank by rank"):

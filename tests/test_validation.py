@@ -264,6 +264,13 @@ def test_validate_cli_json_on_committed_campaign(moesim_exe):
     from moesim.calibrate.tables import read_table
     assert row["last_arriver"]["measured_s"] == pytest.approx(float(np.median(
         [measured_last_arriver(read_table(CAMPAIGN / f, expect="run").df) for f in row["files"]])))
+    # per phase and direction: last arriver <= mean <= first arriver, measured and predicted
+    assert set(row["call_times"]) == {"dispatch/fwd", "dispatch/bwd", "combine/fwd", "combine/bwd"}
+    for side in ("measured", "predicted"):
+        for t in row["call_times"].values():
+            assert 0 < t[side]["last"] <= t[side]["mean"] <= t[side]["first"]
+    by_phase = res.stdout.split("time per All-to-All call by phase", 1)[1].splitlines()[2:6]
+    assert [line.split()[0] for line in by_phase] == ["combine/bwd", "combine/fwd", "dispatch/bwd", "dispatch/fwd"]
 
 
 def test_what_if_replaces_phases_in_closed_form():

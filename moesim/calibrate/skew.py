@@ -94,6 +94,25 @@ def simulated_last_arriver(result) -> float:
     return _last_arriver(_simulated_per_call(result), ["phase", "direction"])
 
 
+def _call_times(per_call: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Per phase and direction: the median over ``keys`` groups of the min (``last``: the last
+    arriver's), mean and max (``first``: the first arriver's) over ranks of ``per`` (s)."""
+    g = per_call.groupby(keys)["per"].agg(last="min", mean="mean", first="max")
+    return g.groupby(["phase", "direction"]).median()
+
+
+def measured_call_times(df: pd.DataFrame) -> pd.DataFrame:
+    """Per All-to-All phase and direction of a ``real_backend.run`` table: the time per call of the last
+    arriver (``last``), the mean over ranks (``mean``) and the first arriver (``first``), medians over
+    the steps (s); index (phase, direction)."""
+    return _call_times(_measured_per_call(df), ["step", "phase", "direction"])
+
+
+def simulated_call_times(result) -> pd.DataFrame:
+    """:func:`measured_call_times` of a step simulated rank by rank."""
+    return _call_times(_simulated_per_call(result), ["phase", "direction"])
+
+
 def pick_closest(candidates, measured: np.ndarray, simulate) -> tuple[float, dict]:
     """The candidate (a time slice, an All-to-All CPU; s) whose simulated observables come closest to
     ``measured`` (one per fit configuration, s) in root mean square; ties go to the smaller candidate.

@@ -72,6 +72,23 @@ def _print_what_if(engine: dict | None) -> None:
               + " (indicative: a profile's parameters were fitted with its own settings)")
 
 
+def _print_call_times(rows: list[dict]) -> None:
+    """Per All-to-All phase and direction, the median over configurations of the time per call of the
+    last arriver, the mean rank and the first arriver, measured and predicted."""
+    if not rows:
+        return
+    print("time per All-to-All call by phase, median over the configurations: last arriver, mean over ranks, "
+          "first arriver")
+    print(f"{'phase':18s} {'last':>9s} {'predicted':>9s} {'mean':>9s} {'predicted':>9s} {'first':>9s} "
+          f"{'predicted':>9s}")
+    for key in sorted({k for r in rows for k in r}):
+        cells = []
+        for stat in ("last", "mean", "first"):
+            for side in ("measured", "predicted"):
+                cells.append(fmt_seconds(float(np.median([r[key][side][stat] for r in rows if key in r]))))
+        print(f"{key:18s} " + " ".join(f"{c:>9s}" for c in cells))
+
+
 def run(args: argparse.Namespace) -> int:
     from moesim.validate import REAL_BACKEND_BUCKET_BYTES, validate
     from moesim.validate.across import campaign_dirs
@@ -151,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{r['label']:34s} " + " ".join(f"{fmt_seconds(r[o][k]):>10s}" for o, k in keys))
         print(f"{'median':34s} " + " ".join(f"{fmt_seconds(float(np.median([r[o][k] for r in skews]))):>10s}"
                                             for o, k in keys))
+        _print_call_times([r["call_times"] for r in skews if r.get("call_times")])
     if "counterfactual" in rep:
         cf = rep["counterfactual"]
         s = cf["heldout"]

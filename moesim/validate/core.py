@@ -267,6 +267,7 @@ def validate(paths: Sequence[str | os.PathLike], profile: str | None = None, top
             "a2a_remote_bytes": None if any(b is None for b in nbytes) else float(np.mean(nbytes)),
             "rank_skew": _per_call(runs, res, "skew"),
             "last_arriver": _per_call(runs, res, "last_arriver"),
+            "call_times": _call_times(runs, res),
         })
     rep = summarise(rows, prof, camp)
     if engine:
@@ -287,6 +288,25 @@ def _per_call(runs: list, res, what: str) -> dict | None:
         return {"measured_s": float(np.median([measured(r.table.df) for r in runs])), "predicted_s": simulated(res)}
     except MoesimError:
         return None
+
+
+def _call_times(runs: list, res) -> dict | None:
+    """Per All-to-All phase and direction ("dispatch/fwd", ...): the time per call of the last
+    arriver, the mean over ranks and the first arriver, measured (median over the runs) and
+    predicted (s; :func:`moesim.calibrate.skew.measured_call_times`); None where undefined."""
+    import pandas as pd
+
+    from moesim.calibrate.skew import measured_call_times, simulated_call_times
+    if res.cpu_pool is None:
+        return None
+    try:
+        meas = pd.concat([measured_call_times(r.table.df) for r in runs]).groupby(level=[0, 1]).median()
+        pred = simulated_call_times(res)
+    except MoesimError:
+        return None
+    return {f"{ph}/{d}": {"measured": {k: float(v) for k, v in meas.loc[(ph, d)].items()},
+                          "predicted": {k: float(v) for k, v in pred.loc[(ph, d)].items()}}
+            for ph, d in meas.index if (ph, d) in pred.index}
 
 
 def round_spread(pairs: list) -> dict | None:
