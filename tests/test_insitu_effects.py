@@ -174,24 +174,47 @@ def test_release_times_closed_form():
     assert (skew, after, mean) == pytest.approx((0.0025, 0.0065, 0.007))   # medians of the two calls
 
 
-def _synthetic_runs(tmp_path, names, truth) -> list:
+def _synthetic_runs(tmp_path, names, truth, per_call=None) -> list:
     """Copies of committed fit runs (with their topologies) whose step time is ``truth(run)``, the
-    simulator's own prediction at known parameters."""
+    simulator's own prediction at known parameters; with ``per_call``, every rank's All-to-All calls
+    last ``per_call(run)`` seconds each."""
     import pandas as pd
 
     from moesim.calibrate.insitu import _Run
+    from moesim.validate.a2acost import A2A_PHASES
     from moesim.validate.core import RunSpec, load_run
     paths = []
     for name in names:
         src = VAL / name
         df = pd.read_csv(src, skiprows=2)
-        df.loc[df["phase"] == "step", "seconds"] = truth(_Run([load_run(RunSpec(src))], 64 * 2**20))
+        run = _Run([load_run(RunSpec(src))], 64 * 2**20)
+        df.loc[df["phase"] == "step", "seconds"] = truth(run)
+        if per_call is not None:
+            a2a = df["phase"].isin(A2A_PHASES)
+            df.loc[a2a, "seconds"] = df.loc[a2a, "count"].clip(lower=1) * per_call(run)
         dst = tmp_path / name
         dst.write_text("".join(src.read_text().splitlines(keepends=True)[:2]) + df.to_csv(index=False))
         (tmp_path / name.replace(".csv", ".topology.json")).write_text(
             (VAL / name.replace(".csv", ".topology.json")).read_text())
         paths.append(dst)
     return paths
+
+
+def _a2a_cpu_truth():
+    """The release patterns, the committed avx512-1r profile without its pool, and the simulation of a
+    run at known shared-core parameters: 2 ms of CPU per All-to-All call, together start, (K, g) =
+    (2.0, 0.8)."""
+    import yaml
+
+    from moesim.calibrate.release import release_spread
+    patterns = sorted((ROOT / "calibration" / "patterns").glob("release-*.csv"))
+    base = _fixed_share(yaml.safe_load((OLD_DEFAULT / "cpu-testbed-avx512-1r.yaml").read_text()))
+    base["calibration"]["links"]["nic"]["release_spread"] = release_spread(patterns).spread
+
+    def truth(run):
+        return run.simulate(base, 0.005, 0.1, 0.0, 0.0, cpu_pool=True, pool_cores=2.0, alone_factor=0.8,
+                            time_slice_s=0.03, pairwise_a2a=False, a2a_cpu_s=0.002)
+    return patterns, base, truth
 
 
 def _fixed_share(profile: dict) -> dict:
@@ -328,21 +351,12 @@ def test_insitu_fit_recovers_a_known_all_to_all_cpu(tmp_path):
     grids, records them in calibration.cpu_pool, and the profile carries them to the engine."""
     import copy
 
-    import yaml
-
     from moesim.calibrate.core import Calibration
     from moesim.calibrate.insitu import fit_insitu
     from moesim.cost.profile import parse_profile
-    patterns = sorted((ROOT / "calibration" / "patterns").glob("release-*.csv"))
-    from moesim.calibrate.release import release_spread
-    base = _fixed_share(yaml.safe_load((OLD_DEFAULT / "cpu-testbed-avx512-1r.yaml").read_text()))
-    base["calibration"]["links"]["nic"]["release_spread"] = release_spread(patterns).spread
-
-    def truth(run):
-        return run.step(base, 0.005, 0.1, 0.0, 0.0, cpu_pool=True, pool_cores=2.0, alone_factor=0.8,
-                        time_slice_s=0.03, pairwise_a2a=False, a2a_cpu_s=0.002)
+    patterns, base, truth = _a2a_cpu_truth()
     paths = _synthetic_runs(tmp_path, ("4x1-150mbit-cdac-k4.csv", "4x1-150mbit-dcca-k4.csv", "4x1-none-dcca-k4.csv"),
-                            truth)
+                            lambda run: truth(run).step_time_s)
 
     def fit(grid):
         cal = Calibration(profile=copy.deepcopy(base), compute=None, contention=None, network=None)
@@ -369,35 +383,14 @@ def test_all_to_all_cpu_set_by_the_last_arriver(tmp_path):
     held reproduces the runs, and the profile records the observable, measured and simulated."""
     import copy
 
-    import pandas as pd
-    import yaml
-
     from moesim.calibrate.core import Calibration
-    from moesim.calibrate.insitu import _Run, fit_insitu
-    from moesim.calibrate.release import release_spread
+    from moesim.calibrate.insitu import fit_insitu
     from moesim.calibrate.skew import simulated_last_arriver
-    from moesim.validate.a2acost import A2A_PHASES
-    from moesim.validate.core import RunSpec, load_run
-    patterns = sorted((ROOT / "calibration" / "patterns").glob("release-*.csv"))
-    base = _fixed_share(yaml.safe_load((OLD_DEFAULT / "cpu-testbed-avx512-1r.yaml").read_text()))
-    base["calibration"]["links"]["nic"]["release_spread"] = release_spread(patterns).spread
-
-    def truth(run):
-        return run.simulate(base, 0.005, 0.1, 0.0, 0.0, cpu_pool=True, pool_cores=2.0, alone_factor=0.8,
-                            time_slice_s=0.03, pairwise_a2a=False, a2a_cpu_s=0.002)
-    paths, last = [], {}
-    for name in ("4x1-150mbit-cdac-k4.csv", "4x1-150mbit-dcca-k4.csv", "4x1-none-dcca-k4.csv"):
-        src = VAL / name
-        res = truth(_Run([load_run(RunSpec(src))], 64 * 2**20))
-        df = pd.read_csv(src, skiprows=2)
-        df.loc[df["phase"] == "step", "seconds"] = res.step_time_s
-        a2a = df["phase"].isin(A2A_PHASES)
-        last[name] = simulated_last_arriver(res)
-        df.loc[a2a, "seconds"] = df.loc[a2a, "count"].clip(lower=1) * last[name]
-        (tmp_path / name).write_text("".join(src.read_text().splitlines(keepends=True)[:2]) + df.to_csv(index=False))
-        (tmp_path / name.replace(".csv", ".topology.json")).write_text(
-            (VAL / name.replace(".csv", ".topology.json")).read_text())
-        paths.append(tmp_path / name)
+    patterns, base, truth = _a2a_cpu_truth()
+    last = {}
+    paths = _synthetic_runs(tmp_path, ("4x1-150mbit-cdac-k4.csv", "4x1-150mbit-dcca-k4.csv", "4x1-none-dcca-k4.csv"),
+                            lambda run: truth(run).step_time_s,
+                            per_call=lambda run: last.setdefault(run.files[0], simulated_last_arriver(truth(run))))
 
     def fit(paths, **kw):
         cal = Calibration(profile=copy.deepcopy(base), compute=None, contention=None, network=None)
