@@ -2,6 +2,7 @@
 
     sudo python -m real_backend.schedprobe --out calibration/avx2/schedprobe.json
     sudo python -m real_backend.schedprobe --configs 4x1-150mbit-k8 --steps 20 --out probe.json
+    python -m real_backend.schedprobe --show probe.json          # the per-thread table
 
 On the on-one-machine testbed R ranks share C < R cores, so an op's time depends on how many other
 ranks want a core at that moment. For each configuration (``HxR-RATE-kK``: testbed shape, tc rate,
@@ -16,6 +17,11 @@ outside, over the measured steps only (the run table's ``measured_window_unix``)
 - at the window's ends, each rank's CPU time and run-queue wait (``/proc/PID/task/*/schedstat``,
   nanoseconds, summed over the rank's threads): per step and rank, and the share the kernel actually
   gave, ``cpu / (cpu + run-queue wait)``;
+- at the same ends, per rank and step for its main thread and its other threads apart (gloo's
+  TCP event loop ``gloo_tcp_loop`` and ProcessGroupGloo's workers ``pt_gloo_runloop``, which run the
+  collectives while the main thread blocks in them): how often they were put on a core, their voluntary (blocking)
+  and involuntary (preempted) context switches (``/proc/PID/task/*/status``), and the mean run-queue
+  wait each time before getting a core (``threads`` in the JSON);
 - the machine's idle, system, softirq and steal fractions (``/proc/stat``).
 
 The result (one JSON, written atomically) is data for the model, not a model: it tells whether one
@@ -106,6 +112,51 @@ def schedstat_summary(cpu_ns: np.ndarray, wait_ns: np.ndarray, seconds: float, s
             "core_share": float(cpu.sum() / total) if total > 0 else float("nan")}
 
 
+TASK_COUNTERS = ("cpu_ns", "runqueue_wait_ns", "timeslices", "voluntary_switches", "involuntary_switches")
+
+
+def task_deltas(before: dict[int, list[int]], after: dict[int, list[int]], pid: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """A rank's ``TASK_COUNTERS`` advanced over a window, from two ``_task_counters`` readings: (its main
+    thread's, its other threads' summed, how many other threads). A thread born in the window counts
+    from zero; one that ended in it is not seen at the end and is left out."""
+    if pid not in after:
+        raise ProbeError(f"rank process {pid}: its main thread was not seen at the window's end")
+    main = np.zeros(len(TASK_COUNTERS))
+    other = np.zeros(len(TASK_COUNTERS))
+    for tid, b in after.items():
+        a = before.get(tid, [0] * len(TASK_COUNTERS))
+        d = np.array(b, dtype=float) - np.array(a, dtype=float)
+        if (d < 0).any():
+            raise ProbeError(f"rank process {pid}, thread {tid}: a scheduler counter went backwards")
+        if tid == pid:
+            main = d
+        else:
+            other += d
+    return main, other, len(after) - 1
+
+
+def switch_summary(main: np.ndarray, other: np.ndarray, steps: float) -> dict:
+    """Per rank and step, how often its threads got a core and left it: ``main`` and ``other`` are
+    (ranks, ``TASK_COUNTERS``) arrays over a window of ``steps`` steps. ``wait_per_timeslice_s`` is
+    the mean run-queue wait before each time a thread was put on a core (seconds)."""
+    main = np.atleast_2d(np.asarray(main, dtype=float))
+    other = np.atleast_2d(np.asarray(other, dtype=float))
+    if steps <= 0:
+        raise ProbeError(f"no steps in the window ({steps:.3g})")
+    out = {}
+    for name, d in (("main_thread", main), ("other_threads", other)):
+        slices = d[:, 2]
+        out[name] = {
+            "cpu_s_per_step": (d[:, 0] / 1e9 / steps).tolist(),
+            "runqueue_wait_s_per_step": (d[:, 1] / 1e9 / steps).tolist(),
+            "timeslices_per_step": (slices / steps).tolist(),
+            "voluntary_switches_per_step": (d[:, 3] / steps).tolist(),
+            "involuntary_switches_per_step": (d[:, 4] / steps).tolist(),
+            "wait_per_timeslice_s": float(d[:, 1].sum() / 1e9 / slices.sum()) if slices.sum() > 0 else float("nan"),
+        }
+    return out
+
+
 def stat_fractions(before: list[int], after: list[int]) -> dict:
     """Fractions of all CPU time between two ``/proc/stat`` ``cpu`` lines."""
     d = [b - a for a, b in zip(before, after)]
@@ -113,6 +164,33 @@ def stat_fractions(before: list[int], after: list[int]) -> dict:
     if total <= 0:
         raise ProbeError("/proc/stat did not advance over the window")
     return {name: d[i] / total for i, name in enumerate(STAT_FIELDS) if i < len(d)}
+
+
+def thread_table(runs: list[dict], source: str = "probe") -> str:
+    """A markdown table of the probe's per-thread numbers (``threads``), one row per run: per rank-step
+    (mean over ranks), the main thread's CPU, run-queue wait, blocking (voluntary) and preempted
+    (involuntary) switches, and the other threads' CPU, run-queue wait, times put on a core and wait
+    per time; the last column is the other threads' run-queue wait per main-thread block, in ms."""
+    head = ("| testbed | top-k | structure | step | main: CPU | main: run-queue wait | main: blocks | main: preempted "
+            "| others: CPU | others: run-queue wait | others: on a core | others: wait each | others' wait per block |\n"
+            + "|---" * 13 + "|")
+    rows = [head]
+    for i, r in enumerate(runs):
+        t = r.get("threads")
+        if not isinstance(t, dict) or "main_thread" not in t or "other_threads" not in t:
+            raise ProbeError(f"{source}: runs[{i}] has no per-thread numbers ('threads'): it was recorded before "
+                             f"the probe read them; run the probe again")
+        m, o = t["main_thread"], t["other_threads"]
+        mean = lambda d, k: float(np.mean(d[k]))              # noqa: E731
+        blocks = mean(m, "voluntary_switches_per_step")
+        per_block = 1e3 * mean(o, "runqueue_wait_s_per_step") / blocks if blocks > 0 else float("nan")
+        rows.append(f"| {r['testbed']} {r['rate']} | {r['top_k']} | {r['structure'].upper()} | {1e3 * r['step_s']:.0f} ms "
+                    f"| {1e3 * mean(m, 'cpu_s_per_step'):.0f} ms | {1e3 * mean(m, 'runqueue_wait_s_per_step'):.0f} ms "
+                    f"| {blocks:.1f} | {mean(m, 'involuntary_switches_per_step'):.0f} "
+                    f"| {1e3 * mean(o, 'cpu_s_per_step'):.0f} ms | {1e3 * mean(o, 'runqueue_wait_s_per_step'):.0f} ms "
+                    f"| {mean(o, 'timeslices_per_step'):.0f} | {1e3 * o['wait_per_timeslice_s']:.2f} ms "
+                    f"| {per_block:.1f} ms |")
+    return "\n".join(rows)
 
 
 # ---- sampling ------------------------------------------------------------------------------------------
@@ -131,17 +209,21 @@ def _rank_pids() -> list[int]:
     return sorted(out)
 
 
-def _schedstat(pid: int) -> tuple[int, int]:
-    """(cpu ns, run-queue wait ns) summed over the threads of ``pid``."""
-    cpu = wait = 0
+def _task_counters(pid: int) -> dict[int, list[int]]:
+    """Per thread of ``pid`` (by TID): its ``TASK_COUNTERS`` from ``/proc/PID/task/TID/schedstat`` (CPU ns,
+    run-queue wait ns, times put on a core) and ``.../status`` (voluntary and involuntary context
+    switches). A thread that exits while it is read is left out."""
+    out = {}
     for t in Path(f"/proc/{pid}/task").iterdir():
         try:
             f = (t / "schedstat").read_text().split()
+            status = (t / "status").read_text()
         except OSError:
             continue
-        cpu += int(f[0])
-        wait += int(f[1])
-    return cpu, wait
+        switches = dict(re.findall(r"^(voluntary|nonvoluntary)_ctxt_switches:\s*(\d+)", status, re.M))
+        out[int(t.name)] = [int(f[0]), int(f[1]), int(f[2]),
+                            int(switches.get("voluntary", 0)), int(switches.get("nonvoluntary", 0))]
+    return out
 
 
 class Sampler:
@@ -182,7 +264,7 @@ class Sampler:
                 states.append(row)
                 if now >= next_coarse:
                     try:
-                        coarse.append((now, [_schedstat(p) for p in pids], proc_stat_cpu()))
+                        coarse.append((now, [_task_counters(p) for p in pids], proc_stat_cpu()))
                     except (OSError, ValueError, IndexError):
                         break
                     next_coarse = now + 0.2
@@ -191,7 +273,7 @@ class Sampler:
             for f in files:
                 f.close()
             sampler_cpu = (time.process_time() - cpu0) / max(1e-9, time.monotonic() - wall0)
-        return {"times": np.array(times), "states": np.array(states, dtype=bool),
+        return {"times": np.array(times), "states": np.array(states, dtype=bool), "pids": pids,
                 "coarse": coarse, "sampler_cpu_fraction": sampler_cpu}
 
 
@@ -207,9 +289,13 @@ def summarise(samples: dict, window: tuple[float, float], step_s: float, cores: 
     if len(coarse) < 2:
         raise ProbeError("the measured window is too short for the schedstat samples (run more --steps)")
     (ta, sa, pa), (tb, sb, pb) = coarse[0], coarse[-1]
-    cpu = np.array([b[0] - a[0] for a, b in zip(sa, sb)])
-    wait = np.array([b[1] - a[1] for a, b in zip(sa, sb)])
-    out["schedstat"] = schedstat_summary(cpu, wait, tb - ta, step_s)
+    deltas = [task_deltas(a, b, pid) for pid, a, b in zip(samples["pids"], sa, sb)]
+    main = np.array([d[0] for d in deltas])
+    other = np.array([d[1] for d in deltas])
+    total = main + other
+    out["schedstat"] = schedstat_summary(total[:, 0], total[:, 1], tb - ta, step_s)
+    out["threads"] = switch_summary(main, other, out["schedstat"]["steps_in_window"])
+    out["threads"]["other_thread_count"] = [d[2] for d in deltas]
     out["machine"] = stat_fractions(pa, pb)
     out["sampler_cpu_fraction"] = float(samples["sampler_cpu_fraction"])   # of one core, the probe's own cost
     return out
@@ -262,8 +348,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--max-load", type=float, default=1.0,
                     help="wait until the 1-minute load is below this before the first run (default 1.0)")
     ap.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine (tests)")
-    ap.add_argument("--out", required=True, help="output JSON (written atomically)")
+    what = ap.add_mutually_exclusive_group(required=True)
+    what.add_argument("--out", help="output JSON (written atomically)")
+    what.add_argument("--show", metavar="PROBE.json",
+                      help="print the per-thread table of a probe result instead of running the probe")
     args = ap.parse_args(argv)
+    if args.show:
+        from moesim.calibrate.cpuwork import load_probe
+        try:
+            print(thread_table(load_probe(args.show), args.show))
+        except MoesimError as exc:
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     try:
         configs = [parse_config(c) for c in args.configs.split(",") if c.strip()]
         structures = [s.strip() for s in args.structures.split(",") if s.strip()]
@@ -287,7 +384,12 @@ def main(argv: Optional[list[str]] = None) -> int:
                     print(f"{PROG}: {r['testbed']} {rate} {s} k{k}: step {1e3 * r['step_s']:.0f} ms, "
                           f"core share {r['schedstat']['core_share']:.2f} (fair {r['fair_core_share']:.2f}), "
                           f"runnable alone {100 * r['rank_runnable_by_n'][1]:.0f} %, all "
-                          f"{100 * r['rank_runnable_by_n'][-1]:.0f} %", file=sys.stderr)
+                          f"{100 * r['rank_runnable_by_n'][-1]:.0f} %; per rank-step, main thread "
+                          f"{np.mean(r['threads']['main_thread']['voluntary_switches_per_step']):.1f} blocks, "
+                          f"other threads {np.mean(r['threads']['other_threads']['timeslices_per_step']):.0f} "
+                          f"times on a core after "
+                          f"{1e3 * r['threads']['other_threads']['wait_per_timeslice_s']:.2f} ms each in the "
+                          f"run queue", file=sys.stderr)
         write_json_atomic(args.out, {
             "kind": "schedprobe", "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": f"python -m {PROG} " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -14,8 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from real_backend.schedprobe import (ProbeError, parse_config, runnable_summary, schedstat_summary, stat_fractions,
-                                     stat_state)
+from real_backend.schedprobe import (TASK_COUNTERS, ProbeError, _task_counters, parse_config, runnable_summary,
+                                     schedstat_summary, stat_fractions, stat_state, switch_summary, task_deltas,
+                                     thread_table)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,6 +77,87 @@ def test_schedstat_summary_closed_form():
         schedstat_summary(np.ones(2), np.ones(2), seconds=0.0, step_s=1.0)
 
 
+def test_task_deltas_split_main_and_other_threads():
+    pid = 100
+    before = {100: [10, 5, 3, 1, 2], 101: [4, 4, 4, 4, 4], 102: [7, 0, 1, 1, 0]}
+    # 101 advanced, 102 ended in the window (left out), 103 was born in it (counts from zero)
+    after = {100: [20, 9, 6, 2, 4], 101: [5, 8, 6, 5, 4], 103: [3, 1, 2, 2, 0]}
+    main, other, n_other = task_deltas(before, after, pid)
+    assert main.tolist() == [10, 4, 3, 1, 2]
+    assert other.tolist() == [1 + 3, 4 + 1, 2 + 2, 1 + 2, 0]
+    assert n_other == 2 and len(main) == len(TASK_COUNTERS)
+    with pytest.raises(ProbeError, match="thread 101: a scheduler counter went backwards"):
+        task_deltas(before, {100: [20, 9, 6, 2, 4], 101: [3, 8, 6, 5, 4]}, pid)
+    with pytest.raises(ProbeError, match="rank process 100: its main thread"):
+        task_deltas(before, {101: [5, 8, 6, 5, 4]}, pid)
+
+
+def test_switch_summary_closed_form():
+    # two ranks over 4 steps; counters: cpu ns, wait ns, timeslices, voluntary, involuntary
+    main = np.array([[4e8, 2e8, 40, 12, 28], [8e8, 0, 20, 20, 0]])
+    other = np.array([[4e7, 8e7, 400, 300, 100], [0, 0, 0, 0, 0]])
+    s = switch_summary(main, other, steps=4.0)
+    m, o = s["main_thread"], s["other_threads"]
+    assert m["cpu_s_per_step"] == pytest.approx([0.1, 0.2])
+    assert m["runqueue_wait_s_per_step"] == pytest.approx([0.05, 0.0])
+    assert m["timeslices_per_step"] == pytest.approx([10, 5])
+    assert m["voluntary_switches_per_step"] == pytest.approx([3, 5])
+    assert m["involuntary_switches_per_step"] == pytest.approx([7, 0])
+    assert m["wait_per_timeslice_s"] == pytest.approx(0.2 / 60)          # all ranks' wait over all their slices
+    assert o["wait_per_timeslice_s"] == pytest.approx(0.08 / 400)
+    assert np.isnan(switch_summary(main, np.zeros((2, 5)), 4.0)["other_threads"]["wait_per_timeslice_s"])
+    with pytest.raises(ProbeError, match="no steps"):
+        switch_summary(main, other, steps=0.0)
+
+
+def test_thread_table_closed_form_and_old_files():
+    side = {"cpu_s_per_step": [0.05, 0.07], "runqueue_wait_s_per_step": [0.03, 0.05], "timeslices_per_step": [300, 100],
+            "voluntary_switches_per_step": [10, 12], "involuntary_switches_per_step": [20, 40],
+            "wait_per_timeslice_s": 0.0002}
+    run = {"testbed": "4x1", "rate": "400mbit", "top_k": 2, "structure": "dcca", "step_s": 0.2804,
+           "threads": {"main_thread": side, "other_threads": side, "other_thread_count": [4, 4]}}
+    head, rule, row = thread_table([run]).splitlines()
+    assert head.count("|") == rule.count("|") == row.count("|") == 14
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # means over the two ranks; the last column is 40 ms of waiting over 11 blocks
+    assert cells == ["4x1 400mbit", "2", "DCCA", "280 ms", "60 ms", "40 ms", "11.0", "30", "60 ms", "40 ms", "200",
+                     "0.20 ms", "3.6 ms"]
+    with pytest.raises(ProbeError, match=r"old\.json: runs\[0\] has no per-thread numbers"):
+        thread_table([{k: v for k, v in run.items() if k != "threads"}], "old.json")
+
+
+def test_show_prints_the_table_or_names_the_bad_file(tmp_path):
+    side = {"cpu_s_per_step": [0.05], "runqueue_wait_s_per_step": [0.03], "timeslices_per_step": [300],
+            "voluntary_switches_per_step": [10], "involuntary_switches_per_step": [20], "wait_per_timeslice_s": 0.0001}
+    run = {"testbed": "2x1", "rate": "none", "top_k": 2, "structure": "cdac", "step_s": 0.1, "compute_phases_s": 0.05,
+           "schedstat": {"cpu_s_per_step": [0.08]}, "threads": {"main_thread": side, "other_threads": side}}
+    good = tmp_path / "probe.json"
+    good.write_text(json.dumps({"runs": [run]}))
+    res = _run(["--show", str(good)])
+    assert res.returncode == 0 and "| 2x1 none | 2 | CDAC | 100 ms |" in res.stdout
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    res = _run(["--show", str(bad)])
+    assert res.returncode == 2 and "bad.json" in res.stderr and "malformed JSON" in res.stderr
+
+
+def test_task_counters_read_this_process():
+    import threading
+    import time
+    stop = threading.Event()
+    worker = threading.Thread(target=lambda: [stop.wait(0.001) for _ in range(20)])
+    worker.start()
+    a = _task_counters(os.getpid())
+    time.sleep(0.02)                                   # the main thread blocks (a voluntary switch)
+    worker.join()
+    b = _task_counters(os.getpid())
+    assert os.getpid() in a and os.getpid() in b
+    main, other, _ = task_deltas(a, b, os.getpid())
+    assert main[3] >= 1                                # it slept: at least one voluntary switch
+    assert main[2] >= 1 and all(v >= 0 for v in (*main, *other))
+    assert all(len(v) == len(TASK_COUNTERS) for v in b.values())
+
+
 def test_stat_fractions():
     f = stat_fractions([0, 0, 10, 50, 0, 0, 5, 5], [30, 0, 20, 100, 0, 0, 10, 10])
     assert f["user"] == pytest.approx(0.3) and f["idle"] == pytest.approx(0.5)
@@ -120,3 +202,12 @@ def test_probe_on_a_real_testbed(tmp_path):
     # (every 0.2 s), so it is up to 0.4 s shorter than the steps (steps vary by up to ~20 %)
     assert 8 * 0.8 - 0.4 / run["step_s"] <= sched["steps_in_window"] <= 8 * 1.2
     assert 0 < run["machine"]["idle"] < 1 and run["step_s"] > 0
+    # per rank, the main thread blocks in most of a step's collectives (10 All-to-All calls and the
+    # gradient all-reduce), which gloo's worker threads run: they are put on a core many times more
+    threads = run["threads"]
+    blocks = threads["main_thread"]["voluntary_switches_per_step"]
+    assert len(blocks) == 2 and all(5 <= b <= 40 for b in blocks)
+    assert all(n >= 1 for n in threads["other_thread_count"])
+    assert all(o > b for o, b in zip(threads["other_threads"]["timeslices_per_step"], blocks))
+    cpu = np.add(threads["main_thread"]["cpu_s_per_step"], threads["other_threads"]["cpu_s_per_step"])
+    assert cpu == pytest.approx(sched["cpu_s_per_step"])
