@@ -166,6 +166,18 @@ def stat_fractions(before: list[int], after: list[int]) -> dict:
     return {name: d[i] / total for i, name in enumerate(STAT_FIELDS) if i < len(d)}
 
 
+def comm_cpu_per_block(runs: list[dict]) -> np.ndarray:
+    """Per run, the CPU (seconds) a rank's other threads (gloo's, which run the collectives) spend per
+    block of its main thread (one per collective call it waits in): mean over ranks of their CPU per
+    step over the mean blocks per step. The gradient all-reduce is one of those calls."""
+    out = []
+    for r in runs:
+        t = r["threads"]
+        blocks = float(np.mean(t["main_thread"]["voluntary_switches_per_step"]))
+        out.append(float(np.mean(t["other_threads"]["cpu_s_per_step"])) / blocks if blocks > 0 else float("nan"))
+    return np.array(out)
+
+
 def thread_table(runs: list[dict], source: str = "probe") -> str:
     """A markdown table of the probe's per-thread numbers (``threads``), one row per run: per rank-step
     (mean over ranks), the main thread's CPU, run-queue wait, blocking (voluntary) and preempted
@@ -190,6 +202,9 @@ def thread_table(runs: list[dict], source: str = "probe") -> str:
                     f"| {1e3 * mean(o, 'cpu_s_per_step'):.0f} ms | {1e3 * mean(o, 'runqueue_wait_s_per_step'):.0f} ms "
                     f"| {mean(o, 'timeslices_per_step'):.0f} | {1e3 * o['wait_per_timeslice_s']:.2f} ms "
                     f"| {per_block:.1f} ms |")
+    per_block = 1e3 * comm_cpu_per_block(runs)
+    rows.append(f"\ngloo's threads' CPU per main-thread block: median {np.nanmedian(per_block):.2f} ms "
+                f"(range {np.nanmin(per_block):.2f}-{np.nanmax(per_block):.2f} ms over {len(runs)} runs)")
     return "\n".join(rows)
 
 

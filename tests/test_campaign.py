@@ -243,6 +243,17 @@ def test_fit_command_records_the_all_to_all_cpu_option():
 
 
 def test_campaign_refuses_an_unknown_all_to_all_cpu_mode(capsys):
-    with pytest.raises(SystemExit):
-        campaign.main(["--out", "x", "--only", "calibrate", "--a2a-cpu", "guess"])
-    assert "--a2a-cpu" in capsys.readouterr().err
+    for bad, why in (("guess", "expected none, fit, last-arriver or seconds"), ("-0.001", "in [0, 0.5] s"),
+                     ("0.6", "in [0, 0.5] s")):
+        with pytest.raises(SystemExit):
+            campaign.main(["--out", "x", "--only", "calibrate", "--a2a-cpu", bad])
+        err = capsys.readouterr().err
+        assert "--a2a-cpu" in err and why in err
+    assert campaign.a2a_cpu_mode("0.00135") == "0.00135" and campaign.a2a_cpu_mode("fit") == "fit"
+    cmd = campaign.fit_command("c", "cpu-testbed", campaign.DEFAULT_PATTERNS, "together", a2a_cpu="0.00135")
+    assert "--a2a-cpu 0.00135" in cmd
+    from moesim.calibrate.insitu import A2A_CPU_GRID_S
+    assert campaign.a2a_cpu_fit_args("none") == {}
+    assert campaign.a2a_cpu_fit_args("fit") == {"a2a_cpu_grid": A2A_CPU_GRID_S}
+    assert campaign.a2a_cpu_fit_args("0.00135") == {"a2a_cpu_grid": (0.00135,)}     # a one-value grid: held
+    assert list(campaign.a2a_cpu_fit_args("last-arriver")) == ["a2a_cpu_last_arriver_grid"]

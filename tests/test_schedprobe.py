@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from real_backend.schedprobe import (TASK_COUNTERS, ProbeError, _task_counters, parse_config, runnable_summary,
                                      schedstat_summary, stat_fractions, stat_state, switch_summary, task_deltas,
-                                     thread_table)
+                                     thread_table, comm_cpu_per_block)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -116,7 +116,10 @@ def test_thread_table_closed_form_and_old_files():
             "wait_per_timeslice_s": 0.0002}
     run = {"testbed": "4x1", "rate": "400mbit", "top_k": 2, "structure": "dcca", "step_s": 0.2804,
            "threads": {"main_thread": side, "other_threads": side, "other_thread_count": [4, 4]}}
-    head, rule, row = thread_table([run]).splitlines()
+    head, rule, row, _, last = thread_table([run]).splitlines()
+    # others' CPU 60 ms per step over 11 blocks
+    assert last == "gloo's threads' CPU per main-thread block: median 5.45 ms (range 5.45-5.45 ms over 1 runs)"
+    assert comm_cpu_per_block([run]) == pytest.approx([0.06 / 11])
     assert head.count("|") == rule.count("|") == row.count("|") == 14
     cells = [c.strip() for c in row.strip("|").split("|")]
     # means over the two ranks; the last column is 40 ms of waiting over 11 blocks

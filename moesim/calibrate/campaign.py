@@ -358,12 +358,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="shared-core model: each rank pair of an All-to-All starts as soon as both ranks are "
                          "there (pairwise, default; moesim.engine.netbridge), or the All-to-All when all are "
                          "(together)")
-    ap.add_argument("--a2a-cpu", choices=("none", "fit", "last-arriver"), default="none",
+    ap.add_argument("--a2a-cpu", type=a2a_cpu_mode, default="none", metavar="none|fit|last-arriver|SECONDS",
                     help="shared-core model: the CPU an All-to-All call costs each member rank once its data has "
                          "landed: none (default); fitted in situ with the pool's cores and alone factor over "
-                         "0, 2 and 4 ms (fit; moesim.calibrate.insitu.A2A_CPU_GRID_S); or set by the unshaped fit "
+                         "0, 2 and 4 ms (fit; moesim.calibrate.insitu.A2A_CPU_GRID_S); set by the unshaped fit "
                          "runs' last-arriver time per call, 0-8 ms, then held while the rest is refitted on step "
-                         "and last-arriver times (last-arriver; moesim.calibrate.skew)")
+                         "and last-arriver times (last-arriver; moesim.calibrate.skew); or SECONDS measured "
+                         "elsewhere (e.g. gloo's threads' CPU per call, real_backend.schedprobe --show), held")
     ap.add_argument("--time-slice", default="skew",
                     help="shared-core model: the CPU scheduler's time slice, 'skew' (default: chosen by the fit "
                          "runs' measured rank skew, moesim.calibrate.skew) or seconds (0: processor sharing)")
@@ -482,6 +483,31 @@ def compare_repeat(rdir: Path, vdir: Path) -> int:
     return 0
 
 
+def a2a_cpu_mode(text: str) -> str:
+    """``--a2a-cpu``: 'none', 'fit', 'last-arriver' or seconds in [0, 0.5] (returned as given)."""
+    if text in ("none", "fit", "last-arriver"):
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected none, fit, last-arriver or seconds, got {text!r}") from None
+    if not 0.0 <= value <= 0.5:
+        raise argparse.ArgumentTypeError(f"the All-to-All CPU must be in [0, 0.5] s, got {text}")
+    return text
+
+
+def a2a_cpu_fit_args(mode: str) -> dict:
+    """The in-situ fit's arguments (``moesim.calibrate.insitu.fit_insitu``) for an ``--a2a-cpu`` mode."""
+    from moesim.calibrate.insitu import A2A_CPU_GRID_S, A2A_CPU_LAST_ARRIVER_GRID_S
+    if mode == "none":
+        return {}
+    if mode == "fit":
+        return {"a2a_cpu_grid": A2A_CPU_GRID_S}
+    if mode == "last-arriver":
+        return {"a2a_cpu_last_arriver_grid": A2A_CPU_LAST_ARRIVER_GRID_S}
+    return {"a2a_cpu_grid": (float(a2a_cpu_mode(mode)),)}          # measured elsewhere: held
+
+
 def fit_command(out: str, name: str, patterns: str, a2a_start: str = "pairwise", time_slice: str = "skew",
                 burst: str = "whole", nic_efficiency: str = NIC_EFFICIENCY_DEFAULT, two_way: str = "insitu",
                 two_way_patterns: str | None = None, a2a_cpu: str = "none") -> str:
@@ -519,7 +545,7 @@ def finish(args, log, out: Path, mdir: Path, vdir: Path) -> int:
     """Fit the profile from the measurements (+ the in-situ fit on the fit runs) and write the
     validation manifest; then print the validation."""
     from moesim.calibrate import calibrate, write_profile
-    from moesim.calibrate.insitu import A2A_CPU_GRID_S, A2A_CPU_LAST_ARRIVER_GRID_S, fit_insitu
+    from moesim.calibrate.insitu import fit_insitu
     prof_path = out / f"{args.name}.yaml"
     root = repo_root()
     patterns = [] if args.patterns == "none" else sorted(
@@ -544,9 +570,7 @@ def finish(args, log, out: Path, mdir: Path, vdir: Path) -> int:
                          time_slice_s=None if time_slice == "skew" else float(time_slice),
                          two_way=None if held is None else (held.penalty, held.peer),
                          **({"burst_fractions": (1.0,)} if burst == "whole" else {}),
-                         **({"a2a_cpu_grid": A2A_CPU_GRID_S} if a2a_cpu == "fit" else {}),
-                         **({"a2a_cpu_last_arriver_grid": A2A_CPU_LAST_ARRIVER_GRID_S}
-                            if a2a_cpu == "last-arriver" else {}))
+                         **a2a_cpu_fit_args(a2a_cpu))
     if held is not None:
         cal.profile["calibration"]["two_way_from"] = held.record()
     cal.profile["provenance"]["command"] = fit_command(args.out, args.name, args.patterns, a2a_start, time_slice,
