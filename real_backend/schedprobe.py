@@ -19,7 +19,8 @@ outside, over the measured steps only (the run table's ``measured_window_unix``)
   gave, ``cpu / (cpu + run-queue wait)``;
 - at the same ends, per rank and step for its main thread and its other threads apart (gloo's
   TCP event loop ``gloo_tcp_loop`` and ProcessGroupGloo's workers ``pt_gloo_runloop``, which run the
-  collectives while the main thread blocks in them): how often they were put on a core, their voluntary (blocking)
+  collectives while the main thread blocks in them, and real_backend's watchdog, which wakes every
+  0.5-5 s): how often they were put on a core, their voluntary (blocking)
   and involuntary (preempted) context switches (``/proc/PID/task/*/status``), and the mean run-queue
   wait each time before getting a core (``threads`` in the JSON);
 - the machine's idle, system, softirq and steal fractions (``/proc/stat``).

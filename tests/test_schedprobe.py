@@ -214,3 +214,15 @@ def test_probe_on_a_real_testbed(tmp_path):
     assert all(o > b for o, b in zip(threads["other_threads"]["timeslices_per_step"], blocks))
     cpu = np.add(threads["main_thread"]["cpu_s_per_step"], threads["other_threads"]["cpu_s_per_step"])
     assert cpu == pytest.approx(sched["cpu_s_per_step"])
+
+
+def test_committed_probe_gives_the_pre_registered_all_to_all_cpu():
+    """The record's refit M holds the All-to-All CPU at the median of gloo's threads' CPU per main-thread
+    block in the committed probe (calibration/README.md, "gloo's threads measured"); each main thread
+    blocks about once per collective of a step (10 All-to-All calls and the gradient all-reduce)."""
+    from moesim.calibrate.cpuwork import load_probe
+    runs = load_probe(REPO / "calibration/avx512/schedprobe.json")
+    assert round(float(np.median(comm_cpu_per_block(runs))), 5) == 0.00142
+    for r in runs:
+        blocks = r["threads"]["main_thread"]["voluntary_switches_per_step"]
+        assert all(10 <= b <= 12 for b in blocks), (r["testbed"], r["rate"], r["structure"], blocks)
