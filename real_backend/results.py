@@ -34,6 +34,11 @@ MAGIC = "# moesim-real-backend v1"
 RUN_COLUMNS = ("step", "rank", "phase", "direction", "seconds", "count", "bytes", "bytes_remote",
                "run_id", "host", "backend", "world_size", "structure", "mode", "ep", "dp")
 
+#: Columns of ``real_backend.run --timeline`` tables: every timed interval of the measured steps, per
+#: rank in the order it was taken (``seq``), start and end in ``time.perf_counter`` seconds (one clock
+#: for all the processes of one machine).
+TIMELINE_COLUMNS = ("structure", "step", "rank", "seq", "phase", "direction", "start_s", "end_s")
+
 #: Columns of ``real_backend.microbench`` tables (one row per measurement repetition and rank).
 MICROBENCH_COLUMNS = ("kind", "group", "group_size", "m", "n", "k", "size_bytes", "dtype", "rank", "rep",
                       "seconds", "bytes", "bytes_remote", "flop", "run_id", "host", "backend", "world_size")

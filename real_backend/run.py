@@ -20,6 +20,11 @@ so that both see the same machine. A shared machine's speed drifts by tens of pe
 seconds to a minute (measured on the testbed), which two separate runs see apart and a ratio of
 them does not cancel. Each structure's table is written as a run of its own (``paired_with`` in
 its metadata names the other).
+
+``--timeline FILE`` also writes every timed interval of the measured steps, per rank and in order,
+with its start and end on ``time.perf_counter`` (``results.TIMELINE_COLUMNS``; CPU runs only). The
+ranks of one machine (the on-one-machine testbed) share that clock, so the table shows when each
+rank entered and left each collective call (``moesim.calibrate.arrivals``).
 """
 from __future__ import annotations
 
@@ -52,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--paired-out", default=None, metavar="FILE",
                     help="also run the other MoE structure (cdac <-> dcca) in the same processes, alternating "
                          "steps with this one, and write its table to FILE")
+    ap.add_argument("--timeline", default=None, metavar="FILE",
+                    help="also write every timed interval of the measured steps with its start and end "
+                         "(perf_counter seconds, one clock for the ranks of one machine; CPU runs only)")
     ap.add_argument("--timeout", type=float, default=300.0,
                     help="seconds without progress (e.g. in a collective) before a rank gives up (default 300)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads per rank")
@@ -120,6 +128,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.steps < 1 or args.warmup < 0:
         print(f"{PROG}: error: --steps must be >= 1 and --warmup >= 0", file=sys.stderr)
         return 2
+    if args.timeline is not None and os.path.abspath(args.timeline) in {
+            os.path.abspath(p) for p in (args.out, args.paired_out) if p is not None}:
+        print(f"{PROG}: error: --timeline {args.timeline}: the same file as a run table", file=sys.stderr)
+        return 2
     try:
         cfg = load_config(args.model, args.overrides)
         cfgs = [cfg]
@@ -135,7 +147,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from real_backend.comm import sync_gradients
     from real_backend.parallel import (build_groups, check_layout, finish_process_group, gather_rows_to_rank0,
                                        init_distributed, torch_meta)
-    from real_backend.results import RUN_COLUMNS, write_table
+    from real_backend.results import RUN_COLUMNS, TIMELINE_COLUMNS, write_table
     from real_backend.timing import Progress, Recorder
     from real_backend.watchdog import Watchdog, report
 
@@ -152,6 +164,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         except MoesimError as exc:
             if rank == 0:
                 print(f"{PROG}: error: {exc}", file=sys.stderr)
+            return 2
+        if args.timeline is not None and device.type != "cpu":
+            if rank == 0:
+                print(f"{PROG}: error: --timeline needs a CPU run (CUDA events have no common clock across "
+                      f"processes)", file=sys.stderr)
             return 2
         groups = build_groups(cfg, backend, device)
         rec = Recorder(device, progress=progress)
@@ -201,10 +218,19 @@ def main(argv: Optional[list[str]] = None) -> int:
                              "bytes_remote": v["bytes_remote"]})
             rows.append({"step": step, "rank": rank, "phase": "step", "direction": "none",
                          "seconds": rec._seconds(t0, t1), "count": 1, "bytes": 0, "bytes_remote": None})
+            if args.timeline is not None:
+                spans = [("step", "none", t0, t1)] + list(rec.intervals)
+                run.timeline.extend({"step": step, "rank": rank, "seq": i, "phase": ph, "direction": d,
+                                     "start_s": a, "end_s": b} for i, (ph, d, a, b) in enumerate(spans))
         window[1] = time.time()
         tagged = [dict(r, _run=i) for i, run in enumerate(runs) for r in run.rows]
+        tagged += [dict(r, _run=i, _timeline=True, structure=run.cfg.moe.structure)
+                   for i, run in enumerate(runs) for r in run.timeline]
         everything = gather_rows_to_rank0(tagged, progress, watchdog)
         if rank == 0:
+            timeline = sorted(({k: v for k, v in r.items() if k[0] != "_"} for r in everything if r.get("_timeline")),
+                              key=lambda r: (r["structure"], r["step"], r["rank"], r["seq"]))
+            everything = [r for r in everything if not r.get("_timeline")]
             gathered = [[{k: v for k, v in r.items() if k != "_run"} for r in everything if r["_run"] == i]
                         for i in range(len(runs))]
             outs = [args.out, args.paired_out][:len(runs)]
@@ -231,6 +257,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                 tables.append((outs[i], all_rows, meta, c))
             for out, all_rows, meta, c in tables:
                 write_table(out, RUN_COLUMNS, all_rows, meta)
+            if args.timeline is not None:
+                write_table(args.timeline, TIMELINE_COLUMNS, timeline, dict(
+                    tables[0][2], kind="timeline", tables=[os.path.basename(t[0]) for t in tables],
+                    clock="time.perf_counter (CLOCK_MONOTONIC): one clock for the ranks of one machine"))
             if not args.quiet:
                 for out, all_rows, meta, c in tables:
                     with contextlib.suppress(BrokenPipeError):
@@ -275,6 +305,7 @@ class _Measured:
         self.opt = torch.optim.Adam(self.model.parameters(), lr=lr) if train else None
         self.dense, self.experts = self.model.dense_parameters(), self.model.expert_parameters()
         self.rows: list[dict[str, Any]] = []
+        self.timeline: list[dict[str, Any]] = []     # --timeline: every interval of the measured steps
 
 
 def _print_summary(rows: list[dict], cfg: Config, world: int, out: str) -> None:

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -278,10 +279,11 @@ def test_runner_world1_train_prefill_decode(tmp_path):
 def test_paired_run_alternates_cdac_and_dcca_in_one_launch(tmp_path):
     """--paired-out: one launch, both structures, each table a run of its own that names the other,
     over the same measured window (their steps alternate)."""
-    cdac, dcca = tmp_path / "c.csv", tmp_path / "d.csv"
+    cdac, dcca, timeline = tmp_path / "c.csv", tmp_path / "d.csv", tmp_path / "t.csv"
     res = _run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "real_backend.run",
                 "--model", str(SMALL), "--set", "parallel.ep=2", "--set", "parallel.dp=2", "--set", "model.layers=1",
-                "--steps", "3", "--warmup", "1", "--out", str(cdac), "--paired-out", str(dcca), "--quiet"],
+                "--steps", "3", "--warmup", "1", "--out", str(cdac), "--paired-out", str(dcca), "--quiet",
+                "--timeline", str(timeline)],
                cwd=tmp_path, timeout=180)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     dc, mc = _check_run_table(cdac, 2, 3, "cdac")
@@ -296,14 +298,47 @@ def test_paired_run_alternates_cdac_and_dcca_in_one_launch(tmp_path):
     per_copy = {s: d[(d.phase == "dispatch") & (d.direction == "fwd")]["bytes"].sum()
                 for s, d in (("cdac", dc), ("dcca", dd))}
     assert 0.5 * cfg.low_dim / cfg.model.hidden < per_copy["dcca"] / per_copy["cdac"] < 2 * cfg.low_dim / cfg.model.hidden
+    _check_timeline(timeline, {"cdac": dc, "dcca": dd})
     # nothing to pair with, or one file for both: refused before anything runs
     for bad, msg in ((["--set", "moe.structure=dense", "--paired-out", str(tmp_path / "x.csv")], "no pair"),
-                     (["--paired-out", str(tmp_path / "same.csv")], "same file")):
+                     (["--paired-out", str(tmp_path / "same.csv")], "same file"),
+                     (["--timeline", str(tmp_path / "same.csv")], "the same file as a run table")):
         out = tmp_path / "same.csv"
         r = _run(["-m", "real_backend.run", "--model", str(SMALL), "--set", "parallel.ep=1", *bad,
                   "--steps", "1", "--out", str(out)], cwd=tmp_path)
         assert r.returncode == 2 and msg in r.stderr, r.stderr
         assert not out.exists() and not (tmp_path / "x.csv").exists()
+
+
+def _check_timeline(path: Path, tables: dict) -> None:
+    """--timeline: every interval of the run tables, on one clock for the ranks of the machine."""
+    from moesim.calibrate.arrivals import call_spreads, load_timeline
+    tl = load_timeline(path)
+    assert read_table(path)[1]["tables"] == ["c.csv", "d.csv"]
+    # the intervals add up to the run tables' seconds and counts, phase by phase
+    sums = tl.assign(seconds=tl.end_s - tl.start_s).groupby(["structure", "step", "rank", "phase", "direction"])
+    for structure, table in tables.items():
+        t = table.set_index(["step", "rank", "phase", "direction"])
+        for (s, step, rank, phase, direction), g in sums:
+            if s == structure:
+                assert g["seconds"].sum() == pytest.approx(t.loc[(step, rank, phase, direction), "seconds"], abs=1e-9)
+                assert len(g) == t.loc[(step, rank, phase, direction), "count"]
+    # each rank's intervals lie in its step, in order; the paired steps alternate, CDAC first
+    for (s, step, rank), g in tl.groupby(["structure", "step", "rank"]):
+        whole = g[g.phase == "step"].iloc[0]
+        inner = g[g.phase != "step"].sort_values("seq")
+        assert (inner.start_s >= whole.start_s).all() and (inner.end_s <= whole.end_s + 1e-9).all()
+        assert (np.diff(inner.start_s.to_numpy()) >= 0).all()
+    steps = tl[tl.phase == "step"].set_index(["structure", "step", "rank"])
+    assert (steps.loc["cdac"].end_s <= steps.loc["dcca"].start_s).all()
+    # an All-to-All releases no rank before every rank has entered it: one clock across processes
+    a2a = tl[tl.phase.isin(["dispatch", "combine"])].sort_values("seq").copy()
+    a2a["k"] = a2a.groupby(["structure", "step", "rank", "phase", "direction"]).cumcount()
+    for _, call in a2a.groupby(["structure", "step", "phase", "direction", "k"]):
+        assert len(call) == 2 and call.start_s.max() <= call.end_s.min()
+    spreads = call_spreads(tl, str(path))
+    assert set(spreads.structure) == {"cdac", "dcca"} and (spreads.entry_spread >= 0).all()
+    assert len(spreads) == len(a2a) // 2
 
 
 def test_runner_refuses_mismatched_world_and_bad_config(tmp_path):

@@ -1,0 +1,134 @@
+"""When the ranks enter and leave each All-to-All call: where the rank skew comes from.
+
+``real_backend.run --timeline FILE`` records every timed interval of the measured steps, per rank,
+on one clock for the ranks of one machine (the on-one-machine testbed). Each rank makes the same
+sequence of calls, so the k-th ``dispatch``/``combine`` interval of a direction in a step is the
+same call on every rank. Per call this reports, in seconds:
+
+- ``entry_spread``: last entry minus first entry over the ranks (how far apart they arrive);
+- ``exit_spread``: last exit minus first exit (how far apart the call releases them);
+- ``inherited``: the previous collective's exit spread (the call before it in the step, the gradient
+  all-reduce included); ``gap_spread``: max minus min over the ranks of the time between leaving
+  that call and entering this one (the work in between, with any waiting for a core).
+
+An entry spread near ``inherited`` with a small ``gap_spread`` means the ranks arrive apart because
+the previous call released them apart; a large ``gap_spread`` means the work between the calls
+spreads them. (A backward interval starts when the previous backward phase ends, so a backward
+call's entry includes the small local work before its exchange.)
+
+    python -m moesim.calibrate.arrivals TIMELINE.csv [TIMELINE.csv ...]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from moesim.errors import InputFileError, MoesimError
+
+PROG = "python -m moesim.calibrate.arrivals"
+A2A_PHASES = ("dispatch", "combine")
+COLLECTIVE_PHASES = A2A_PHASES + ("grad_allreduce",)
+COLUMNS = ("structure", "step", "rank", "seq", "phase", "direction", "start_s", "end_s")
+
+
+def load_timeline(path: str | Path) -> pd.DataFrame:
+    """A ``real_backend.run --timeline`` table, checked: the columns, numeric times, end >= start."""
+    path = Path(path)
+    try:
+        with open(path) as f:
+            first, second = f.readline(), f.readline()
+    except FileNotFoundError:
+        raise InputFileError(path, "no such file") from None
+    if not first.startswith("# moesim-real-backend") or "timeline" not in first or not second.startswith("# meta "):
+        raise InputFileError(path, "not a real_backend.run --timeline table (missing its '# moesim-real-backend "
+                                   "v1 timeline' header)")
+    try:
+        df = pd.read_csv(path, skiprows=2)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise InputFileError(path, f"unreadable CSV: {exc}") from None
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise InputFileError(path, f"missing column(s) {', '.join(missing)}")
+    if df.empty:
+        raise InputFileError(path, "no intervals")
+    for c in ("step", "rank", "seq", "start_s", "end_s"):
+        values = pd.to_numeric(df[c], errors="coerce")
+        if values.isna().any():
+            raise InputFileError(path, f"column '{c}' must be numeric (row {int(values.isna().idxmax()) + 1} is not)")
+        df[c] = values
+    bad = df["end_s"] < df["start_s"]
+    if bad.any():
+        raise InputFileError(path, f"row {int(bad.idxmax()) + 1}: end_s before start_s")
+    return df
+
+
+def call_spreads(df: pd.DataFrame, source: str = "timeline") -> pd.DataFrame:
+    """One row per All-to-All call (structure, step, phase, direction, k: its order among the step's
+    calls of that phase and direction): ``entry_spread``, ``exit_spread``, ``inherited`` and
+    ``gap_spread`` (s; the last two NaN for a step's first collective)."""
+    coll = df[df["phase"].isin(COLLECTIVE_PHASES)].sort_values(["structure", "step", "rank", "seq"])
+    rows = []
+    for (structure, step), g in coll.groupby(["structure", "step"], sort=True):
+        per_rank = {r: gr for r, gr in g.groupby("rank")}
+        counts = {r: len(gr) for r, gr in per_rank.items()}
+        if len(set(counts.values())) != 1:
+            raise InputFileError(source, f"{structure} step {step}: the ranks timed different numbers of "
+                                         f"collective calls ({counts})")
+        order = next(iter(per_rank.values()))[["phase", "direction"]].to_numpy()
+        for r, gr in per_rank.items():
+            if not (gr[["phase", "direction"]].to_numpy() == order).all():
+                raise InputFileError(source, f"{structure} step {step}: rank {r} made its collective calls in "
+                                             f"another order")
+        start = np.array([gr["start_s"].to_numpy() for gr in per_rank.values()])   # ranks x calls
+        end = np.array([gr["end_s"].to_numpy() for gr in per_rank.values()])
+        seen: dict = {}
+        for j, (phase, direction) in enumerate(order):
+            k = seen.get((phase, direction), 0)
+            seen[(phase, direction)] = k + 1
+            if phase not in A2A_PHASES:
+                continue
+            gap = start[:, j] - end[:, j - 1] if j > 0 else None
+            rows.append({"structure": structure, "step": int(step), "phase": phase, "direction": direction, "k": k,
+                         "ranks": start.shape[0],
+                         "entry_spread": float(np.ptp(start[:, j])), "exit_spread": float(np.ptp(end[:, j])),
+                         "inherited": float(np.ptp(end[:, j - 1])) if j > 0 else float("nan"),
+                         "gap_spread": float(np.ptp(gap)) if gap is not None else float("nan"),
+                         "mean_wait": float(np.mean(start[:, j].max() - start[:, j]))})
+    if not rows:
+        raise InputFileError(source, "no All-to-All calls (dispatch, combine) in the timeline")
+    return pd.DataFrame(rows)
+
+
+def summary(spreads: pd.DataFrame) -> pd.DataFrame:
+    """Per structure, phase and direction: the medians over the calls of :func:`call_spreads` (s)."""
+    cols = ["entry_spread", "exit_spread", "inherited", "gap_spread", "mean_wait"]
+    return spreads.groupby(["structure", "phase", "direction"])[cols].median()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    ap.add_argument("timelines", nargs="+", metavar="TIMELINE.csv", help="real_backend.run --timeline tables")
+    args = ap.parse_args(argv)
+    try:
+        for path in args.timelines:
+            s = summary(call_spreads(load_timeline(path), path))
+            print(f"{path}: medians over the All-to-All calls, ms (entry/exit spread: last minus first rank; "
+                  f"inherited: the previous collective's exit spread; gap spread: of the time since it; mean "
+                  f"wait: for the last arriver)")
+            print(f"{'structure':10s}{'phase':10s}{'dir':5s}{'entry':>8s}{'exit':>8s}{'inherited':>11s}"
+                  f"{'gap':>8s}{'wait':>8s}")
+            for (structure, phase, direction), r in s.iterrows():
+                print(f"{structure:10s}{phase:10s}{direction:5s}{1e3 * r.entry_spread:8.2f}{1e3 * r.exit_spread:8.2f}"
+                      f"{1e3 * r.inherited:11.2f}{1e3 * r.gap_spread:8.2f}{1e3 * r.mean_wait:8.2f}")
+    except MoesimError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
