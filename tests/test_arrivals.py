@@ -101,6 +101,37 @@ def test_cli_prints_medians_and_refuses_bad_files(tmp_path, capsys):
     assert main([str(_write(tmp_path / "t.csv", _two_ranks()))]) == 0
     out = capsys.readouterr().out
     line = next(x for x in out.splitlines() if x.startswith("cdac") and "combine" in x)
-    assert line.split()[3:6] == ["500.00", "200.00", "100.00"]
+    assert line.split()[3:7] == ["measured", "500.00", "200.00", "100.00"]
     assert main([str(tmp_path / "missing.csv")]) == 2
     assert "missing.csv: no such file" in capsys.readouterr().err
+
+
+def test_committed_timeline_and_the_model_of_it():
+    """The committed timeline (calibration/avx512/timeline) and the same configuration simulated with
+    the campaign's profile: in both, no rank leaves an All-to-All before every rank has entered it.
+    What the record reads from them: in the runs the call itself releases the ranks apart and the
+    next call inherits that spread; the committed model releases them together on unshaped links."""
+    from pathlib import Path
+    from moesim.calibrate.arrivals import model_timeline
+    root = Path(__file__).resolve().parents[1] / "calibration/avx512"
+    path = root / "timeline/4x1-none-k2.timeline.csv"
+    measured = load_timeline(path)
+    model = model_timeline(path, root / "validation")
+    assert set(model.structure) == set(measured.structure) == {"cdac", "dcca"}
+    for tl in (measured, model):
+        a2a = tl[tl.phase.isin(["dispatch", "combine"])].sort_values("seq").copy()
+        a2a["k"] = a2a.groupby(["structure", "step", "rank", "phase", "direction"]).cumcount()
+        for _, call in a2a.groupby(["structure", "step", "phase", "direction", "k"]):
+            assert call["rank"].nunique() == 4 and call.start_s.max() <= call.end_s.min() + 1e-12
+    m, s = summary(call_spreads(measured, str(path))), summary(call_spreads(model, "model"))
+    assert len(m) == len(s) == 8
+    # runs: every call releases the ranks milliseconds apart, and the next call starts from that spread
+    assert (m.exit_spread > 2e-3).all() and (m.inherited.dropna() > 2e-3).all()
+    # model (unshaped, pairwise start): releases them within 0.1 ms; its spread comes from the work between
+    assert (s.exit_spread < 1e-4).all() and (s.gap_spread > 5e-4).all()
+
+
+def test_bad_metadata_line_is_named(tmp_path):
+    bad = _write(tmp_path / "meta.csv", _two_ranks(), "# moesim-real-backend v1 timeline\n# meta {oops\n")
+    with pytest.raises(InputFileError, match=r"meta\.csv: bad metadata line"):
+        load_timeline(bad)

@@ -16,11 +16,15 @@ the previous call released them apart; a large ``gap_spread`` means the work bet
 spreads them. (A backward interval starts when the previous backward phase ends, so a backward
 call's entry includes the small local work before its exchange.)
 
-    python -m moesim.calibrate.arrivals TIMELINE.csv [TIMELINE.csv ...]
+    python -m moesim.calibrate.arrivals TIMELINE.csv [TIMELINE.csv ...] [--campaign DIR]
+
+``--campaign DIR`` also simulates each configuration with that campaign's profile (its measured runs
+of the configuration give the topology and traffic) and prints the model's numbers beside.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -47,6 +51,10 @@ def load_timeline(path: str | Path) -> pd.DataFrame:
         raise InputFileError(path, "not a real_backend.run --timeline table (missing its '# moesim-real-backend "
                                    "v1 timeline' header)")
     try:
+        meta = json.loads(second[len("# meta "):])
+    except json.JSONDecodeError as exc:
+        raise InputFileError(path, f"bad metadata line: {exc.msg}") from None
+    try:
         df = pd.read_csv(path, skiprows=2)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise InputFileError(path, f"unreadable CSV: {exc}") from None
@@ -63,6 +71,7 @@ def load_timeline(path: str | Path) -> pd.DataFrame:
     bad = df["end_s"] < df["start_s"]
     if bad.any():
         raise InputFileError(path, f"row {int(bad.idxmax()) + 1}: end_s before start_s")
+    df.attrs["meta"] = meta if isinstance(meta, dict) else {}
     return df
 
 
@@ -109,24 +118,85 @@ def summary(spreads: pd.DataFrame) -> pd.DataFrame:
     return spreads.groupby(["structure", "phase", "direction"])[cols].median()
 
 
+def simulated_timeline(result, structure: str) -> pd.DataFrame:
+    """The collective calls of a step simulated rank by rank (shared cores), as a timeline table: per
+    rank, each call from when the rank reached it to when it left (its wait span; the forward
+    dispatch's split-size exchange and payload, two collectives in the engine, are one call as in
+    ``real_backend``'s timing)."""
+    rows = []
+    for rank, spans in enumerate(result.class_spans):
+        calls: dict = {}
+        for sp in spans:
+            if sp.name.startswith("wait:") and sp.phase in COLLECTIVE_PHASES:
+                key = (sp.phase, sp.direction, sp.layer)
+                a, b = calls.get(key, (sp.start, sp.end))
+                calls[key] = (min(a, sp.start), max(b, sp.end))
+        for seq, ((phase, direction, _), (a, b)) in enumerate(sorted(calls.items(), key=lambda kv: kv[1])):
+            rows.append({"structure": structure, "step": 0, "rank": rank, "seq": seq, "phase": phase,
+                         "direction": direction, "start_s": a, "end_s": b})
+    if len(result.class_spans) < 2 or not rows:
+        raise MoesimError("a simulated timeline needs a step simulated rank by rank (shared cores)")
+    return pd.DataFrame(rows)
+
+
+def model_timeline(timeline: str | Path, campaign: str | Path) -> pd.DataFrame:
+    """For each structure of a ``--timeline`` table, the same configuration simulated with a campaign's
+    profile (its measured runs of that configuration: topology and traffic), as a timeline table."""
+    from moesim.calibrate.campaign import committed_runs
+    from moesim.calibrate.profile_io import raw_profile
+    from moesim.engine import SimOptions, simulate
+    from moesim.validate.core import REAL_BACKEND_BUCKET_BYTES, load_run, mean_copies, resolve_inputs, topology_for
+    measured = load_timeline(timeline)
+    meta = measured.attrs["meta"]
+    tb, top_k = meta.get("testbed") or {}, (meta.get("config") or {}).get("moe", {}).get("top_k")
+    if not tb or top_k is None:
+        raise InputFileError(timeline, "its metadata names no testbed or top-k (a testbed run's timeline is needed)")
+    rate = "none" if not tb.get("rate_bits") else f"{tb['rate_bits'] / 1e6:g}mbit"
+    camp = resolve_inputs([campaign])
+    if not camp.profile:
+        raise MoesimError(f"{campaign}: a campaign directory with a manifest naming its profile is needed")
+    prof, _ = raw_profile(camp.profile)
+    specs = {sp.path.name: sp for sp in camp.runs}
+    parts = []
+    for structure in sorted(measured["structure"].unique()):
+        config = f"{tb['hosts']}x{tb['ranks_per_host']}-{rate}-{structure}-k{top_k}"
+        runs = [load_run(specs[x.name]) for x in committed_runs(Path(campaign), config) if x.name in specs]
+        if not runs:
+            raise MoesimError(f"{campaign}: the campaign has no run of {config}")
+        topo, _ = topology_for(runs[0].spec, runs[0].table)
+        res = simulate(runs[0].cfg, topo, prof, SimOptions(bucket_bytes=REAL_BACKEND_BUCKET_BYTES,
+                                                           a2a_copies=mean_copies(runs)))
+        parts.append(simulated_timeline(res, structure))
+    return pd.concat(parts, ignore_index=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     ap.add_argument("timelines", nargs="+", metavar="TIMELINE.csv", help="real_backend.run --timeline tables")
+    ap.add_argument("--campaign", metavar="DIR",
+                    help="also simulate each configuration with this campaign's profile and print the model's "
+                         "numbers under the measured ones")
     args = ap.parse_args(argv)
     try:
         for path in args.timelines:
             s = summary(call_spreads(load_timeline(path), path))
+            model = summary(call_spreads(model_timeline(path, args.campaign), "model")) if args.campaign else None
             print(f"{path}: medians over the All-to-All calls, ms (entry/exit spread: last minus first rank; "
-                  f"inherited: the previous collective's exit spread; gap spread: of the time since it; mean "
-                  f"wait: for the last arriver)")
-            print(f"{'structure':10s}{'phase':10s}{'dir':5s}{'entry':>8s}{'exit':>8s}{'inherited':>11s}"
+                  f"inherited: the previous collective's exit spread; gap: spread of the time since it; wait: "
+                  f"mean over the ranks of the time until the last one arrived)")
+            print(f"{'structure':10s}{'phase':10s}{'dir':5s}{'':9s}{'entry':>8s}{'exit':>8s}{'inherited':>11s}"
                   f"{'gap':>8s}{'wait':>8s}")
-            for (structure, phase, direction), r in s.iterrows():
-                print(f"{structure:10s}{phase:10s}{direction:5s}{1e3 * r.entry_spread:8.2f}{1e3 * r.exit_spread:8.2f}"
-                      f"{1e3 * r.inherited:11.2f}{1e3 * r.gap_spread:8.2f}{1e3 * r.mean_wait:8.2f}")
+            for key, r in s.iterrows():
+                rows = [("measured", r)] + ([("model", model.loc[key])] if model is not None and key in model.index else [])
+                for label, v in rows:
+                    print(f"{key[0]:10s}{key[1]:10s}{key[2]:5s}{label:>9s} {1e3 * v.entry_spread:7.2f}"
+                          f"{1e3 * v.exit_spread:8.2f}{1e3 * v.inherited:11.2f}{1e3 * v.gap_spread:8.2f}"
+                          f"{1e3 * v.mean_wait:8.2f}")
     except MoesimError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:      # the reader (e.g. head) stopped early
+        sys.stderr.close()
     return 0
 
 
