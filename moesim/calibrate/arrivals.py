@@ -142,30 +142,20 @@ def simulated_timeline(result, structure: str) -> pd.DataFrame:
 def model_timeline(timeline: str | Path, campaign: str | Path) -> pd.DataFrame:
     """For each structure of a ``--timeline`` table, the same configuration simulated with a campaign's
     profile (its measured runs of that configuration: topology and traffic), as a timeline table."""
-    from moesim.calibrate.campaign import committed_runs
-    from moesim.calibrate.profile_io import raw_profile
-    from moesim.engine import SimOptions, simulate
-    from moesim.validate.core import REAL_BACKEND_BUCKET_BYTES, load_run, mean_copies, resolve_inputs, topology_for
+    from moesim.calibrate.configsim import CampaignSimulator
     measured = load_timeline(timeline)
     meta = measured.attrs["meta"]
     tb, top_k = meta.get("testbed") or {}, (meta.get("config") or {}).get("moe", {}).get("top_k")
     if not tb or top_k is None:
         raise InputFileError(timeline, "its metadata names no testbed or top-k (a testbed run's timeline is needed)")
     rate = "none" if not tb.get("rate_bits") else f"{tb['rate_bits'] / 1e6:g}mbit"
-    camp = resolve_inputs([campaign])
-    if not camp.profile:
-        raise MoesimError(f"{campaign}: a campaign directory with a manifest naming its profile is needed")
-    prof, _ = raw_profile(camp.profile)
-    specs = {sp.path.name: sp for sp in camp.runs}
+    sim = CampaignSimulator(campaign)
     parts = []
     for structure in sorted(measured["structure"].unique()):
         config = f"{tb['hosts']}x{tb['ranks_per_host']}-{rate}-{structure}-k{top_k}"
-        runs = [load_run(specs[x.name]) for x in committed_runs(Path(campaign), config) if x.name in specs]
-        if not runs:
+        res = sim.simulate(config)
+        if res is None:
             raise MoesimError(f"{campaign}: the campaign has no run of {config}")
-        topo, _ = topology_for(runs[0].spec, runs[0].table)
-        res = simulate(runs[0].cfg, topo, prof, SimOptions(bucket_bytes=REAL_BACKEND_BUCKET_BYTES,
-                                                           a2a_copies=mean_copies(runs)))
         parts.append(simulated_timeline(res, structure))
     return pd.concat(parts, ignore_index=True)
 

@@ -51,26 +51,14 @@ def compare(probe: str | Path, campaign: str | Path) -> list[dict]:
     per rank-step (mean over ranks), the model's alone compute work per rank-step, and the
     difference (seconds). A probe run ``4x1``/``400mbit``/``cdac``/top-2 is the campaign's
     configuration ``4x1-400mbit-cdac-k2`` (its committed runs, :func:`~moesim.calibrate.campaign.committed_runs`)."""
-    from moesim.calibrate.campaign import committed_runs
-    from moesim.calibrate.profile_io import raw_profile
-    from moesim.engine import SimOptions, simulate
-    from moesim.validate.core import REAL_BACKEND_BUCKET_BYTES, load_run, mean_copies, resolve_inputs, topology_for
+    from moesim.calibrate.configsim import CampaignSimulator
     runs = load_probe(probe)
-    camp = resolve_inputs([campaign])
-    if not camp.profile:
-        raise MoesimError(f"{campaign}: a campaign directory with a manifest naming its profile is needed")
-    prof, _ = raw_profile(camp.profile)
-    specs = {s.path.name: s for s in camp.runs}
+    sim = CampaignSimulator(campaign)
     rows = []
     for r in runs:
-        config = f"{r['testbed']}-{r['rate']}-{r['structure']}-k{int(r['top_k'])}"
-        measured = [load_run(specs[x.name]) for x in committed_runs(Path(campaign), config) if x.name in specs]
-        if not measured:
+        res = sim.simulate(f"{r['testbed']}-{r['rate']}-{r['structure']}-k{int(r['top_k'])}")
+        if res is None:
             continue
-        first = measured[0]
-        topo, _ = topology_for(first.spec, first.table)
-        res = simulate(first.cfg, topo, prof, SimOptions(bucket_bytes=REAL_BACKEND_BUCKET_BYTES,
-                                                         a2a_copies=mean_copies(measured)))
         factor = res.cpu_pool[1] if res.cpu_pool else 1.0
         alone = float(np.mean([np.sum(d) for d in res.classes.durations])) * factor
         cpu = float(np.mean(r["schedstat"]["cpu_s_per_step"]))
