@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import re
 
+import pandas as pd
 import pytest
 
 from moesim.calibrate.arrivals import call_spreads, load_timeline, main, summary
@@ -135,3 +136,27 @@ def test_bad_metadata_line_is_named(tmp_path):
     bad = _write(tmp_path / "meta.csv", _two_ranks(), "# moesim-real-backend v1 timeline\n# meta {oops\n")
     with pytest.raises(InputFileError, match=r"meta\.csv: bad metadata line"):
         load_timeline(bad)
+
+
+def test_step_release_spread_closed_form_and_committed_value(tmp_path, capsys):
+    from pathlib import Path
+
+    from moesim.calibrate.arrivals import step_release_spread
+    from moesim.errors import MoesimError
+    s = call_spreads(load_timeline(_write(tmp_path / "t.csv", _two_ranks())))
+    d = s.set_index(["phase", "direction"])
+    # dispatch fwd: released 0.1 apart over the 0.3 s after the last entry; combine fwd 0.2 over 0.1
+    # (more than the whole: counted as 1); backward dispatch 0.1 over 0.3
+    assert d.loc[("dispatch", "fwd"), "last_in_call"] == pytest.approx(0.3)
+    assert d.loc[("combine", "fwd"), "last_in_call"] == pytest.approx(0.1)
+    value, n = step_release_spread(s)
+    assert n == 3 and value == pytest.approx(1 / 3)
+    with pytest.raises(MoesimError, match="positive time"):
+        step_release_spread(s.assign(last_in_call=0.0))
+    assert main([str(tmp_path / "t.csv")]) == 0
+    assert "step release spread: 0.333 (median over 3 calls" in capsys.readouterr().out
+    # the value the pre-registered model N holds (calibration/README.md), from the committed timelines
+    files = sorted((Path(__file__).resolve().parents[1] / "calibration/avx512/timeline").glob("*.timeline.csv"))
+    assert len(files) == 6
+    value, n = step_release_spread(pd.concat([call_spreads(load_timeline(f), str(f)) for f in files]))
+    assert n == 1920 and round(value, 3) == 0.772

@@ -257,3 +257,16 @@ def test_campaign_refuses_an_unknown_all_to_all_cpu_mode(capsys):
     assert campaign.a2a_cpu_fit_args("fit") == {"a2a_cpu_grid": A2A_CPU_GRID_S}
     assert campaign.a2a_cpu_fit_args("0.00135") == {"a2a_cpu_grid": (0.00135,)}     # a one-value grid: held
     assert list(campaign.a2a_cpu_fit_args("last-arriver")) == ["a2a_cpu_last_arriver_grid"]
+
+
+def test_campaign_release_spread_option(capsys):
+    """--release-spread: patterns (default) or a step release spread, held and recorded in the command."""
+    assert campaign.release_spread_mode("patterns") == "patterns" and campaign.release_spread_mode("0.772") == "0.772"
+    for bad, why in (("wide", "expected patterns or a fraction"), ("1", "in [0, 1)"), ("-0.1", "in [0, 1)")):
+        with pytest.raises(SystemExit):
+            campaign.main(["--out", "x", "--only", "calibrate", "--release-spread", bad])
+        err = capsys.readouterr().err
+        assert "--release-spread" in err and why in err
+    cmd = campaign.fit_command("c", "cpu-testbed", campaign.DEFAULT_PATTERNS, release="0.772")
+    assert cmd.startswith("python -m moesim.calibrate.campaign --out c --release-spread 0.772")
+    assert "--release-spread" not in campaign.fit_command("c", "cpu-testbed", campaign.DEFAULT_PATTERNS)

@@ -411,3 +411,42 @@ def test_all_to_all_cpu_set_by_the_last_arriver(tmp_path):
         fit(paths[:2], a2a_cpu_last_arriver_grid=(0.0, 0.002))
     with pytest.raises(MoesimError, match="not both"):
         fit(paths, a2a_cpu_last_arriver_grid=(0.0, 0.002), a2a_cpu_grid=(0.0, 0.002))
+
+
+def test_step_release_spread_is_held_in_the_shared_core_fit(tmp_path):
+    """Fit runs that are the simulator's own with every All-to-All across hosts releasing its members
+    over 0.7 of its time (unshaped ones too; together start, (K, g) = (2.0, 0.8), 2 ms of CPU per call):
+    the fit holding that step release spread reproduces them and records it, and the profile carries it
+    to the engine; with the patterns' spread on shaped links only, the unshaped run is not reproduced."""
+    import copy
+
+    from moesim.calibrate.core import Calibration
+    from moesim.calibrate.insitu import fit_insitu
+    from moesim.cost.profile import parse_profile
+    patterns, base, truth = _a2a_cpu_truth()
+    spread = 0.7
+
+    def spread_truth(run):
+        return run.simulate(base, 0.005, 0.1, 0.0, 0.0, cpu_pool=True, pool_cores=2.0, alone_factor=0.8,
+                            time_slice_s=0.03, pairwise_a2a=False, a2a_cpu_s=0.002, release_spread=spread)
+    names = ("4x1-150mbit-cdac-k4.csv", "4x1-150mbit-dcca-k4.csv", "4x1-none-dcca-k4.csv")
+    paths = _synthetic_runs(tmp_path, names, lambda run: spread_truth(run).step_time_s)
+
+    def fit(**kw):
+        cal = Calibration(profile=copy.deepcopy(base), compute=None, contention=None, network=None)
+        return fit_insitu(cal, paths, patterns=patterns, refine=0, burst_fractions=(0.0,),
+                          pool_grids=((2.0,), (0.7, 0.8, 0.9), (0.005,), (0.1,), (0.0,)), time_slice_s=0.03,
+                          a2a_cpu_grid=(0.002,), **kw).profile
+    prof = fit(step_release_spread=spread)
+    pool = prof["calibration"]["cpu_pool"]
+    assert pool["step_release_spread"] == spread and pool["alone_factor"] == 0.8
+    assert prof["calibration"]["insitu"]["residuals"]["max_error"] < 1e-9
+    assert parse_profile(prof, Path("<fitted>")).device.step_release_spread == spread
+    patterns_only = fit()
+    assert "step_release_spread" not in patterns_only["calibration"]["cpu_pool"]
+    assert patterns_only["calibration"]["insitu"]["residuals"]["max_error"] > 1e-4
+    with pytest.raises(MoesimError, match="step_release_spread must lie in"):
+        fit(step_release_spread=1.0)
+    cal = Calibration(profile=copy.deepcopy(base), compute=None, contention=None, network=None)
+    with pytest.raises(MoesimError, match="shared-core fit"):
+        fit_insitu(cal, paths, step_release_spread=0.5)

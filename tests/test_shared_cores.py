@@ -4,6 +4,7 @@ import dataclasses
 import glob
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -513,3 +514,67 @@ def test_profile_reads_all_to_all_cpu_and_names_a_bad_field(tmp_path):
         path.write_text(yaml.safe_dump(data))
         with pytest.raises(InputFileError, match=r"bad\.yaml.*calibration\.cpu_pool\.a2a_cpu_s"):
             load_profile(path)
+
+
+def test_step_release_spread_staggers_unshaped_all_to_alls_closed_form():
+    """A spread for every link class ('*', the profile's step_release_spread) staggers an All-to-All over
+    unshaped links too, by the same closed form as over shaped ones; a one-host group is never staggered."""
+    def release(graph, spread, groups=((0, 1, 2, 3),)):
+        topo = Topology(graph, source="<t>")
+        if spread:
+            topo.graph.graph["release_spread"] = {"*": spread}
+        env = simpy.Environment()
+        bridge = NetworkBridge(env, topo, NetworkProfile(latency_per_message_s=0.0, collective_overhead_s=0.0))
+        n = len(groups[0])
+        spec = CollectiveSpec(cid=1, name="a2a", phase="dispatch", layer=0, direction="fwd", op="all_to_all",
+                              channel="ep", groups=groups, matrix=np.full((n, n), 1e6))
+        members = {r: env.event() for g in groups for r in g}
+        times = {}
+        for r, ev in members.items():
+            ev.callbacks.append(lambda _e, r=r: times.__setitem__(r, env.now))
+        bridge.start(spec, 1, members)
+        env.run()
+        return times
+    unshaped = netmodel.testbed_graph(4, 1, None)
+    T = release(unshaped, 0.0)[0]
+    assert T > 0
+    got = release(unshaped, 0.6)
+    for j, r in enumerate([1, 2, 3, 0]):
+        assert got[r] == pytest.approx(T - 0.6 * T * (3 - j) / 3, rel=1e-9)
+    one_host = release(netmodel.testbed_graph(1, 4, None), 0.6)        # every member on one host
+    assert len({round(t, 12) for t in one_host.values()}) == 1
+
+
+def test_profile_step_release_spread_reaches_the_engine():
+    """The profile's step_release_spread releases the ranks of an unshaped step's All-to-Alls apart (the
+    runs' timelines show 3-9 ms); SimOptions.release_spread = 0 overrides it back to together."""
+    from moesim.calibrate.arrivals import call_spreads, simulated_timeline
+    prof = find_profile(AVX2)
+    spread_prof = dataclasses.replace(prof, device=dataclasses.replace(prof.device, step_release_spread=0.77))
+    topo = Topology(netmodel.testbed_graph(4, 1, None, cores=2), source="<t>")
+    cfg = _campaign_cfg("cdac", top_k=2)
+
+    def exits(profile, **kw):
+        res = simulate(cfg, topo, profile, SimOptions(cpu_pool=True, **kw))
+        return call_spreads(simulated_timeline(res, "cdac"), "model")["exit_spread"]
+    assert (exits(prof) < 1e-4).all()
+    spread = exits(spread_prof)
+    assert (spread > 5e-4).all()
+    assert (exits(spread_prof, release_spread=0.0) < 1e-4).all()
+    assert exits(prof, release_spread=0.77).to_numpy() == pytest.approx(spread.to_numpy(), rel=1e-9)
+
+
+def test_profile_step_release_spread_is_checked(tmp_path):
+    import yaml
+    from moesim.cost.profile import load_profile
+    data = yaml.safe_load(Path(AVX2).read_text())
+    for bad, why in ((1.0, "must lie in [0, 1)"), (-0.1, "non-negative"), ("wide", "must be a number")):
+        data["calibration"]["cpu_pool"]["step_release_spread"] = bad
+        path = tmp_path / "p.yaml"
+        path.write_text(yaml.safe_dump(data))
+        with pytest.raises(InputFileError, match=re.escape(why)) as err:
+            load_profile(path)
+        assert "calibration.cpu_pool.step_release_spread" in str(err.value) and "p.yaml" in str(err.value)
+    data["calibration"]["cpu_pool"]["step_release_spread"] = 0.5
+    path.write_text(yaml.safe_dump(data))
+    assert load_profile(path).device.step_release_spread == 0.5

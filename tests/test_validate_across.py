@@ -76,6 +76,9 @@ def test_engine_what_if_is_checked():
     for bad in (-0.001, 1.0):
         with pytest.raises(MoesimError, match=r"a2a_cpu_s must lie in \[0, 1\)"):
             check_engine({"a2a_cpu_s": bad})
+        with pytest.raises(MoesimError, match=r"release_spread must lie in \[0, 1\), got"):
+            check_engine({"release_spread": bad})
+    assert check_engine({"release_spread": "0.772"}) == {"release_spread": 0.772}
 
 
 def test_engine_what_if_simulates_with_the_override():
@@ -122,7 +125,9 @@ def test_two_campaigns_judged_together(capsys):
 
 
 def test_two_campaigns_json(capsys):
-    assert main(["validate", str(VAL), str(OTHER), "--json", "--a2a-start", "together", "--a2a-cpu", "0.002"]) == 0
+    assert main(["validate", str(VAL), str(OTHER), "--json", "--a2a-start", "together", "--a2a-cpu", "0.002",
+                 "--release-spread", "0.5"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["total"]["pairs"] == 24 and len(rep["configurations"]) == 12
-    assert all(r["engine_what_if"] == {"pairwise_a2a": False, "a2a_cpu_s": 0.002} for r in rep["reports"].values())
+    assert all(r["engine_what_if"] == {"pairwise_a2a": False, "a2a_cpu_s": 0.002, "release_spread": 0.5}
+               for r in rep["reports"].values())

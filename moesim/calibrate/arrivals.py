@@ -7,6 +7,9 @@ same call on every rank. Per call this reports, in seconds:
 
 - ``entry_spread``: last entry minus first entry over the ranks (how far apart they arrive);
 - ``exit_spread``: last exit minus first exit (how far apart the call releases them);
+- ``last_in_call``: last exit minus last entry (the time the call took once every rank was there);
+  ``exit_spread / last_in_call`` is the fraction of it over which the call released its ranks, the
+  *step release spread* (:func:`step_release_spread`; the engine's ``step_release_spread``);
 - ``inherited``: the previous collective's exit spread (the call before it in the step, the gradient
   all-reduce included); ``gap_spread``: max minus min over the ranks of the time between leaving
   that call and entering this one (the work in between, with any waiting for a core).
@@ -78,7 +81,8 @@ def load_timeline(path: str | Path) -> pd.DataFrame:
 def call_spreads(df: pd.DataFrame, source: str = "timeline") -> pd.DataFrame:
     """One row per All-to-All call (structure, step, phase, direction, k: its order among the step's
     calls of that phase and direction): ``entry_spread``, ``exit_spread``, ``inherited`` and
-    ``gap_spread`` (s; the last two NaN for a step's first collective)."""
+    ``gap_spread`` (s; the last two NaN for a step's first collective), ``last_in_call`` (s) and
+    ``mean_wait`` (s: mean over the ranks of the time until the last one arrived)."""
     coll = df[df["phase"].isin(COLLECTIVE_PHASES)].sort_values(["structure", "step", "rank", "seq"])
     rows = []
     for (structure, step), g in coll.groupby(["structure", "step"], sort=True):
@@ -104,6 +108,7 @@ def call_spreads(df: pd.DataFrame, source: str = "timeline") -> pd.DataFrame:
             rows.append({"structure": structure, "step": int(step), "phase": phase, "direction": direction, "k": k,
                          "ranks": start.shape[0],
                          "entry_spread": float(np.ptp(start[:, j])), "exit_spread": float(np.ptp(end[:, j])),
+                         "last_in_call": float(end[:, j].max() - start[:, j].max()),
                          "inherited": float(np.ptp(end[:, j - 1])) if j > 0 else float("nan"),
                          "gap_spread": float(np.ptp(gap)) if gap is not None else float("nan"),
                          "mean_wait": float(np.mean(start[:, j].max() - start[:, j]))})
@@ -116,6 +121,19 @@ def summary(spreads: pd.DataFrame) -> pd.DataFrame:
     """Per structure, phase and direction: the medians over the calls of :func:`call_spreads` (s)."""
     cols = ["entry_spread", "exit_spread", "inherited", "gap_spread", "mean_wait"]
     return spreads.groupby(["structure", "phase", "direction"])[cols].median()
+
+
+def step_release_spread(spreads: pd.DataFrame) -> tuple[float, int]:
+    """The fraction of an All-to-All's time (from the last rank's entry to the last exit) over which it
+    releases its ranks: the median over the calls of ``exit_spread / last_in_call`` (calls of
+    :func:`call_spreads` with ``last_in_call`` > 0), and the number of calls it is the median of. This
+    is the engine's ``step_release_spread`` (:mod:`moesim.engine.netbridge`: release position j of n
+    leaves at ``T - s (T - start) (n - 1 - j) / (n - 1)``, the last at the end ``T``)."""
+    ok = spreads[spreads["last_in_call"] > 0]
+    if ok.empty:
+        raise MoesimError("no All-to-All call with a positive time after its last entry")
+    frac = (ok["exit_spread"] / ok["last_in_call"]).clip(upper=1.0)
+    return float(frac.median()), int(len(frac))
 
 
 def simulated_timeline(result, structure: str) -> pd.DataFrame:
@@ -168,8 +186,11 @@ def main(argv: list[str] | None = None) -> int:
                          "numbers under the measured ones")
     args = ap.parse_args(argv)
     try:
+        every = []
         for path in args.timelines:
-            s = summary(call_spreads(load_timeline(path), path))
+            calls = call_spreads(load_timeline(path), path)
+            every.append(calls)
+            s = summary(calls)
             model = summary(call_spreads(model_timeline(path, args.campaign), "model")) if args.campaign else None
             print(f"{path}: medians over the All-to-All calls, ms (entry/exit spread: last minus first rank; "
                   f"inherited: the previous collective's exit spread; gap: spread of the time since it; wait: "
@@ -182,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{key[0]:10s}{key[1]:10s}{key[2]:5s}{label:>9s} {1e3 * v.entry_spread:7.2f}"
                           f"{1e3 * v.exit_spread:8.2f}{1e3 * v.inherited:11.2f}{1e3 * v.gap_spread:8.2f}"
                           f"{1e3 * v.mean_wait:8.2f}")
+        spread, n = step_release_spread(pd.concat(every, ignore_index=True))
+        print(f"step release spread: {spread:.3f} (median over {n} calls of exit spread / time from the last "
+              f"entry to the last exit; campaign --release-spread)")
     except MoesimError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

@@ -365,6 +365,12 @@ def main(argv: list[str] | None = None) -> int:
                          "runs' last-arriver time per call, 0-8 ms, then held while the rest is refitted on step "
                          "and last-arriver times (last-arriver; moesim.calibrate.skew); or SECONDS measured "
                          "elsewhere (e.g. gloo's threads' CPU per call, real_backend.schedprobe --show), held")
+    ap.add_argument("--release-spread", type=release_spread_mode, default="patterns", metavar="patterns|FRACTION",
+                    help="shared-core model: which All-to-Alls release their members apart: those over shaped "
+                         "links, over the spread the --patterns tables measured in isolated calls (patterns, "
+                         "default), or every one across hosts, shaped or not, over FRACTION of its time, "
+                         "measured in steps (the 'step release spread' python -m moesim.calibrate.arrivals "
+                         "prints for real_backend.run --timeline tables), held")
     ap.add_argument("--time-slice", default="skew",
                     help="shared-core model: the CPU scheduler's time slice, 'skew' (default: chosen by the fit "
                          "runs' measured rank skew, moesim.calibrate.skew) or seconds (0: processor sharing)")
@@ -496,6 +502,20 @@ def a2a_cpu_mode(text: str) -> str:
     return text
 
 
+def release_spread_mode(text: str) -> str:
+    """``--release-spread``: 'patterns' or a fraction in [0, 1) (returned as given)."""
+    if text == "patterns":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected patterns or a fraction, got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"the step release spread is a fraction of an All-to-All's time, in "
+                                         f"[0, 1), got {text}")
+    return text
+
+
 def a2a_cpu_fit_args(mode: str) -> dict:
     """The in-situ fit's arguments (``moesim.calibrate.insitu.fit_insitu``) for an ``--a2a-cpu`` mode."""
     from moesim.calibrate.insitu import A2A_CPU_GRID_S, A2A_CPU_LAST_ARRIVER_GRID_S
@@ -510,14 +530,14 @@ def a2a_cpu_fit_args(mode: str) -> dict:
 
 def fit_command(out: str, name: str, patterns: str, a2a_start: str = "pairwise", time_slice: str = "skew",
                 burst: str = "whole", nic_efficiency: str = NIC_EFFICIENCY_DEFAULT, two_way: str = "insitu",
-                two_way_patterns: str | None = None, a2a_cpu: str = "none") -> str:
+                two_way_patterns: str | None = None, a2a_cpu: str = "none", release: str = "patterns") -> str:
     """The command that re-creates a campaign profile (options at their defaults left out)."""
     opts = "".join(f" {k} {shlex.quote(v)}" for k, v, default in
                    (("--name", name, "cpu-testbed"), ("--patterns", patterns, DEFAULT_PATTERNS),
                     ("--a2a-start", a2a_start, "pairwise"), ("--time-slice", time_slice, "skew"),
                     ("--burst", burst, "whole"), ("--nic-efficiency", nic_efficiency, NIC_EFFICIENCY_DEFAULT),
                     ("--two-way", two_way, "insitu"), ("--two-way-patterns", two_way_patterns, None),
-                    ("--a2a-cpu", a2a_cpu, "none")) if v != default)
+                    ("--a2a-cpu", a2a_cpu, "none"), ("--release-spread", release, "patterns")) if v != default)
     base = f"python -m {PROG} --out {out}{opts}"
     return f"{base}  (this fit alone: {base} --only calibrate)"
 
@@ -560,6 +580,7 @@ def finish(args, log, out: Path, mdir: Path, vdir: Path) -> int:
     fit_runs = [vdir / r["file"] for r in runs if r["role"] == "fit"]
     a2a_start, time_slice = getattr(args, "a2a_start", "pairwise"), getattr(args, "time_slice", "skew")
     burst, a2a_cpu = getattr(args, "burst", "whole"), getattr(args, "a2a_cpu", "none")
+    release = getattr(args, "release_spread", "patterns")
     two_way, two_way_patterns = getattr(args, "two_way", "insitu"), getattr(args, "two_way_patterns", None)
     held = None
     if two_way != "insitu":
@@ -570,11 +591,13 @@ def finish(args, log, out: Path, mdir: Path, vdir: Path) -> int:
                          time_slice_s=None if time_slice == "skew" else float(time_slice),
                          two_way=None if held is None else (held.penalty, held.peer),
                          **({"burst_fractions": (1.0,)} if burst == "whole" else {}),
-                         **a2a_cpu_fit_args(a2a_cpu))
+                         **a2a_cpu_fit_args(a2a_cpu),
+                         **({} if release == "patterns" else {"step_release_spread": float(release)}))
     if held is not None:
         cal.profile["calibration"]["two_way_from"] = held.record()
     cal.profile["provenance"]["command"] = fit_command(args.out, args.name, args.patterns, a2a_start, time_slice,
-                                                       burst, nic_efficiency, two_way, two_way_patterns, a2a_cpu)
+                                                       burst, nic_efficiency, two_way, two_way_patterns, a2a_cpu,
+                                                       release)
     if patterns:
         cal.profile["provenance"]["release_patterns"] = patterns
     write_profile(prof_path, cal.profile)

@@ -103,6 +103,8 @@ class _Run:
         self.copies = mean_copies(runs)
         self.bucket = bucket_bytes
         self.tables = [r.table for r in runs]
+        #: every All-to-All across hosts releases its members over this fraction (None: shaped links only)
+        self.step_release_spread: float | None = None
 
     def measured_skew(self) -> float:
         """Median rank skew of the runs (s; :mod:`moesim.calibrate.skew`)."""
@@ -124,7 +126,8 @@ class _Run:
         s), a point of :func:`_fit_pool`."""
         k, g, wait, b, c, burst, cpu = point
         return self.simulate(profile_dict, wait, b, burst, c, cpu_pool=True, pool_cores=k, alone_factor=g,
-                             time_slice_s=time_slice_s, pairwise_a2a=pairwise_a2a, a2a_cpu_s=cpu)
+                             time_slice_s=time_slice_s, pairwise_a2a=pairwise_a2a, a2a_cpu_s=cpu,
+                             release_spread=self.step_release_spread)
 
     def step(self, profile_dict: dict, wait: float, penalty: float, burst_s: float = 0.0, peer: float = 0.0,
              **options) -> float:
@@ -290,7 +293,8 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
                peer_grid=PEER_GRID, patterns: list | None = None, pool_grids: tuple | None = None,
                refine: int = 3, time_slice_s: float | None = 0.0, pairwise_a2a: bool = False,
                slice_grid=SLICE_GRID_S, two_way: tuple[float, float] | None = None,
-               a2a_cpu_grid: tuple = (0.0,), a2a_cpu_last_arriver_grid: tuple | None = None):
+               a2a_cpu_grid: tuple = (0.0,), a2a_cpu_last_arriver_grid: tuple | None = None,
+               step_release_spread: float | None = None):
     """Fit ``receiver_wait_s``, the shaped-link two-way penalty b, its peer-host term c and the
     usable token-bucket burst of ``cal.profile`` on the step times of ``run_paths`` (multi-rank
     testbed runs: the fit configurations). c is fitted only when the shaped fit runs include both
@@ -313,7 +317,10 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
     than one value (default ``(0.0,)``: none). ``a2a_cpu_last_arriver_grid``: instead, the All-to-All
     CPU is the candidate whose simulated last-arriver time per call (with the parameters fitted without
     it) comes closest to the one the unshaped fit runs measured, and the rest is refitted with it held,
-    on step times and those last-arriver times together (:func:`_a2a_cpu_from_last_arriver`)."""
+    on step times and those last-arriver times together (:func:`_a2a_cpu_from_last_arriver`).
+    ``step_release_spread`` (shared cores; measured in steps, :mod:`moesim.calibrate.arrivals`): every
+    All-to-All whose group spans hosts, shaped or not, releases its members over this fraction of its
+    time, instead of only those over shaped links over the patterns' spread; held, not fitted."""
     from moesim.validate.core import REAL_BACKEND_BUCKET_BYTES, RunSpec, group_repeats, load_run
     bucket = bucket_bytes or REAL_BACKEND_BUCKET_BYTES
     prof = cal.profile
@@ -327,7 +334,14 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
     if a2a_cpu_last_arriver_grid is not None and not patterns:
         raise MoesimError("the All-to-All CPU runs on shared cores: setting it by the last arriver needs the "
                           "shared-core fit (patterns)")
+    if step_release_spread is not None and not (0.0 <= float(step_release_spread) < 1.0):
+        raise MoesimError(f"step_release_spread must lie in [0, 1) (a fraction of an All-to-All's time), "
+                          f"got {step_release_spread!r}")
+    if step_release_spread is not None and not patterns:
+        raise MoesimError("the step release spread acts on shared cores: it needs the shared-core fit (patterns)")
     runs = [_Run(g, bucket) for g in group_repeats([load_run(RunSpec(Path(p), role="fit")) for p in run_paths])]
+    for r in runs:
+        r.step_release_spread = None if step_release_spread is None else float(step_release_spread)
     shaped_hosts = {r.hosts for r in runs if r.shaped}
     has_nic = bool(shaped_hosts) and "nic" in prof.get("calibration", {}).get("links", {})
     penalties = tuple(penalty_grid) if has_nic else (0.0,)
@@ -375,6 +389,7 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
                 **({"a2a_last_arriver": last} if last else {}),
                 **({"rank_skew": skew} if skew else {}),
                 "release_spread": spread.spread,
+                **({"step_release_spread": float(step_release_spread)} if step_release_spread is not None else {}),
                 "release_measured": spread.to_dict()["per_file"], "release_repetitions": spread.rows,
                 "meaning": "the fit runs' ranks share one machine's cores: the engine runs the ranks that compute "
                            "on the machine's cores in time slices of time_slice_s (0: processor sharing) at "
@@ -382,7 +397,9 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
                            "work is alone_factor x its priced seconds); with pairwise_a2a each rank pair of an "
                            "All-to-All exchanges as soon as both ranks are there, else the members of an "
                            "All-to-All over shaped links are released over the last release_spread of its time "
-                           "(measured by real_backend.patterns); a2a_cpu_s (when fitted): the alone CPU work each "
+                           "(measured by real_backend.patterns; step_release_spread, when set: every All-to-All "
+                           "across hosts, over that fraction, measured in steps by moesim.calibrate.arrivals); "
+                           "a2a_cpu_s (when fitted): the alone CPU work each "
                            "member rank of an All-to-All then runs on the shared cores once its data has landed; see "
                            "moesim.engine.cpupool, moesim.engine.netbridge"}
         return _write_fit(cal, prof, runs, pred, wait, penalty, peer, burst, configured, has_nic, evaluations, pool)

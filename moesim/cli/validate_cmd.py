@@ -52,6 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--a2a-cpu", type=float, metavar="SECONDS",
                    help="what-if: the alone CPU work each rank of an All-to-All does on the shared cores once its "
                         "data has landed, whatever the profile says; indicative only, as --a2a-start")
+    p.add_argument("--release-spread", type=float, metavar="FRACTION",
+                   help="what-if: every All-to-All across hosts, shaped or not, releases its members over this "
+                        "fraction of its time (the step release spread, python -m moesim.calibrate.arrivals), "
+                        "whatever the profile says; indicative only, as --a2a-start")
     p.set_defaults(func=run)
 
 
@@ -63,6 +67,8 @@ def _engine(args: argparse.Namespace) -> dict:
         out["time_slice_s"] = args.time_slice
     if args.a2a_cpu is not None:
         out["a2a_cpu_s"] = args.a2a_cpu
+    if args.release_spread is not None:
+        out["release_spread"] = args.release_spread
     return out
 
 

@@ -44,6 +44,10 @@ class DeviceProfile:
     #: CPU an All-to-All call costs each member rank after its data has landed (s of alone work in the
     #: pool: gloo's and the layer's own work around the exchange; ``calibration.cpu_pool.a2a_cpu_s``)
     a2a_cpu_s: float = 0.0
+    #: the members of every All-to-All whose group spans hosts leave over the last this fraction of its
+    #: time, shaped links or not (measured in steps by ``moesim.calibrate.arrivals``;
+    #: ``calibration.cpu_pool.step_release_spread``; 0: only shaped links' measured spread applies)
+    step_release_spread: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,12 @@ def _contention(path: Path, data: Mapping) -> dict:
         if pool.get("a2a_cpu_s") is not None:
             out["a2a_cpu_s"] = _num(path, "calibration.cpu_pool.a2a_cpu_s", pool["a2a_cpu_s"],
                                     allow_zero=True, at_most=0.5)
+        if pool.get("step_release_spread") is not None:
+            v = _num(path, "calibration.cpu_pool.step_release_spread", pool["step_release_spread"], allow_zero=True)
+            if not v < 1.0:
+                raise InputFileError(path, f"field 'calibration.cpu_pool.step_release_spread' must lie in [0, 1) "
+                                           f"(a fraction of an All-to-All's time), got {v!r}")
+            out["step_release_spread"] = v
     return out
 
 

@@ -46,16 +46,17 @@ class SimOptions:
     Shared cores (only for topologies whose ranks share one machine's cores, graph attribute
     ``shared_cpu_cores``: the on-one-machine testbed): simulate every rank on its own, share the cores
     among the ranks that compute (:mod:`moesim.engine.cpupool`) and release the members of
-    All-to-Alls across shaped links staggered (:mod:`moesim.engine.netbridge`). ``cpu_pool`` None
-    (default): on when the profile calibrates a pool (``calibration.cpu_pool``); True: on, with
-    ``pool_cores`` (effective cores) and ``alone_factor`` (a priced op's alone work per priced
-    second) defaulting to what the profile implies (:func:`moesim.engine.cpupool.pool_of`); False:
-    off, every op costs the profile's fixed core share. ``release_spread`` overrides the topology's
-    (set, it applies to every All-to-All whose group spans hosts). ``time_slice_s`` (s; 0: processor
-    sharing) and ``pairwise_a2a`` (each rank pair of a direct All-to-All starts once both ranks are
-    there) override the profile's ``calibration.cpu_pool`` (default: processor sharing, together), as
-    ``a2a_cpu_s`` does (s of alone CPU work each member rank of an All-to-All runs in the pool once its
-    data has landed, before it returns; default 0)."""
+    All-to-Alls across shaped links staggered (:mod:`moesim.engine.netbridge`; every All-to-All
+    across hosts when the profile has a ``step_release_spread``). ``cpu_pool`` None (default): on
+    when the profile calibrates a pool (``calibration.cpu_pool``); True: on, with ``pool_cores``
+    (effective cores) and ``alone_factor`` (a priced op's alone work per priced second) defaulting to
+    what the profile implies (:func:`moesim.engine.cpupool.pool_of`); False: off, every op costs the
+    profile's fixed core share. ``release_spread`` overrides the topology's and the profile's
+    ``step_release_spread`` (set, it applies to every All-to-All whose group spans hosts).
+    ``time_slice_s`` (s; 0: processor sharing) and ``pairwise_a2a`` (each rank pair of a direct
+    All-to-All starts once both ranks are there) override the profile's ``calibration.cpu_pool``
+    (default: processor sharing, together), as ``a2a_cpu_s`` does (s of alone CPU work each member
+    rank of an All-to-All runs in the pool once its data has landed, before it returns; default 0)."""
 
     a2a_algorithm: str = "direct"
     bucket_bytes: float = DEFAULT_BUCKET_BYTES
@@ -124,11 +125,14 @@ class Simulation:
             self.a2a_cpu_s = float(self.profile.device.a2a_cpu_s if options.a2a_cpu_s is None else options.a2a_cpu_s)
             if not (0.0 <= self.a2a_cpu_s < 1.0):
                 raise MoesimError(f"a2a_cpu_s must lie in [0, 1) s, got {self.a2a_cpu_s!r}")
-            if options.release_spread is not None:
-                if not 0.0 <= options.release_spread < 1.0:
-                    raise MoesimError(f"release_spread must lie in [0, 1), got {options.release_spread!r}")
+            spread = options.release_spread
+            if spread is None and self.profile.device.step_release_spread > 0:
+                spread = self.profile.device.step_release_spread
+            if spread is not None:
+                if not 0.0 <= spread < 1.0:
+                    raise MoesimError(f"release_spread must lie in [0, 1), got {spread!r}")
                 g = self.topology.graph.copy()
-                g.graph["release_spread"] = {"*": float(options.release_spread)}
+                g.graph["release_spread"] = {"*": float(spread)}
                 self.topology = Topology(g, source=self.topology.source)
 
     # ------------------------------------------------------------------------------------------------

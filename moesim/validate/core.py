@@ -194,12 +194,12 @@ def measured_config(runs: list) -> tuple[float, dict, list[float], int]:
 
 
 #: engine settings ``validate(engine=...)`` may override (what-ifs on the profile's fitted parameters)
-ENGINE_WHAT_IF = {"pairwise_a2a": bool, "time_slice_s": float, "a2a_cpu_s": float}
+ENGINE_WHAT_IF = {"pairwise_a2a": bool, "time_slice_s": float, "a2a_cpu_s": float, "release_spread": float}
 
 
 def check_engine(engine: dict | None) -> dict:
     """The engine overrides of a what-if, checked: keys from :data:`ENGINE_WHAT_IF`; ``time_slice_s``
-    in [0, 1] s, ``a2a_cpu_s`` in [0, 1) s."""
+    in [0, 1] s, ``a2a_cpu_s`` in [0, 1) s, ``release_spread`` (every All-to-All across hosts) in [0, 1)."""
     out = {}
     for k, v in (engine or {}).items():
         if k not in ENGINE_WHAT_IF:
@@ -210,10 +210,10 @@ def check_engine(engine: dict | None) -> dict:
             v = float(v)
             if not (0.0 <= v <= 1.0):
                 raise MoesimError(f"time_slice_s must lie in [0, 1] s, got {v!r}")
-        if k == "a2a_cpu_s":
+        if k in ("a2a_cpu_s", "release_spread"):
             v = float(v)
             if not (0.0 <= v < 1.0):
-                raise MoesimError(f"a2a_cpu_s must lie in [0, 1) s, got {v!r}")
+                raise MoesimError(f"{k} must lie in [0, 1){' s' if k == 'a2a_cpu_s' else ''}, got {v!r}")
         out[k] = ENGINE_WHAT_IF[k](v)
     return out
 
