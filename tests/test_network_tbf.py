@@ -1,6 +1,8 @@
-"""Optional testbed effects of the fluid network: tbf two-way goodput, token-bucket burst with
-refill, and the receiver wait (all off unless the topology / parameters ask; closed-form checks)."""
+"""Optional testbed effects of the fluid network: tbf two-way goodput and its onset, token-bucket burst
+with refill, and the receiver wait (all off unless the topology / parameters ask; closed-form checks)."""
 import math
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -133,6 +135,36 @@ def test_receiver_wait_overlaps_wire_time_and_adds_to_cpu_time():
     assert _time(_topo(), small) == pytest.approx(1e4 / CAP, rel=1e-9)
 
 
+@pytest.mark.parametrize("nbytes", [4e3, 1e4, 3e4])
+def test_two_way_loss_sets_in_after_its_onset(nbytes):
+    """Closed form: a rank pair's exchange of ``nbytes`` each way over links with b and onset H runs at
+    the full rate for H s, at CAP / (1 + b) after it; a link's clock restarts once it has idled."""
+    b, onset = 0.5, 0.01
+    pair = C.p2p([0, 1], [1, 0], nbytes)
+    topo = _topo(2, two_way_penalty={"nic": b}, two_way_onset_s={"nic": onset})
+    at_rate = onset * CAP
+    want = nbytes / CAP if nbytes <= at_rate else onset + (nbytes - at_rate) * (1 + b) / CAP
+    assert _time(topo, pair) == pytest.approx(want, rel=1e-9)
+    # no onset: the loss from the first byte; one-way traffic never pays it
+    assert _time(_topo(2, two_way_penalty={"nic": b}), pair) == pytest.approx(nbytes * (1 + b) / CAP, rel=1e-9)
+    assert _time(topo, C.p2p([0], [1], nbytes)) == pytest.approx(nbytes / CAP, rel=1e-9)
+    # the same exchange again after an idle gap: the link's clock has restarted, a fresh onset
+    ends = _run(topo, [("a", pair, 0.0), ("b", C.p2p([0, 1], [1, 0], nbytes), want + 0.05)])
+    assert ends["b"] - (want + 0.05) == pytest.approx(want, rel=1e-9)
+
+
+def test_an_onset_counts_from_when_a_link_began_to_carry_two_way_traffic():
+    """A second exchange joining a link already past its onset pays the loss at once; the link's rate is
+    shared by both, so the first one's remaining bytes also run at the penalised capacity."""
+    b, onset, n = 1.0, 0.01, 3e4
+    topo = _topo(2, two_way_penalty={"nic": b}, two_way_onset_s={"nic": onset})
+    ends = _run(topo, [("a", C.p2p([0, 1], [1, 0], n), 0.0), ("b", C.p2p([0, 1], [1, 0], 1e3), 0.02)])
+    # a: 1e4 B in the first 10 ms at CAP, then CAP/2; from 20 ms on it shares CAP/2 with b (1e3 B each way)
+    left_at_20ms = n - onset * CAP - 0.01 * CAP / 2
+    assert ends["b"] == pytest.approx(0.02 + 1e3 / (CAP / 4), rel=1e-9)
+    assert ends["a"] == pytest.approx(0.02 + (left_at_20ms + 1e3) / (CAP / 2), rel=1e-9)
+
+
 def test_link_params_round_trip_and_shaped_only():
     lp = LinkParams(efficiency=0.9, max_bandwidth=5e8, latency_s=1e-4, two_way_penalty=0.2, burst_s=0.005)
     assert LinkParams.from_dict(lp.to_dict()) == lp
@@ -140,6 +172,16 @@ def test_link_params_round_trip_and_shaped_only():
     assert LinkParams.from_dict({"efficiency": 0.9}).two_way_penalty == 0.0
     shaped = effective_topology(Topology(NM.testbed_graph(4, 1, 400e6), source="t"), {"nic": lp})
     assert shaped.graph.graph["two_way_penalty"] == {"nic": 0.2}
+    assert "two_way_onset_s" not in shaped.graph.graph
+    late = replace(lp, two_way_onset_s=0.015)
+    assert LinkParams.from_dict(late.to_dict()) == late and late.to_dict()["two_way_onset_s"] == 0.015
+    on = effective_topology(Topology(NM.testbed_graph(4, 1, 400e6), source="t"), {"nic": late})
+    assert on.graph.graph["two_way_onset_s"] == {"nic": 0.015}
+    # an onset without a loss, or on an unshaped link, is nothing
+    assert "two_way_onset_s" not in effective_topology(Topology(NM.testbed_graph(4, 1, None), source="t"),
+                                                       {"nic": late}).graph.graph
+    assert "two_way_onset_s" not in effective_topology(Topology(NM.testbed_graph(4, 1, 400e6), source="t"),
+                                                       {"nic": replace(late, two_way_penalty=0.0)}).graph.graph
     assert shaped.graph.graph["burst_bytes"]["nic"] == pytest.approx(0.005 * 400e6 / 8)
     unshaped = effective_topology(Topology(NM.testbed_graph(4, 1, None), source="t"), {"nic": lp})
     assert "two_way_penalty" not in unshaped.graph.graph and "burst_bytes" not in unshaped.graph.graph
@@ -219,3 +261,25 @@ def test_one_way_efficiency_needs_one_way_rows_and_a_known_choice():
     # without shaped rows there is no efficiency to fit: one-way asks for nothing
     unshaped = coll[coll["rate_bits"] == 0]
     assert fit_network(unshaped).links["nic"].efficiency is None
+
+
+def test_profile_carries_the_onset_to_the_topology_and_names_a_bad_one(tmp_path):
+    import yaml
+
+    from moesim.calibrate.netmodel import apply_profile_network
+    from moesim.cost.profile import load_profile
+    from moesim.errors import InputFileError
+    root = Path(__file__).resolve().parents[1]
+    data = yaml.safe_load((root / "calibration" / "cpu-testbed.yaml").read_text())
+    assert "two_way_onset_s" not in data["calibration"]["links"]["nic"]      # committed profiles: none
+    data["calibration"]["links"]["nic"]["two_way_onset_s"] = 0.015
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(data))
+    topo = apply_profile_network(Topology(NM.testbed_graph(4, 1, 400e6), source="t"), load_profile(good))
+    assert topo.graph.graph["two_way_onset_s"] == {"nic": 0.015}
+    for bad in (-0.001, 1.0, "soon"):
+        data["calibration"]["links"]["nic"]["two_way_onset_s"] = bad
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump(data))
+        with pytest.raises(InputFileError, match=r"bad\.yaml.*calibration\.links\.nic\.two_way_onset_s"):
+            load_profile(path)

@@ -14,7 +14,8 @@ import pytest
 
 from moesim.calibrate import campaign
 from moesim.calibrate.netmodel import LinkParams
-from moesim.calibrate.twoway import SIZE_SWEEP_PATTERNS, TRAIN_PATTERNS, fit_two_way, predict, read_size_sweep
+from moesim.calibrate.twoway import (SIZE_SWEEP_PATTERNS, TRAIN_PATTERNS, fit_two_way, main, onset_scan, predict,
+                                     read_size_sweep)
 from moesim.errors import InputFileError, MoesimError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -210,3 +211,22 @@ def test_an_uneven_all_to_all_costs_what_its_busiest_link_carries():
         assert list(f1) == [1.0] and list(f2) == [1.25]
         for pat in ("all_to_all", "all_to_all_train"):
             assert 1.10 <= skewed[pat] / flat[pat] <= 1.35, (rate, pat, skewed[pat] / flat[pat])
+
+
+def test_an_onset_scan_finds_the_onset_a_train_was_made_with(capsys):
+    """Trains made by the simulator with the loss setting in after 10 ms (b = 0.5, c = 0.1, no bucket)
+    fit exactly at that onset and worse at the others, each with its own refitted (b, c)."""
+    rows = [{"hosts": h, "ranks_per_host": r, "rate_bits": rate, "bytes_per_pair": 393216.0, "calls": 3,
+             "file": f"{h}x{r}-{rate:g}"} for h, r in ((2, 2), (4, 1)) for rate in (150e6, 400e6)]
+    sweep = pd.DataFrame(rows)
+    sweep = sweep.assign(measured_s=predict(sweep, LINKS, LAT, 0.0, 0.5, 0.1, onset_s=0.01))
+    scan = onset_scan(sweep, LINKS, LAT, bursts_s=(0.0,), onset_grid=(0.0, 0.01, 0.03), refine=4)
+    best = scan.loc[scan["rms_log_error"].idxmin()]
+    assert best["onset_s"] == 0.01 and best["max_error"] < 0.01
+    assert best["two_way_penalty"] == pytest.approx(0.5, abs=0.02) and best["peer_penalty"] == pytest.approx(0.1, abs=0.02)
+    assert (scan[scan["onset_s"] != 0.01]["max_error"] > 0.02).all()
+    assert len(scan.loc[0, "errors"]) == 4
+    with pytest.raises(SystemExit):
+        main(["--onset-grid", "0,1.5"])
+    assert "onsets must lie in [0, 1) s" in capsys.readouterr().err
+

@@ -18,7 +18,8 @@ links); the profile's ``network.latency_per_message_s`` is the software cost of 
 syscalls), paid once per flow. Optional, shaped links only (0 = off): ``two_way_penalty`` b (a
 link that carries a rank pair's traffic in both directions at once carries 1/(1+b) of its rate;
 ``peer_penalty`` c makes it 1/(1+b+c(k-1)) when those flows cross k peer hosts' shaped links),
-``burst_s`` (tbf bucket: ``burst_s * rate`` bytes pass at once at a collective's start; see
+``two_way_onset_s`` H (that loss sets in only after the link has carried such traffic for H
+seconds without a break), ``burst_s`` (tbf bucket: ``burst_s * rate`` bytes pass at once at a collective's start; see
 :mod:`moesim.network.fluid`) and ``release_spread`` s (an All-to-All across shaped links returns
 to its members over the last s of its duration, as ``real_backend.patterns`` measures; see
 :mod:`moesim.engine.netbridge`).
@@ -58,6 +59,7 @@ class LinkParams:
     latency_s: float = 0.0
     two_way_penalty: float = 0.0     # b: a link carrying two-way rank-pair traffic carries 1/(1+b) of it
     peer_penalty: float = 0.0        # c: ... 1/(1+b+c(k-1)) when those flows cross k peer hosts' links
+    two_way_onset_s: float = 0.0     # H: ... only after H s of such traffic without a break (0: at once)
     burst_s: float = 0.0             # token bucket: an idle shaped link passes burst_s * tc rate bytes at once
     release_spread: float = 0.0      # an All-to-All over it releases its members over the last fraction of its time
 
@@ -75,6 +77,8 @@ class LinkParams:
             out["two_way_penalty"] = float(self.two_way_penalty)
         if self.peer_penalty > 0:
             out["peer_penalty"] = float(self.peer_penalty)
+        if self.two_way_onset_s > 0:
+            out["two_way_onset_s"] = float(self.two_way_onset_s)
         if self.burst_s > 0:
             out["burst_s"] = float(self.burst_s)
         if self.release_spread > 0:
@@ -87,7 +91,8 @@ class LinkParams:
         return cls(efficiency=None if d.get("efficiency") is None else float(d["efficiency"]),
                    max_bandwidth=math.inf if mb is None else float(mb), latency_s=float(d.get("latency_s", 0.0)),
                    two_way_penalty=float(d.get("two_way_penalty") or 0.0),
-                   peer_penalty=float(d.get("peer_penalty") or 0.0), burst_s=float(d.get("burst_s") or 0.0),
+                   peer_penalty=float(d.get("peer_penalty") or 0.0),
+                   two_way_onset_s=float(d.get("two_way_onset_s") or 0.0), burst_s=float(d.get("burst_s") or 0.0),
                    release_spread=float(d.get("release_spread") or 0.0))
 
 
@@ -167,6 +172,9 @@ def effective_topology(topology: Topology, links: Mapping[str, LinkParams],
         peer = {cls: float(links[cls].peer_penalty) for cls in inc if links[cls].peer_penalty > 0}
         if peer:
             g.graph["peer_penalty"] = {**dict(g.graph.get("peer_penalty") or {}), **peer}
+        onset = {cls: float(links[cls].two_way_onset_s) for cls in inc if links[cls].two_way_onset_s > 0}
+        if onset:
+            g.graph["two_way_onset_s"] = {**dict(g.graph.get("two_way_onset_s") or {}), **onset}
     spread = {cls: float(links[cls].release_spread) for cls in burst_or_shaped if links[cls].release_spread > 0}
     if spread:
         g.graph["release_spread"] = {**dict(g.graph.get("release_spread") or {}), **spread}

@@ -13,6 +13,11 @@ the calibrated links (efficiency, latencies) and the configured bucket, and (b, 
 sum of squared log errors of the median repetition: a grid, then a pattern search (diagonal moves
 too) that halves its steps. c is fitted only when the sweep holds both two-host testbeds and bigger
 ones (which tell b and c apart); else it is 0.
+
+The loss may also set in only after an onset H (``two_way_onset_s``: full rate for the first H s of
+two-way traffic; :mod:`moesim.network.fluid`). :func:`onset_scan` refits (b, c) at each H of a grid,
+with or without the bucket, and reports how well each fits; ``python -m moesim.calibrate.twoway``
+prints that scan for a profile's links.
 """
 from __future__ import annotations
 
@@ -114,10 +119,12 @@ def read_size_sweep(paths: Sequence[str | os.PathLike], pattern: str = "all_to_a
 
 
 def predict(sweep: pd.DataFrame, links: Mapping[str, LinkParams], latency_per_message: float, burst_s: float,
-            penalty: float, peer: float) -> np.ndarray:
-    """Simulated seconds per call of every row of ``sweep`` with b = ``penalty`` and c = ``peer`` on the
-    ``nic`` links: its ``calls`` All-to-Alls back to back from a full bucket."""
-    nic = replace(links["nic"], two_way_penalty=float(penalty), peer_penalty=float(peer), burst_s=float(burst_s))
+            penalty: float, peer: float, onset_s: float = 0.0) -> np.ndarray:
+    """Simulated seconds per call of every row of ``sweep`` with b = ``penalty``, c = ``peer`` and the
+    loss's onset ``onset_s`` on the ``nic`` links: its ``calls`` All-to-Alls back to back from a full
+    bucket."""
+    nic = replace(links["nic"], two_way_penalty=float(penalty), peer_penalty=float(peer), burst_s=float(burst_s),
+                  two_way_onset_s=float(onset_s))
     lk = {**links, "nic": nic}
     calls = sweep["calls"] if "calls" in sweep.columns else pd.Series(1, index=sweep.index)
     return np.array([simulate_measured("all_to_all", "world", int(r.hosts), int(r.ranks_per_host),
@@ -128,9 +135,10 @@ def predict(sweep: pd.DataFrame, links: Mapping[str, LinkParams], latency_per_me
 
 def fit_two_way(sweep: pd.DataFrame, links: Mapping[str, LinkParams], latency_per_message: float, burst_s: float,
                 penalty_grid=PENALTY_GRID, peer_grid=PEER_GRID, refine: int = REFINE_ROUNDS,
-                source: str = "sizesweep") -> TwoWayFit:
+                source: str = "sizesweep", onset_s: float = 0.0) -> TwoWayFit:
     """Fit (b, c) on ``sweep`` (:func:`read_size_sweep`) with the calibrated ``links`` (which must hold
-    ``nic``), ``latency_per_message`` (s) and a full bucket of ``burst_s`` seconds at the rate."""
+    ``nic``), ``latency_per_message`` (s), a full bucket of ``burst_s`` seconds at the rate and the
+    loss's onset ``onset_s`` (s, held)."""
     if "nic" not in links:
         raise MoesimError("the two-way fit needs calibrated 'nic' links (fit the network microbenchmarks "
                           "of a shaped testbed first)")
@@ -143,7 +151,7 @@ def fit_two_way(sweep: pd.DataFrame, links: Mapping[str, LinkParams], latency_pe
     def loss(x) -> float:
         key = (round(x[0], 9), round(x[1], 9))
         if key not in cache:
-            pred = predict(sweep, links, latency_per_message, burst_s, *key)
+            pred = predict(sweep, links, latency_per_message, burst_s, *key, onset_s=onset_s)
             cache[key] = (float(np.sum(np.log(pred / meas) ** 2)), pred)
         return cache[key][0]
 
@@ -161,3 +169,69 @@ def fit_two_way(sweep: pd.DataFrame, links: Mapping[str, LinkParams], latency_pe
     b, c = (round(float(v), 9) for v in best)
     rows = sweep.assign(predicted_s=cache[(b, c)][1])
     return TwoWayFit(b, c, rows, list(sweep["file"]), source)
+
+
+ONSET_GRID_S = (0.0, 0.005, 0.01, 0.015, 0.02, 0.03)
+
+
+def onset_scan(sweep: pd.DataFrame, links: Mapping[str, LinkParams], latency_per_message: float,
+               bursts_s=(0.0,), onset_grid=ONSET_GRID_S, **fit_args) -> pd.DataFrame:
+    """For each bucket (s at the rate) in ``bursts_s`` and onset H (s) in ``onset_grid``: (b, c) fitted
+    on ``sweep`` with H held (:func:`fit_two_way`), and how well: ``rms_log_error`` and ``max_error``
+    (fraction) over the rows, and ``errors`` (signed, per row of ``sweep``)."""
+    rows = []
+    for burst in bursts_s:
+        for h in onset_grid:
+            fit = fit_two_way(sweep, links, latency_per_message, float(burst), onset_s=float(h), **fit_args)
+            rec = fit.record()
+            rows.append({"burst_s": float(burst), "onset_s": float(h), "two_way_penalty": fit.penalty,
+                         "peer_penalty": fit.peer, "rms_log_error": rec["rms_log_error"],
+                         "max_error": rec["max_error"],
+                         "errors": (fit.rows["predicted_s"] / fit.rows["measured_s"] - 1.0).round(4).tolist()})
+    return pd.DataFrame(rows)
+
+
+def main(argv=None) -> int:
+    """``python -m moesim.calibrate.twoway``: the onset scan of the shaped links' two-way loss."""
+    import argparse
+    import glob
+
+    from moesim.calibrate.netmodel import TESTBED_TBF_BURST_S
+    from moesim.calibrate.profile_io import link_params, raw_profile
+    ap = argparse.ArgumentParser(prog="python -m moesim.calibrate.twoway", description=(
+        "Fit the tc-shaped links' two-way loss (b, c) on real_backend.patterns tables with the simulator, at "
+        "each onset H of a grid (the loss sets in after H s of two-way traffic; 0: at once), with the "
+        "testbed's whole token bucket and without one, and print how well each fits."))
+    ap.add_argument("--profile", default="cpu-testbed", help="profile whose calibrated links are used "
+                                                              "(name or file; default cpu-testbed)")
+    ap.add_argument("--source", choices=tuple(SOURCE_PATTERN), default="trains",
+                    help="trains of back-to-back All-to-Alls (default) or the isolated size sweep")
+    ap.add_argument("--patterns", default=None, help="tables (glob; default: the source's committed ones, "
+                                                     "trains without the compute-between-calls variant)")
+    ap.add_argument("--onset-grid", default=",".join(str(h) for h in ONSET_GRID_S), help="onsets H (s)")
+    args = ap.parse_args(argv)
+    try:
+        grid = tuple(float(x) for x in args.onset_grid.split(",") if x)
+    except ValueError:
+        ap.error(f"--onset-grid: expected seconds separated by commas, got {args.onset_grid!r}")
+    if not grid or any(not 0.0 <= h < 1.0 for h in grid):
+        ap.error(f"--onset-grid: onsets must lie in [0, 1) s, got {args.onset_grid!r}")
+    pattern = args.patterns or (TRAIN_PATTERNS if args.source == "trains" else SIZE_SWEEP_PATTERNS)
+    files = sorted(f for f in glob.glob(pattern) if args.patterns or "compute" not in Path(f).name)
+    if not files:
+        ap.error(f"no tables match {pattern!r} (run from the repository root, or pass --patterns)")
+    _, raw = raw_profile(args.profile)
+    links = link_params(raw)
+    sweep = read_size_sweep(files, SOURCE_PATTERN[args.source])
+    scan = onset_scan(sweep, links, float(raw["network"]["latency_per_message_s"]),
+                      bursts_s=(TESTBED_TBF_BURST_S, 0.0), onset_grid=grid)
+    print(f"{len(files)} tables: " + ", ".join(sweep["file"]))
+    print(f"{'bucket':>7} {'onset':>7} {'b':>6} {'c':>6} {'rms log':>8} {'max':>7}  signed error per table")
+    for r in scan.itertuples():
+        print(f"{r.burst_s * 1e3:5.1f}ms {r.onset_s * 1e3:5.1f}ms {r.two_way_penalty:6.3f} {r.peer_penalty:6.3f} "
+              f"{r.rms_log_error:8.3f} {r.max_error:6.1%}  " + " ".join(f"{e:+.1%}" for e in r.errors))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

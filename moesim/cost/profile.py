@@ -144,7 +144,23 @@ def _contention(path: Path, data: Mapping) -> dict:
                 raise InputFileError(path, f"field 'calibration.cpu_pool.step_release_spread' must lie in [0, 1) "
                                            f"(a fraction of an All-to-All's time), got {v!r}")
             out["step_release_spread"] = v
+    _check_link_onsets(path, cal)
     return out
+
+
+def _check_link_onsets(path: Path, cal: Mapping) -> None:
+    """``calibration.links.CLASS.two_way_onset_s`` (s, the two-way loss's onset; read with the links by
+    :func:`moesim.calibrate.profile_io.link_params`) must be a number in [0, 1)."""
+    links = cal.get("links")
+    if not isinstance(links, Mapping):
+        return
+    for cls, lp in links.items():
+        if isinstance(lp, Mapping) and lp.get("two_way_onset_s") is not None:
+            where = f"calibration.links.{cls}.two_way_onset_s"
+            v = _num(path, where, lp["two_way_onset_s"], allow_zero=True)
+            if not v < 1.0:
+                raise InputFileError(path, f"field '{where}' must lie in [0, 1) s (how long a shaped link "
+                                           f"carries two-way traffic before its loss sets in), got {v!r}")
 
 
 def parse_profile(data: Any, path: Path) -> Profile:

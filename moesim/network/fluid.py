@@ -27,6 +27,14 @@ measures it: one-way fan-in, fan-out and rings keep 0.92-1.0 of the rate, two-wa
 0.6-0.8, less the more peer hosts: each direction's flows cross a second token bucket shared with
 other hosts' flows). An All-to-All is two-way; a ring of three or more ranks is not.
 
+Onset of the two-way loss (optional, off unless ``graph.graph["two_way_onset_s"]`` maps a penalised
+class to ``H > 0`` s): such a link passes its full capacity for the first ``H`` seconds it carries
+two-way flows without a break, and the penalised capacity after that; the clock restarts once no
+stage sending over the link has two-way flows on it. The loss builds up while the tbf FIFOs fill:
+back-to-back All-to-Alls (``real_backend.patterns`` trains) keep 1.00, 0.87, 0.76 and 0.61 of the
+rate at 6, 18, 31 and 103 ms per call, which a link at the full rate for about 15 ms and at 0.55
+after it reproduces within 10 %. The onset re-solves the rates (one event per link and busy period).
+
 Burst (optional, off unless ``graph.graph["burst_bytes"]`` maps a link class to bytes ``B > 0``): a
 token-bucket link gains tokens at its rate, up to ``B``, and passes what the bucket holds without
 waiting for tokens. When a stage starts, each such link that no other stage is using holds what its
@@ -137,6 +145,11 @@ class FluidNetwork:
         self._two_way = class_values(topology, "two_way_penalty")
         peer = class_values(topology, "peer_penalty")
         self._peer = peer if (peer is not None and self._two_way is not None) else None
+        onset = class_values(topology, "two_way_onset_s")
+        self._onset = onset if (onset is not None and self._two_way is not None) else None
+        # per link: since when (absolute s) it has carried two-way flows without a break (nan: not now)
+        self._two_way_since = np.full(topology.num_links, np.nan)
+        self._onset_at = math.inf   # when the next link's two-way loss sets in (absolute s)
         self._burst = class_values(topology, "burst_bytes")
         # token buckets: per link the bytes held at ``_bucket_time`` (full at the start)
         self._bucket = None if self._burst is None else self._burst.astype(float).copy()
@@ -234,7 +247,8 @@ class FluidNetwork:
         """When collective ``key`` (in flight) will end if no rate changes again (absolute s): at the
         current rates, its last stage's slowest flow plus its arrival latency, and no earlier than the
         stage's floor. Rates only rise when flows finish, so this bounds the end from above until
-        another collective starts. ``inf`` before its last stage runs (overhead, earlier stages)."""
+        another collective starts. ``inf`` before its last stage runs (overhead, earlier stages), and
+        while a link's two-way loss is due to set in before that end (rates then fall)."""
         crun = self._colls.get(key)
         if crun is None:
             raise KeyError(f"no collective {key!r} in flight")
@@ -249,6 +263,8 @@ class FluidNetwork:
         a = run.active
         k = run.stage.latency_steps
         last = float((run.t_finish[a] + k * run.cells.latency[a]).max()) + k * self.params.latency_per_message_s
+        if self._onset_at < float(run.t_finish[a].max()) - _tol(self._onset_at):
+            return math.inf
         return max(run.max_arrival, last)
 
     def flow_finish_times(self, key: Hashable) -> list[np.ndarray]:
@@ -380,7 +396,9 @@ class FluidNetwork:
         self._dirty = False
         runs = [r for r in self._runs if r.sending]
         self._trigger = math.inf
+        self._onset_at = math.inf
         if not runs:
+            self._two_way_since[:] = np.nan
             return
         labels, p_sig = runs[0].labels, runs[0].p_sig
         for r in runs[1:]:
@@ -394,6 +412,11 @@ class FluidNetwork:
                 self._bind(r, labels, p_sig)
         items = sorted((r.stage.signature, digest(np.packbits(r.active).tobytes()), i) for i, r in enumerate(runs))
         key = (p_sig,) + tuple((s, m) for s, m, _ in items)
+        cold, onset_at = None, math.inf
+        if self._onset is not None:
+            cold, onset_at = self._cold_links(runs)
+            self._onset_at = onset_at
+            key += (digest(np.packbits(cold).tobytes()),)
         rates_by_item = self._memo.get(key)
         if rates_by_item is not None:
             self._memo.move_to_end(key)
@@ -402,7 +425,8 @@ class FluidNetwork:
             self.stats["solves"] += 1
             rows, cols, coef, offsets = self._entries([runs[i] for _, _, i in items])
             lo = self._book.orbits(labels, p_sig)
-            cap = lo.capacity if self._two_way is None else self._two_way_capacity([runs[i] for _, _, i in items], lo)
+            cap = lo.capacity if self._two_way is None else self._two_way_capacity([runs[i] for _, _, i in items], lo,
+                                                                                   cold)
             rates = max_min_rates(rows, cols, coef, cap, offsets[-1])
             rates_by_item = [rates[offsets[j]:offsets[j + 1]] for j in range(len(items))]
             self._memoise(key, rates_by_item)
@@ -412,18 +436,35 @@ class FluidNetwork:
             r.t_finish = np.full(len(rate), math.inf)
             a = r.active
             r.t_finish[a] = self.now + r.rem[a] / rate[a]
-        self._set_trigger(runs)
+        self._set_trigger(runs, onset_at)
 
-    def _two_way_capacity(self, runs: list[_StageRun], lo) -> np.ndarray:
-        """Per link orbit: the capacity after the two-way penalty of the links that carry two-way flows.
-        A link's peer links are counted over every stage sending now (an All-to-All whose rank pairs
-        start apart runs as several stages at once)."""
+    def _cold_links(self, runs: list[_StageRun]) -> tuple[np.ndarray, float]:
+        """Onset bookkeeping at a solve: per link whether it carries two-way flows and is still within
+        its onset (full capacity), and when the next such link turns penalised (absolute s; inf: none)."""
+        links = np.unique(np.concatenate([stage_two_way_links(self._book, self._two_way, r.stage)[0] for r in runs]))
+        carrying = np.zeros(self.topo.num_links, dtype=bool)
+        carrying[links] = True
+        since = self._two_way_since
+        since[~carrying] = np.nan
+        since[carrying & np.isnan(since)] = self.now
+        turns = since + self._onset
+        cold = carrying & (turns > self.now + _tol(self.now))
+        return cold, float(turns[cold].min(initial=math.inf))
+
+    def _two_way_capacity(self, runs: list[_StageRun], lo, cold: np.ndarray | None = None) -> np.ndarray:
+        """Per link orbit: the capacity after the two-way penalty of the links that carry two-way flows
+        (``cold``: per link, still within its onset, so not penalised yet). A link's peer links are
+        counted over every stage sending now (an All-to-All whose rank pairs start apart runs as
+        several stages at once)."""
         found = [stage_two_way_links(self._book, self._two_way, r.stage) for r in runs]
         links = np.unique(np.concatenate([f[0] for f in found]))
         pairs = np.concatenate([f[2] for f in found], axis=1)
         if pairs.shape[1]:
             pairs = np.unique(pairs, axis=1)
         partners = np.bincount(pairs[0], minlength=self.topo.num_links)[links] if len(links) else links
+        if cold is not None and len(links):
+            keep = ~cold[links]
+            links, partners = links[keep], partners[keep]
         g = np.ones(self.topo.num_links)
         extra = 0.0 if self._peer is None else self._peer[links] * np.maximum(partners - 1, 0)
         np.minimum.at(g, links, 1.0 / (1.0 + self._two_way[links] + extra))
@@ -442,10 +483,11 @@ class FluidNetwork:
             offsets.append(offsets[-1] + len(c))
         return np.concatenate(rows), np.concatenate(cols), np.concatenate(coef), offsets
 
-    def _set_trigger(self, runs: list[_StageRun]) -> None:
-        """Rates must be re-solved when the first cell finishes sending; a run whose cells all finish
-        then has its end projected now."""
-        trigger = min(float(r.t_finish[r.active].min()) for r in runs)
+    def _set_trigger(self, runs: list[_StageRun], onset_at: float = math.inf) -> None:
+        """Rates must be re-solved when the first cell finishes sending, or at ``onset_at`` (absolute s),
+        when a link's two-way loss sets in, if that is sooner; a run whose cells all finish by then has
+        its end projected now."""
+        trigger = min(min(float(r.t_finish[r.active].min()) for r in runs), onset_at)
         self._trigger = trigger
         alpha = self.params.latency_per_message_s
         for r in runs:
