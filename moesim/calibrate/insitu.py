@@ -92,7 +92,7 @@ class _Run:
     """One fit configuration (one run, or repeated runs of it), prepared once: config, measured step
     (median over the runs), topology, measured traffic (mean over the runs)."""
 
-    def __init__(self, runs: list, bucket_bytes: float):
+    def __init__(self, runs: list, bucket_bytes: float, step_release_spread: float | None = None):
         from moesim.validate.core import mean_copies, measured_config, topology_for
         first = runs[0]
         self.files = [r.spec.path.name for r in runs]
@@ -104,7 +104,7 @@ class _Run:
         self.bucket = bucket_bytes
         self.tables = [r.table for r in runs]
         #: every All-to-All across hosts releases its members over this fraction (None: shaped links only)
-        self.step_release_spread: float | None = None
+        self.step_release_spread = None if step_release_spread is None else float(step_release_spread)
 
     def measured_skew(self) -> float:
         """Median rank skew of the runs (s; :mod:`moesim.calibrate.skew`)."""
@@ -339,9 +339,8 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
                           f"got {step_release_spread!r}")
     if step_release_spread is not None and not patterns:
         raise MoesimError("the step release spread acts on shared cores: it needs the shared-core fit (patterns)")
-    runs = [_Run(g, bucket) for g in group_repeats([load_run(RunSpec(Path(p), role="fit")) for p in run_paths])]
-    for r in runs:
-        r.step_release_spread = None if step_release_spread is None else float(step_release_spread)
+    runs = [_Run(g, bucket, step_release_spread)
+            for g in group_repeats([load_run(RunSpec(Path(p), role="fit")) for p in run_paths])]
     shaped_hosts = {r.hosts for r in runs if r.shaped}
     has_nic = bool(shaped_hosts) and "nic" in prof.get("calibration", {}).get("links", {})
     penalties = tuple(penalty_grid) if has_nic else (0.0,)
