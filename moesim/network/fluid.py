@@ -30,10 +30,10 @@ other hosts' flows). An All-to-All is two-way; a ring of three or more ranks is 
 Onset of the two-way loss (optional, off unless ``graph.graph["two_way_onset_s"]`` maps a penalised
 class to ``H > 0`` s): such a link passes its full capacity for the first ``H`` seconds it carries
 two-way flows without a break, and the penalised capacity after that; the clock restarts once no
-stage sending over the link has two-way flows on it. The loss builds up while the tbf FIFOs fill:
-back-to-back All-to-Alls (``real_backend.patterns`` trains) keep 1.00, 0.87, 0.76 and 0.61 of the
-rate at 6, 18, 31 and 103 ms per call, which a link at the full rate for about 15 ms and at 0.55
-after it reproduces within 10 %. The onset re-solves the rates (one event per link and busy period).
+stage sending over the link has two-way flows on it (a loss that builds up while the tbf FIFOs
+fill). The onset re-solves the rates (one event per link and busy period). On the testbed's trains
+of back-to-back All-to-Alls the token bucket already accounts for this, and every onset fits them
+worse than none (``python -m moesim.calibrate.twoway``), so the committed profiles set none.
 
 Burst (optional, off unless ``graph.graph["burst_bytes"]`` maps a link class to bytes ``B > 0``): a
 token-bucket link gains tokens at its rate, up to ``B``, and passes what the bucket holds without
