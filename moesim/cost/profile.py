@@ -144,14 +144,14 @@ def _contention(path: Path, data: Mapping) -> dict:
                 raise InputFileError(path, f"field 'calibration.cpu_pool.step_release_spread' must lie in [0, 1) "
                                            f"(a fraction of an All-to-All's time), got {v!r}")
             out["step_release_spread"] = v
-    _check_link_onsets(path, cal)
     return out
 
 
-def _check_link_onsets(path: Path, cal: Mapping) -> None:
+def _check_link_onsets(path: Path, data: Mapping) -> None:
     """``calibration.links.CLASS.two_way_onset_s`` (s, the two-way loss's onset; read with the links by
     :func:`moesim.calibrate.profile_io.link_params`) must be a number in [0, 1)."""
-    links = cal.get("links")
+    cal = data.get("calibration")
+    links = cal.get("links") if isinstance(cal, Mapping) else None
     if not isinstance(links, Mapping):
         return
     for cls, lp in links.items():
@@ -183,6 +183,7 @@ def parse_profile(data: Any, path: Path) -> Profile:
             raise InputFileError(path, f"field 'device.peak_flops.{k}': unknown dtype (expected {DTYPES})")
         peak[k] = _num(path, f"device.peak_flops.{k}", v)
     gemm = _section(path, dev, "gemm")
+    _check_link_onsets(path, data)
     device = DeviceProfile(
         peak_flops=peak,
         memory_bandwidth=_num(path, "device.memory_bandwidth", _req(path, dev, "memory_bandwidth", "device.memory_bandwidth")),
