@@ -371,6 +371,10 @@ def main(argv: list[str] | None = None) -> int:
                          "default), or every one across hosts, shaped or not, over FRACTION of its time, "
                          "measured in steps (the 'step release spread' python -m moesim.calibrate.arrivals "
                          "prints for real_backend.run --timeline tables), held")
+    ap.add_argument("--compute-first", action="store_true",
+                    help="shared-core model: with time slices, a rank that returns from a collective computes "
+                         "ahead of the All-to-All CPU (--a2a-cpu) of the ranks still in a call for its first "
+                         "slice (the kernel runs a thread that slept first; moesim.engine.cpupool)")
     ap.add_argument("--time-slice", default="skew",
                     help="shared-core model: the CPU scheduler's time slice, 'skew' (default: chosen by the fit "
                          "runs' measured rank skew, moesim.calibrate.skew) or seconds (0: processor sharing)")
@@ -530,7 +534,8 @@ def a2a_cpu_fit_args(mode: str) -> dict:
 
 def fit_command(out: str, name: str, patterns: str, a2a_start: str = "pairwise", time_slice: str = "skew",
                 burst: str = "whole", nic_efficiency: str = NIC_EFFICIENCY_DEFAULT, two_way: str = "insitu",
-                two_way_patterns: str | None = None, a2a_cpu: str = "none", release: str = "patterns") -> str:
+                two_way_patterns: str | None = None, a2a_cpu: str = "none", release: str = "patterns",
+                compute_first: bool = False) -> str:
     """The command that re-creates a campaign profile (options at their defaults left out)."""
     opts = "".join(f" {k} {shlex.quote(v)}" for k, v, default in
                    (("--name", name, "cpu-testbed"), ("--patterns", patterns, DEFAULT_PATTERNS),
@@ -538,7 +543,7 @@ def fit_command(out: str, name: str, patterns: str, a2a_start: str = "pairwise",
                     ("--burst", burst, "whole"), ("--nic-efficiency", nic_efficiency, NIC_EFFICIENCY_DEFAULT),
                     ("--two-way", two_way, "insitu"), ("--two-way-patterns", two_way_patterns, None),
                     ("--a2a-cpu", a2a_cpu, "none"), ("--release-spread", release, "patterns")) if v != default)
-    base = f"python -m {PROG} --out {out}{opts}"
+    base = f"python -m {PROG} --out {out}{opts}{' --compute-first' if compute_first else ''}"
     return f"{base}  (this fit alone: {base} --only calibrate)"
 
 
@@ -592,12 +597,13 @@ def finish(args, log, out: Path, mdir: Path, vdir: Path) -> int:
                          two_way=None if held is None else (held.penalty, held.peer),
                          **({"burst_fractions": (1.0,)} if burst == "whole" else {}),
                          **a2a_cpu_fit_args(a2a_cpu),
-                         **({} if release == "patterns" else {"step_release_spread": float(release)}))
+                         **({} if release == "patterns" else {"step_release_spread": float(release)}),
+                         **({"compute_first": True} if getattr(args, "compute_first", False) else {}))
     if held is not None:
         cal.profile["calibration"]["two_way_from"] = held.record()
     cal.profile["provenance"]["command"] = fit_command(args.out, args.name, args.patterns, a2a_start, time_slice,
                                                        burst, nic_efficiency, two_way, two_way_patterns, a2a_cpu,
-                                                       release)
+                                                       release, getattr(args, "compute_first", False))
     if patterns:
         cal.profile["provenance"]["release_patterns"] = patterns
     write_profile(prof_path, cal.profile)

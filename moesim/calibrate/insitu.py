@@ -92,7 +92,8 @@ class _Run:
     """One fit configuration (one run, or repeated runs of it), prepared once: config, measured step
     (median over the runs), topology, measured traffic (mean over the runs)."""
 
-    def __init__(self, runs: list, bucket_bytes: float, step_release_spread: float | None = None):
+    def __init__(self, runs: list, bucket_bytes: float, step_release_spread: float | None = None,
+                 compute_first: bool = False):
         from moesim.validate.core import mean_copies, measured_config, topology_for
         first = runs[0]
         self.files = [r.spec.path.name for r in runs]
@@ -105,6 +106,8 @@ class _Run:
         self.tables = [r.table for r in runs]
         #: every All-to-All across hosts releases its members over this fraction (None: shaped links only)
         self.step_release_spread = None if step_release_spread is None else float(step_release_spread)
+        #: a released rank's compute goes ahead of the All-to-All CPU of ranks still in a call (a slice)
+        self.compute_first = bool(compute_first)
 
     def measured_skew(self) -> float:
         """Median rank skew of the runs (s; :mod:`moesim.calibrate.skew`)."""
@@ -127,7 +130,7 @@ class _Run:
         k, g, wait, b, c, burst, cpu = point
         return self.simulate(profile_dict, wait, b, burst, c, cpu_pool=True, pool_cores=k, alone_factor=g,
                              time_slice_s=time_slice_s, pairwise_a2a=pairwise_a2a, a2a_cpu_s=cpu,
-                             release_spread=self.step_release_spread)
+                             release_spread=self.step_release_spread, compute_first=self.compute_first)
 
     def step(self, profile_dict: dict, wait: float, penalty: float, burst_s: float = 0.0, peer: float = 0.0,
              **options) -> float:
@@ -294,7 +297,7 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
                refine: int = 3, time_slice_s: float | None = 0.0, pairwise_a2a: bool = False,
                slice_grid=SLICE_GRID_S, two_way: tuple[float, float] | None = None,
                a2a_cpu_grid: tuple = (0.0,), a2a_cpu_last_arriver_grid: tuple | None = None,
-               step_release_spread: float | None = None):
+               step_release_spread: float | None = None, compute_first: bool = False):
     """Fit ``receiver_wait_s``, the shaped-link two-way penalty b, its peer-host term c and the
     usable token-bucket burst of ``cal.profile`` on the step times of ``run_paths`` (multi-rank
     testbed runs: the fit configurations). c is fitted only when the shaped fit runs include both
@@ -320,7 +323,10 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
     on step times and those last-arriver times together (:func:`_a2a_cpu_from_last_arriver`).
     ``step_release_spread`` (shared cores; measured in steps, :mod:`moesim.calibrate.arrivals`): every
     All-to-All whose group spans hosts, shaped or not, releases its members over this fraction of its
-    time, instead of only those over shaped links over the patterns' spread; held, not fitted."""
+    time, instead of only those over shaped links over the patterns' spread; held, not fitted.
+    ``compute_first`` (shared cores, time slices, with All-to-All CPU): a released rank's compute goes
+    ahead of the All-to-All CPU of the ranks still in a call for its first slice
+    (:class:`moesim.engine.cpupool.CorePool`)."""
     from moesim.validate.core import REAL_BACKEND_BUCKET_BYTES, RunSpec, group_repeats, load_run
     bucket = bucket_bytes or REAL_BACKEND_BUCKET_BYTES
     prof = cal.profile
@@ -339,7 +345,9 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
                           f"got {step_release_spread!r}")
     if step_release_spread is not None and not patterns:
         raise MoesimError("the step release spread acts on shared cores: it needs the shared-core fit (patterns)")
-    runs = [_Run(g, bucket, step_release_spread)
+    if compute_first and not patterns:
+        raise MoesimError("compute first acts on shared cores: it needs the shared-core fit (patterns)")
+    runs = [_Run(g, bucket, step_release_spread, compute_first)
             for g in group_repeats([load_run(RunSpec(Path(p), role="fit")) for p in run_paths])]
     shaped_hosts = {r.hosts for r in runs if r.shaped}
     has_nic = bool(shaped_hosts) and "nic" in prof.get("calibration", {}).get("links", {})
@@ -389,6 +397,7 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
                 **({"rank_skew": skew} if skew else {}),
                 "release_spread": spread.spread,
                 **({"step_release_spread": float(step_release_spread)} if step_release_spread is not None else {}),
+                **({"compute_first": True} if compute_first else {}),
                 "release_measured": spread.to_dict()["per_file"], "release_repetitions": spread.rows,
                 "meaning": "the fit runs' ranks share one machine's cores: the engine runs the ranks that compute "
                            "on the machine's cores in time slices of time_slice_s (0: processor sharing) at "
@@ -399,7 +408,8 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
                            "(measured by real_backend.patterns; step_release_spread, when set: every All-to-All "
                            "across hosts, over that fraction, measured in steps by moesim.calibrate.arrivals); "
                            "a2a_cpu_s (when fitted): the alone CPU work each "
-                           "member rank of an All-to-All then runs on the shared cores once its data has landed; see "
+                           "member rank of an All-to-All then runs on the shared cores once its data has landed "
+                           "(compute_first: a released rank's compute goes ahead of it for one slice); see "
                            "moesim.engine.cpupool, moesim.engine.netbridge"}
         return _write_fit(cal, prof, runs, pred, wait, penalty, peer, burst, configured, has_nic, evaluations, pool)
     if has_nic:   # the fixed share: no staggered release either

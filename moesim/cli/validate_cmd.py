@@ -56,6 +56,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="what-if: every All-to-All across hosts, shaped or not, releases its members over this "
                         "fraction of its time (the step release spread, python -m moesim.calibrate.arrivals), "
                         "whatever the profile says; indicative only, as --a2a-start")
+    p.add_argument("--compute-first", choices=("on", "off"),
+                   help="what-if: with time slices, a released rank's compute goes ahead of the All-to-All CPU "
+                        "(--a2a-cpu) of the ranks still in a call for its first slice (on), or queues behind it "
+                        "(off), whatever the profile says; indicative only, as --a2a-start")
     p.set_defaults(func=run)
 
 
@@ -69,6 +73,8 @@ def _engine(args: argparse.Namespace) -> dict:
         out["a2a_cpu_s"] = args.a2a_cpu
     if args.release_spread is not None:
         out["release_spread"] = args.release_spread
+    if args.compute_first is not None:
+        out["compute_first"] = args.compute_first == "on"
     return out
 
 

@@ -48,6 +48,9 @@ class DeviceProfile:
     #: time, shaped links or not (measured in steps by ``moesim.calibrate.arrivals``;
     #: ``calibration.cpu_pool.step_release_spread``; 0: only shaped links' measured spread applies)
     step_release_spread: float = 0.0
+    #: with time slices, a rank's compute goes ahead of the All-to-All CPU of ranks still in a call for
+    #: its first slice (``calibration.cpu_pool.compute_first``; :class:`moesim.engine.cpupool.CorePool`)
+    compute_first: bool = False
 
 
 @dataclass(frozen=True)
@@ -130,11 +133,12 @@ def _contention(path: Path, data: Mapping) -> dict:
         if pool.get("time_slice_s") is not None:
             out["time_slice_s"] = _num(path, "calibration.cpu_pool.time_slice_s", pool["time_slice_s"],
                                        allow_zero=True, at_most=1.0)
-        if pool.get("pairwise_a2a") is not None:
-            if not isinstance(pool["pairwise_a2a"], bool):
-                raise InputFileError(path, f"field 'calibration.cpu_pool.pairwise_a2a' must be true or false, "
-                                           f"got {pool['pairwise_a2a']!r}")
-            out["pairwise_a2a"] = pool["pairwise_a2a"]
+        for flag in ("pairwise_a2a", "compute_first"):
+            if pool.get(flag) is not None:
+                if not isinstance(pool[flag], bool):
+                    raise InputFileError(path, f"field 'calibration.cpu_pool.{flag}' must be true or false, "
+                                               f"got {pool[flag]!r}")
+                out[flag] = pool[flag]
         if pool.get("a2a_cpu_s") is not None:
             out["a2a_cpu_s"] = _num(path, "calibration.cpu_pool.a2a_cpu_s", pool["a2a_cpu_s"],
                                     allow_zero=True, at_most=0.5)

@@ -13,6 +13,14 @@ machine's cores) run, each at ``min(1, capacity / running)``; a job whose slice 
 back of the queue when others wait, and a new job joins at the back. The cores do the same work as
 under processor sharing, but jobs that start together end apart (by up to a slice, or a whole run of
 ops when the slice is longer than the run): on the testbed, ranks reach the next collective apart.
+
+Compute first (``compute_first``, with time slices): a job is either a rank's *compute* or the
+*exchange* work of a rank still inside an All-to-All (gloo's threads receiving and copying). A rank
+that returns from a collective has slept through it, so the kernel's fair scheduler runs its main
+thread ahead of threads that have been running: a new compute job goes ahead of every exchange job in
+the queue (taking a core from one that is on it), for its first slice; when that slice is over it
+queues at the back like any other. The exchange work of the ranks still in a call then waits for a
+slice of the ranks already released, which is how a call releases its ranks apart.
 """
 from __future__ import annotations
 
@@ -26,7 +34,8 @@ from moesim.errors import MoesimError
 class CorePool:
     """Processor sharing over ``capacity`` effective cores (> 0), driven by a SimPy environment."""
 
-    def __init__(self, env: simpy.Environment, capacity: float, quantum_s: float = 0.0, slots: int | None = None):
+    def __init__(self, env: simpy.Environment, capacity: float, quantum_s: float = 0.0, slots: int | None = None,
+                 compute_first: bool = False):
         if not (capacity > 0 and math.isfinite(capacity)):
             raise MoesimError(f"a CPU pool needs a positive, finite capacity (effective cores), got {capacity!r}")
         if not (quantum_s >= 0 and math.isfinite(quantum_s)):
@@ -35,7 +44,9 @@ class CorePool:
         self.capacity = float(capacity)
         self.quantum = float(quantum_s)
         self.slots = max(1, int(slots if slots else math.ceil(self.capacity - 1e-9)))
+        self.compute_first = bool(compute_first) and self.quantum > 0
         self._jobs: dict[int, list] = {}     # id -> [remaining alone seconds, event]
+        self._exchange: set[int] = set()     # ids of exchange jobs (compute first)
         self._queue: list[int] = []          # time slices: jobs in run order, the first `slots` on a core
         self._slice_end: dict[int, float] = {}
         self._ids = 0
@@ -56,8 +67,9 @@ class CorePool:
             n = min(n, self.slots)
         return min(1.0, self.capacity / n) if n > 0 else 0.0
 
-    def run(self, alone_s: float) -> simpy.Event:
-        """Add a job of ``alone_s`` seconds of alone work; the event fires when it is done."""
+    def run(self, alone_s: float, exchange: bool = False) -> simpy.Event:
+        """Add a job of ``alone_s`` seconds of alone work; the event fires when it is done. ``exchange``:
+        the job is a rank's work inside an All-to-All (matters only with ``compute_first``)."""
         if not (alone_s >= 0 and math.isfinite(alone_s)):
             raise MoesimError(f"a compute job needs finite, non-negative work, got {alone_s!r} s")
         ev = self.env.event()
@@ -67,7 +79,20 @@ class CorePool:
         self._progress()
         self._ids += 1
         self._jobs[self._ids] = [float(alone_s), ev]
-        self._queue.append(self._ids)
+        if exchange:
+            self._exchange.add(self._ids)
+        ahead = [i for i, k in enumerate(self._queue) if k in self._exchange]
+        if self.compute_first and not exchange and ahead:
+            q, n = self._queue, self.slots
+            q.insert(ahead[0], self._ids)
+            if len(q) > n and q[n] not in self._exchange and q[n] in self._slice_end:
+                # a compute job on a core was pushed off: the exchange job on a core goes instead
+                i = max(i for i in range(n) if q[i] in self._exchange)
+                q[i], q[n] = q[n], q[i]
+            for k in q[n:]:                          # off a core: a fresh slice when it is back on one
+                self._slice_end.pop(k, None)
+        else:
+            self._queue.append(self._ids)
         if not self._wake.triggered:
             self._wake.succeed()
         return ev
@@ -111,6 +136,7 @@ class CorePool:
                 self._jobs.pop(k)[1].succeed()
                 self._queue.remove(k)
                 self._slice_end.pop(k, None)
+                self._exchange.discard(k)
             self._rotate()
             self._wake = env.event()
             if not self._jobs:

@@ -8,7 +8,8 @@ Where ranks share one machine's cores (:class:`SimOptions` ``cpu_pool``), every 
 process, runs of compute ops share the cores (:mod:`moesim.engine.cpupool`), All-to-All members
 over shaped links are released staggered (:mod:`moesim.engine.netbridge`), and a profile's
 ``a2a_cpu_s`` is CPU work each released member runs in the pool before its All-to-All returns (booked
-to the All-to-All's wait span).
+to the All-to-All's wait span); with ``compute_first`` the compute of released ranks goes ahead of it
+for a slice (:class:`moesim.engine.cpupool.CorePool`).
 
 Simplifications (documented in README): a collective completes for all its members at once (when
 its last flow lands; staggered All-to-Alls aside), every group of one SPMD collective starts
@@ -56,7 +57,9 @@ class SimOptions:
     ``time_slice_s`` (s; 0: processor sharing) and ``pairwise_a2a`` (each rank pair of a direct
     All-to-All starts once both ranks are there) override the profile's ``calibration.cpu_pool``
     (default: processor sharing, together), as ``a2a_cpu_s`` does (s of alone CPU work each member
-    rank of an All-to-All runs in the pool once its data has landed, before it returns; default 0)."""
+    rank of an All-to-All runs in the pool once its data has landed, before it returns; default 0), and
+    ``compute_first`` does (with time slices, a rank's compute goes ahead of that All-to-All work for its
+    first slice; default off)."""
 
     a2a_algorithm: str = "direct"
     bucket_bytes: float = DEFAULT_BUCKET_BYTES
@@ -68,6 +71,7 @@ class SimOptions:
     time_slice_s: Optional[float] = None
     pairwise_a2a: Optional[bool] = None
     a2a_cpu_s: Optional[float] = None
+    compute_first: Optional[bool] = None
 
 
 def _resolve_profiles(topology, profile) -> tuple[dict, np.ndarray, Profile]:
@@ -106,7 +110,7 @@ class Simulation:
         self.topology = apply_profile_network(topology, self.profile)
         self.program: Program = build_program(cfg, options.bucket_bytes, options.a2a_copies)
         self.classes: RankClasses = price_program(self.program, self.models, self.device_of_rank)
-        self.time_slice_s, self.pairwise, self.a2a_cpu_s = 0.0, False, 0.0
+        self.time_slice_s, self.pairwise, self.a2a_cpu_s, self.compute_first = 0.0, False, 0.0, False
         use_pool = options.cpu_pool if options.cpu_pool is not None else bool(self.profile.device.pool_cores)
         self.pool = pool_of(self.topology, self.profile.device) if use_pool else None
         if options.cpu_pool and self.pool is None:
@@ -123,6 +127,8 @@ class Simulation:
             self.pairwise = bool(self.profile.device.pairwise_a2a if options.pairwise_a2a is None
                                  else options.pairwise_a2a) and options.a2a_algorithm == "direct"
             self.a2a_cpu_s = float(self.profile.device.a2a_cpu_s if options.a2a_cpu_s is None else options.a2a_cpu_s)
+            self.compute_first = bool(self.profile.device.compute_first if options.compute_first is None
+                                      else options.compute_first)
             if not (0.0 <= self.a2a_cpu_s < 1.0):
                 raise MoesimError(f"a2a_cpu_s must lie in [0, 1) s, got {self.a2a_cpu_s!r}")
             spread = options.release_spread
@@ -144,7 +150,7 @@ class Simulation:
         arrivals = {cid: 0 for cid in prog.collectives}
         done = {cid: env.event() for cid in prog.collectives}
         slots = int(round(float(self.topology.graph.graph.get("shared_cpu_cores") or 0))) or None
-        pool = CorePool(env, self.pool[0], self.time_slice_s, slots) if self.pool else None
+        pool = CorePool(env, self.pool[0], self.time_slice_s, slots, self.compute_first) if self.pool else None
         alone_factor = self.pool[1] if self.pool else 1.0
         # per-rank mode: each rank is released by its own event (staggered All-to-Alls)
         released: dict[int, dict] = {}
@@ -252,7 +258,7 @@ class Simulation:
                     if a2a_cpu > 0:
                         work = a2a_cpu_of(it.cid, int(classes.members[c][0]))
                         if work > 0:
-                            yield pool.run(work)
+                            yield pool.run(work, exchange=True)
                     spec = prog.collectives[it.cid]
                     out.append(Span("compute", f"wait:{spec.name}", it.phase, spec.layer, spec.direction, t0, env.now))
                     i += 1
