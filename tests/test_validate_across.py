@@ -118,6 +118,9 @@ def test_two_campaigns_judged_together(capsys):
     out = capsys.readouterr().out
     assert f"all 2 campaigns: {rep['total']['within_target']} of 24 held-out pairs within target" in out
     assert "4x1 400Mbit k2" in out and "over under" in out
+    groups = {g["group"]: g for g in rep["phase_groups"]}
+    assert groups["compute"]["rows"] == groups["all_to_all"]["rows"] == 48      # 24 held-out per campaign
+    assert f"all_to_all mean |e| {100 * groups['all_to_all']['mean_error']:.1f}%" in out
     assert main(["validate", str(VAL), str(OTHER), "--profile", str(PROFILE)]) == 2
     assert "--profile" in capsys.readouterr().err
     assert main(["validate", str(VAL), str(OTHER), "--phases", "--skew"]) == 2
@@ -131,3 +134,25 @@ def test_two_campaigns_json(capsys):
     assert rep["total"]["pairs"] == 24 and len(rep["configurations"]) == 12
     assert all(r["engine_what_if"] == {"pairwise_a2a": False, "a2a_cpu_s": 0.002, "release_spread": 0.5}
                for r in rep["reports"].values())
+
+
+def test_phase_groups_closed_form():
+    """Per group the held-out rows' time in the group's phases, summed, predicted / measured - 1: a model
+    that books compute slow and the All-to-Alls short shows it even where its step is right."""
+    def row(role, phases):
+        return {"role": role, "phases": {k: {"measured_s": m, "predicted_s": p} for k, (m, p) in phases.items()}}
+    a = _report("a", [])
+    a["rows"] = [row("heldout", {"attention": (0.02, 0.03), "experts": (0.01, 0.015), "dispatch": (0.04, 0.03),
+                                 "combine": (0.04, 0.03), "grad_allreduce": (0.1, 0.1)}),
+                 row("fit", {"attention": (0.02, 0.2)})]                      # fit rows are not judged
+    b = _report("b", [])
+    b["rows"] = [row("heldout", {"attention": (0.02, 0.02), "dispatch": (0.05, 0.06)})]
+    groups = {g["group"]: g for g in summarise_across([("A", a), ("B", b)])["phase_groups"]}
+    assert set(groups) == {"compute", "all_to_all", "grad_allreduce"}      # no row measured tp_comm
+    assert groups["compute"]["rows"] == 2
+    assert groups["compute"]["mean_signed_error"] == pytest.approx((0.5 + 0.0) / 2)
+    assert groups["all_to_all"]["mean_signed_error"] == pytest.approx((-0.25 + 0.2) / 2)
+    assert groups["all_to_all"]["mean_error"] == pytest.approx((0.25 + 0.2) / 2)
+    assert groups["grad_allreduce"] == {"group": "grad_allreduce", "phases": ["grad_allreduce"], "rows": 1,
+                                        "mean_error": 0.0, "mean_signed_error": 0.0}
+    assert "dispatch" not in groups["compute"]["phases"] and "optimizer" in groups["compute"]["phases"]

@@ -238,4 +238,8 @@ def _run_across(args: argparse.Namespace, dirs: list) -> int:
         print(f"all {t['campaigns']} campaigns: {t['within_target']} of {t['pairs']} held-out pairs within target; "
               f"mean error {100 * t['mean_error']:.2f}%, mean signed {100 * t['mean_signed_error']:+.2f}%, "
               f"worst {100 * t['max_error']:.1f}%")
+    if rep.get("phase_groups"):
+        print("where the time goes, held-out configurations (a group's time per step, predicted / measured - 1): "
+              + "; ".join(f"{g['group']} mean |e| {100 * g['mean_error']:.1f}%, signed {100 * g['mean_signed_error']:+.1f}% "
+                          f"({g['rows']} rows)" for g in rep["phase_groups"]))
     return 0

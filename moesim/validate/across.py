@@ -4,7 +4,10 @@ campaign, which shows a bias of the model that no single campaign can (a pair ov
 every campaign is a model error, not the spread of one campaign's runs).
 
 Signed error of a pair: predicted speedup / measured speedup - 1 (positive: the model expects DCCA
-to gain more than it did). A pair is within the target when its absolute error is at most the
+to gain more than it did). Where the time goes is judged too: per group of phases (compute, the
+All-to-Alls, the gradient all-reduce), the signed error of each held-out configuration's time in the
+group (predicted / measured - 1, the group's phases summed per step), so a model whose step times
+agree because it books compute slow and communication short shows it. A pair is within the target when its absolute error is at most the
 campaign manifest's ``targets.speedup_error`` (default :data:`DEFAULT_SPEEDUP_TARGET`).
 """
 from __future__ import annotations
@@ -19,6 +22,9 @@ from moesim.errors import MoesimError
 
 #: speedup-error target when a campaign's manifest names none (the issue's 10 %)
 DEFAULT_SPEEDUP_TARGET = 0.10
+#: phase groups judged across campaigns (:data:`moesim.phases.PHASES`; compute: every other phase)
+PHASE_GROUPS = {"all_to_all": ("dispatch", "combine"), "grad_allreduce": ("grad_allreduce",),
+                "other_comm": ("tp_comm",)}
 
 
 def campaign_dirs(paths: Sequence[str | os.PathLike]) -> list[Path] | None:
@@ -74,11 +80,33 @@ def summarise_across(reports: Sequence[tuple[str, dict]]) -> dict:
     return {
         "campaigns": campaigns,
         "configurations": list(configs.values()),
+        "phase_groups": phase_groups(rep for _, rep in reports),
         "total": {"campaigns": len(campaigns), "pairs": n, "within_target": int(within_total),
                   "mean_error": float(a.mean()) if n else None,   # |signed| is each pair's error
                   "mean_signed_error": float(np.mean(all_signed)) if n else None,
                   "max_error": float(a.max()) if n else None},
     }
+
+
+def phase_groups(reports) -> list[dict]:
+    """Per phase group (``compute``, then :data:`PHASE_GROUPS`), over the held-out rows of every
+    report whose phases were measured in that group: rows, mean absolute and mean signed error of
+    the group's time per step (predicted / measured - 1). Groups no row measured are left out."""
+    from moesim.phases import PHASES
+    comm = {p for names in PHASE_GROUPS.values() for p in names}
+    groups = {"compute": tuple(p for p in PHASES if p not in comm), **PHASE_GROUPS}
+    signed: dict = {g: [] for g in groups}
+    for rep in reports:
+        for row in rep.get("rows") or []:
+            if row.get("role") != "heldout" or not row.get("phases"):
+                continue
+            for g, names in groups.items():
+                got = [row["phases"][n] for n in names if n in row["phases"]]
+                measured = sum(float(x.get("measured_s") or 0.0) for x in got)
+                if measured > 0:
+                    signed[g].append(sum(float(x.get("predicted_s") or 0.0) for x in got) / measured - 1.0)
+    return [{"group": g, "phases": list(groups[g]), "rows": len(v), "mean_error": float(np.mean(np.abs(v))),
+             "mean_signed_error": float(np.mean(v))} for g, v in signed.items() if v]
 
 
 def validate_across(dirs: Sequence[str | os.PathLike], **kwargs) -> dict:
