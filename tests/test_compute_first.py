@@ -13,12 +13,12 @@ from hypothesis import strategies as st
 from moesim.calibrate import netmodel
 from moesim.calibrate.arrivals import call_spreads, simulated_timeline
 from moesim.calibrate.campaign import fit_command
-from moesim.config import load_config
 from moesim.cost import find_profile
 from moesim.engine import SimOptions, simulate
 from moesim.engine.cpupool import CorePool
 from moesim.errors import InputFileError
 from moesim.topology import Topology
+from test_shared_cores import _campaign_cfg
 
 AVX2 = "calibration/avx2/cpu-testbed-avx2.yaml"
 
@@ -107,11 +107,8 @@ def test_compute_first_conserves_work(jobs, cores, quantum):
     assert ends.max() <= starts.max() + works.sum() + 1e-9
 
 
-def _cfg(structure="dcca", top_k=2):
-    return load_config({"model": {"name": "small-gpt", "layers": 2, "hidden": 256, "heads": 4, "seq_len": 64,
-                                  "vocab": 2048, "dtype": "fp32"},
-                        "moe": {"experts": 16, "top_k": top_k, "structure": structure},
-                        "parallel": {"ep": 4}, "run": {"global_batch_tokens": 768, "batch_size": 8}})
+def _cfg():
+    return _campaign_cfg("dcca", top_k=2)
 
 
 def test_compute_first_releases_the_ranks_of_an_unshaped_call_apart():

@@ -81,10 +81,11 @@ class CorePool:
         self._jobs[self._ids] = [float(alone_s), ev]
         if exchange:
             self._exchange.add(self._ids)
-        ahead = [i for i, k in enumerate(self._queue) if k in self._exchange]
-        if self.compute_first and not exchange and ahead:
+        first = (next((i for i, k in enumerate(self._queue) if k in self._exchange), None)
+                 if self.compute_first and not exchange else None)
+        if first is not None:
             q, n = self._queue, self.slots
-            q.insert(ahead[0], self._ids)
+            q.insert(first, self._ids)
             if len(q) > n and q[n] not in self._exchange and q[n] in self._slice_end:
                 # a compute job on a core was pushed off: the exchange job on a core goes instead
                 i = max(i for i in range(n) if q[i] in self._exchange)
