@@ -1,8 +1,7 @@
 """Compute first on the shared cores: a rank that returns from a collective computes ahead of the
 All-to-All CPU of the ranks still in a call for one slice (moesim.engine.cpupool), which is how a call
-releases its ranks apart; the profile field, the engine option and the campaign's command."""
+releases its ranks apart; the engine option and the campaign's command (the profile field: test_shared_cores)."""
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +15,6 @@ from moesim.calibrate.campaign import fit_command
 from moesim.cost import find_profile
 from moesim.engine import SimOptions, simulate
 from moesim.engine.cpupool import CorePool
-from moesim.errors import InputFileError
 from moesim.topology import Topology
 from test_shared_cores import _campaign_cfg
 
@@ -133,24 +131,6 @@ def test_compute_first_releases_the_ranks_of_an_unshaped_call_apart():
                               rel=1e-12)
     assert simulate(_cfg(), topo, fitted, SimOptions(compute_first=False, **opts)).step_time_s == pytest.approx(
         simulate(_cfg(), topo, prof, SimOptions(**opts)).step_time_s, rel=1e-12)
-
-
-def test_profile_reads_compute_first_and_names_a_bad_field(tmp_path):
-    import yaml
-
-    from moesim.cost.profile import load_profile
-    data = yaml.safe_load(Path(AVX2).read_text())
-    assert find_profile(AVX2).device.compute_first is False
-    data["calibration"]["cpu_pool"]["compute_first"] = True
-    good = tmp_path / "good.yaml"
-    good.write_text(yaml.safe_dump(data))
-    assert load_profile(good).device.compute_first is True
-    for bad in ("yes", 1):
-        data["calibration"]["cpu_pool"]["compute_first"] = bad
-        path = tmp_path / "bad.yaml"
-        path.write_text(yaml.safe_dump(data))
-        with pytest.raises(InputFileError, match=r"bad\.yaml.*calibration\.cpu_pool\.compute_first"):
-            load_profile(path)
 
 
 def test_campaign_command_records_compute_first():

@@ -498,21 +498,25 @@ def test_all_to_all_cpu_closed_form():
             simulate(cfg, topo, prof, SimOptions(a2a_cpu_s=bad, **opts))
 
 
-def test_profile_reads_all_to_all_cpu_and_names_a_bad_field(tmp_path):
+@pytest.mark.parametrize("field, default, good, bads", [
+    ("a2a_cpu_s", 0.0, 0.0025, (-0.001, 2.0, "fast")),
+    ("compute_first", False, True, ("yes", 1)),          # moesim.engine.cpupool: compute first
+])
+def test_profile_reads_a_cpu_pool_field_and_names_a_bad_one(tmp_path, field, default, good, bads):
     import yaml
 
     from moesim.cost.profile import load_profile
     data = yaml.safe_load(Path(AVX2).read_text())
-    assert find_profile(AVX2).device.a2a_cpu_s == 0.0          # committed profiles: none
-    data["calibration"]["cpu_pool"]["a2a_cpu_s"] = 0.0025
-    good = tmp_path / "good.yaml"
-    good.write_text(yaml.safe_dump(data))
-    assert load_profile(good).device.a2a_cpu_s == 0.0025
-    for bad in (-0.001, 2.0, "fast"):
-        data["calibration"]["cpu_pool"]["a2a_cpu_s"] = bad
+    assert getattr(find_profile(AVX2).device, field) == default      # committed profiles: off
+    data["calibration"]["cpu_pool"][field] = good
+    path = tmp_path / "good.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert getattr(load_profile(path).device, field) == good
+    for bad in bads:
+        data["calibration"]["cpu_pool"][field] = bad
         path = tmp_path / "bad.yaml"
         path.write_text(yaml.safe_dump(data))
-        with pytest.raises(InputFileError, match=r"bad\.yaml.*calibration\.cpu_pool\.a2a_cpu_s"):
+        with pytest.raises(InputFileError, match=rf"bad\.yaml.*calibration\.cpu_pool\.{field}"):
             load_profile(path)
 
 
