@@ -375,6 +375,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="shared-core model: with time slices, a rank that returns from a collective computes "
                          "ahead of the All-to-All CPU (--a2a-cpu) of the ranks still in a call for its first "
                          "slice (the kernel runs a thread that slept first; moesim.engine.cpupool)")
+    ap.add_argument("--continuous-bucket", action="store_true",
+                    help="shaped links' token buckets accounted continuously (each fills at its rate less what "
+                         "its flows send, and stage runs take what it holds when they start), not per stage: "
+                         "a rank pair of a pairwise All-to-All that starts while other pairs hold the link "
+                         "still finds the tokens it gained (moesim.network.fluid)")
     ap.add_argument("--time-slice", default="skew",
                     help="shared-core model: the CPU scheduler's time slice, 'skew' (default: chosen by the fit "
                          "runs' measured rank skew, moesim.calibrate.skew) or seconds (0: processor sharing)")
@@ -535,7 +540,7 @@ def a2a_cpu_fit_args(mode: str) -> dict:
 def fit_command(out: str, name: str, patterns: str, a2a_start: str = "pairwise", time_slice: str = "skew",
                 burst: str = "whole", nic_efficiency: str = NIC_EFFICIENCY_DEFAULT, two_way: str = "insitu",
                 two_way_patterns: str | None = None, a2a_cpu: str = "none", release: str = "patterns",
-                compute_first: bool = False) -> str:
+                compute_first: bool = False, continuous_bucket: bool = False) -> str:
     """The command that re-creates a campaign profile (options at their defaults left out)."""
     opts = "".join(f" {k} {shlex.quote(v)}" for k, v, default in
                    (("--name", name, "cpu-testbed"), ("--patterns", patterns, DEFAULT_PATTERNS),
@@ -543,7 +548,9 @@ def fit_command(out: str, name: str, patterns: str, a2a_start: str = "pairwise",
                     ("--burst", burst, "whole"), ("--nic-efficiency", nic_efficiency, NIC_EFFICIENCY_DEFAULT),
                     ("--two-way", two_way, "insitu"), ("--two-way-patterns", two_way_patterns, None),
                     ("--a2a-cpu", a2a_cpu, "none"), ("--release-spread", release, "patterns")) if v != default)
-    base = f"python -m {PROG} --out {out}{opts}{' --compute-first' if compute_first else ''}"
+    flags = "".join(f for f, on in ((" --compute-first", compute_first), (" --continuous-bucket", continuous_bucket))
+                    if on)
+    base = f"python -m {PROG} --out {out}{opts}{flags}"
     return f"{base}  (this fit alone: {base} --only calibrate)"
 
 
@@ -590,6 +597,12 @@ def finish(args, log, out: Path, mdir: Path, vdir: Path) -> int:
     held = None
     if two_way != "insitu":
         held = _two_way_from_sweep(cal, root, two_way_patterns or TWO_WAY_PATTERNS_DEFAULT[two_way], log, two_way)
+    continuous = getattr(args, "continuous_bucket", False)
+    if continuous:
+        nic = cal.profile.get("calibration", {}).get("links", {}).get("nic")
+        if nic is None:
+            raise SystemExit(f"{PROG}: --continuous-bucket: the fitted profile has no shaped (nic) links")
+        nic["burst_continuous"] = True
     if fit_runs:
         cal = fit_insitu(cal, fit_runs, patterns=[root / f for f in patterns] or None,
                          pairwise_a2a=a2a_start == "pairwise",
@@ -603,7 +616,7 @@ def finish(args, log, out: Path, mdir: Path, vdir: Path) -> int:
         cal.profile["calibration"]["two_way_from"] = held.record()
     cal.profile["provenance"]["command"] = fit_command(args.out, args.name, args.patterns, a2a_start, time_slice,
                                                        burst, nic_efficiency, two_way, two_way_patterns, a2a_cpu,
-                                                       release, getattr(args, "compute_first", False))
+                                                       release, getattr(args, "compute_first", False), continuous)
     if patterns:
         cal.profile["provenance"]["release_patterns"] = patterns
     write_profile(prof_path, cal.profile)

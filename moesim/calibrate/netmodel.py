@@ -20,7 +20,8 @@ link that carries a rank pair's traffic in both directions at once carries 1/(1+
 ``peer_penalty`` c makes it 1/(1+b+c(k-1)) when those flows cross k peer hosts' shaped links),
 ``two_way_onset_s`` H (that loss sets in only after the link has carried such traffic for H
 seconds without a break), ``burst_s`` (tbf bucket: ``burst_s * rate`` bytes pass at once at a collective's start; see
-:mod:`moesim.network.fluid`) and ``release_spread`` s (an All-to-All across shaped links returns
+:mod:`moesim.network.fluid`), ``burst_continuous`` (the buckets are accounted continuously, not per
+stage: the network's ``graph.graph["burst_accounting"] = "continuous"``) and ``release_spread`` s (an All-to-All across shaped links returns
 to its members over the last s of its duration, as ``real_backend.patterns`` measures; see
 :mod:`moesim.engine.netbridge`).
 
@@ -61,6 +62,7 @@ class LinkParams:
     peer_penalty: float = 0.0        # c: ... 1/(1+b+c(k-1)) when those flows cross k peer hosts' links
     two_way_onset_s: float = 0.0     # H: ... only after H s of such traffic without a break (0: at once)
     burst_s: float = 0.0             # token bucket: an idle shaped link passes burst_s * tc rate bytes at once
+    burst_continuous: bool = False   # ... its bucket accounted continuously (not per stage; moesim.network.fluid)
     release_spread: float = 0.0      # an All-to-All over it releases its members over the last fraction of its time
 
     def bandwidth(self, nominal: float | None) -> float:
@@ -81,6 +83,8 @@ class LinkParams:
             out["two_way_onset_s"] = float(self.two_way_onset_s)
         if self.burst_s > 0:
             out["burst_s"] = float(self.burst_s)
+        if self.burst_continuous:
+            out["burst_continuous"] = True
         if self.release_spread > 0:
             out["release_spread"] = float(self.release_spread)
         return out
@@ -93,6 +97,7 @@ class LinkParams:
                    two_way_penalty=float(d.get("two_way_penalty") or 0.0),
                    peer_penalty=float(d.get("peer_penalty") or 0.0),
                    two_way_onset_s=float(d.get("two_way_onset_s") or 0.0), burst_s=float(d.get("burst_s") or 0.0),
+                   burst_continuous=d.get("burst_continuous") is True,
                    release_spread=float(d.get("release_spread") or 0.0))
 
 
@@ -180,6 +185,8 @@ def effective_topology(topology: Topology, links: Mapping[str, LinkParams],
         g.graph["release_spread"] = {**dict(g.graph.get("release_spread") or {}), **spread}
     if burst:
         g.graph["burst_bytes"] = {**dict(g.graph.get("burst_bytes") or {}), **burst}
+        if any(links[cls].burst_continuous for cls in burst):
+            g.graph["burst_accounting"] = "continuous"
     if cpu_bound:
         g.graph["cpu_bound"] = {**dict(g.graph.get("cpu_bound") or {}), **{c: 1.0 for c in sorted(cpu_bound)}}
     g.graph["calibrated"] = True

@@ -153,12 +153,17 @@ def _contention(path: Path, data: Mapping) -> dict:
 
 def _check_link_onsets(path: Path, data: Mapping) -> None:
     """``calibration.links.CLASS.two_way_onset_s`` (s, the two-way loss's onset; read with the links by
-    :func:`moesim.calibrate.profile_io.link_params`) must be a number in [0, 1)."""
+    :func:`moesim.calibrate.profile_io.link_params`) must be a number in [0, 1), ``burst_continuous``
+    true or false."""
     cal = data.get("calibration")
     links = cal.get("links") if isinstance(cal, Mapping) else None
     if not isinstance(links, Mapping):
         return
     for cls, lp in links.items():
+        if isinstance(lp, Mapping) and lp.get("burst_continuous") is not None \
+                and not isinstance(lp["burst_continuous"], bool):
+            raise InputFileError(path, f"field 'calibration.links.{cls}.burst_continuous' must be true or false, "
+                                       f"got {lp['burst_continuous']!r}")
         if isinstance(lp, Mapping) and lp.get("two_way_onset_s") is not None:
             where = f"calibration.links.{cls}.two_way_onset_s"
             v = _num(path, where, lp["two_way_onset_s"], allow_zero=True)

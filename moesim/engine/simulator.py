@@ -59,7 +59,8 @@ class SimOptions:
     (default: processor sharing, together), as ``a2a_cpu_s`` does (s of alone CPU work each member
     rank of an All-to-All runs in the pool once its data has landed, before it returns; default 0), and
     ``compute_first`` does (with time slices, a rank's compute goes ahead of that All-to-All work for its
-    first slice; default off)."""
+    first slice; default off). ``continuous_bucket`` overrides how the profile's shaped links account
+    their token buckets (True: continuously, False: per stage; :mod:`moesim.network.fluid`)."""
 
     a2a_algorithm: str = "direct"
     bucket_bytes: float = DEFAULT_BUCKET_BYTES
@@ -72,6 +73,7 @@ class SimOptions:
     pairwise_a2a: Optional[bool] = None
     a2a_cpu_s: Optional[float] = None
     compute_first: Optional[bool] = None
+    continuous_bucket: Optional[bool] = None
 
 
 def _resolve_profiles(topology, profile) -> tuple[dict, np.ndarray, Profile]:
@@ -108,6 +110,10 @@ class Simulation:
         self.models, self.device_of_rank, self.profile = _resolve_profiles(topology, profile)
         # calibrated link rates/latencies and link efficiencies of the profile, per link class
         self.topology = apply_profile_network(topology, self.profile)
+        if options.continuous_bucket is not None and "burst_bytes" in self.topology.graph.graph:
+            g = self.topology.graph.copy()
+            g.graph["burst_accounting"] = "continuous" if options.continuous_bucket else "per_stage"
+            self.topology = Topology(g, source=self.topology.source)
         self.program: Program = build_program(cfg, options.bucket_bytes, options.a2a_copies)
         self.classes: RankClasses = price_program(self.program, self.models, self.device_of_rank)
         self.time_slice_s, self.pairwise, self.a2a_cpu_s, self.compute_first = 0.0, False, 0.0, False

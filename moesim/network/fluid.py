@@ -45,6 +45,16 @@ shrink by ``min`` over the burst links of its route of that amount divided by th
 the link (the burst is shared evenly by the flows that start together; those bytes pass at line
 rate, much faster than the token rate). So a stage right after one that filled the link finds the
 bucket empty, and collectives separated by compute find it refilled.
+
+Continuous bucket accounting (optional, ``graph.graph["burst_accounting"] = "continuous"``; the
+default is the per-stage accounting above): each link's bucket starts full and fills at the link's
+capacity less what its flows send, up to ``B`` (so not at all while they keep it at its rate; a
+link that a two-way loss slows, or that only a stage waiting out its floor holds, refills), and
+stage runs take what it holds when they start: shared evenly by the flows that start on it at one
+instant, each flow the least share along its route (at most its bytes), the link keeping the rest.
+Where stages do not overlap this is the per-stage accounting; where they do (the rank pairs of a
+pairwise All-to-All start apart, while other pairs' small exchanges hold the link) a starting stage
+still finds the tokens its link gained, where the per-stage accounting gives it none.
 """
 from __future__ import annotations
 
@@ -104,6 +114,7 @@ class _StageRun:
         self.projected_end = math.inf   # stage end if no re-solve comes first
         self.links: np.ndarray | None = None  # links it sends over (token-bucket bookkeeping)
         self.bucket_start: np.ndarray | None = None  # per link: bytes its token bucket held at the start
+        self.burst_free: np.ndarray | None = None  # continuous buckets: per cell, bytes per flow they passed at once
 
     def bytes_per_flow(self) -> np.ndarray:
         c = self.cells
@@ -151,9 +162,16 @@ class FluidNetwork:
         self._two_way_since = np.full(topology.num_links, np.nan)
         self._onset_at = math.inf   # when the next link's two-way loss sets in (absolute s)
         self._burst = class_values(topology, "burst_bytes")
-        # token buckets: per link the bytes held at ``_bucket_time`` (full at the start)
+        # token buckets: per link the bytes held at ``_bucket_time`` (full at the start; continuous: now)
         self._bucket = None if self._burst is None else self._burst.astype(float).copy()
         self._bucket_time = None if self._burst is None else np.zeros(topology.num_links)
+        accounting = topology.graph.graph.get("burst_accounting", "per_stage")
+        if accounting not in ("per_stage", "continuous"):
+            raise ValueError(f"graph attribute 'burst_accounting' must be 'per_stage' or 'continuous', "
+                             f"got {accounting!r}")
+        self._continuous = self._burst is not None and accounting == "continuous"
+        # continuous: when the last runs took from the buckets, and which (they share again if more start then)
+        self._burst_batch: tuple[float, list] = (-math.inf, [])
         self._cpu_bound = class_values(topology, "cpu_bound")
 
     # -- public API ------------------------------------------------------------------------------
@@ -289,6 +307,8 @@ class FluidNetwork:
             return
         if self._dirty:
             self._solve()
+        if self._continuous:
+            self._refill_buckets(dt)
         for r in self._runs:
             if r.sending and r.cells is not None:
                 a = r.active
@@ -341,7 +361,7 @@ class FluidNetwork:
 
     def _finish_stage(self, r: _StageRun, t: float, done: list) -> None:
         self._runs.remove(r)
-        if self._bucket is not None and r.cells is not None:
+        if self._bucket is not None and not self._continuous and r.cells is not None:
             self._drain_buckets(r)
         self._account(r)
         crun = r.crun
@@ -407,9 +427,13 @@ class FluidNetwork:
                 p_sig = None
         if p_sig is None:
             p_sig = digest(labels.tobytes())
+        new = [r for r in runs if r.cells is None]
         for r in runs:
             if r.cells is None or r.p_sig != p_sig:
                 self._bind(r, labels, p_sig)
+        if new and self._continuous:
+            for r in self._take_bursts(new):    # may share again with runs that started at this instant
+                self._receiver_floor(r)
         items = sorted((r.stage.signature, digest(np.packbits(r.active).tobytes()), i) for i, r in enumerate(runs))
         key = (p_sig,) + tuple((s, m) for s, m, _ in items)
         cold, onset_at = None, math.inf
@@ -503,18 +527,27 @@ class FluidNetwork:
         cells = self._book.cells(r.stage, labels, p_sig)
         if r.cells is None:
             r.rem = (np.full(len(cells), r.stage.bytes_per_flow) if cells.nbytes is None else cells.nbytes.copy())
-            if self._burst is not None:
+            if self._burst is not None and not self._continuous:
                 r.bucket_start = self._bucket_levels(r)
                 r.rem = np.maximum(r.rem - self._burst_share(cells, labels, p_sig, r.bucket_start), 1e-9 * r.rem)
             r.active = np.ones(len(cells), dtype=bool)
             r.done = np.full(len(cells), np.nan)
-            if self.params.receiver_wait_s > 0 and self._cpu_bound is not None:
-                r.max_arrival = max(r.max_arrival, r.start + self.params.receiver_wait_s
-                                    + self._cpu_time(cells, labels, p_sig, r.rem))
-        elif cells.orbits is not None and cells is not r.cells:
+            r.cells, r.labels, r.p_sig = cells, labels, p_sig
+            if not self._continuous:    # continuous: once the run has taken its burst (_solve)
+                self._receiver_floor(r)
+            return
+        if cells.orbits is not None and cells is not r.cells:
             idx = self._book.parent_index(r.cells, cells)
             r.rem, r.active, r.done = r.rem[idx], r.active[idx], r.done[idx]
+            if r.burst_free is not None:
+                r.burst_free = r.burst_free[idx]
         r.cells, r.labels, r.p_sig = cells, labels, p_sig
+
+    def _receiver_floor(self, r: _StageRun) -> None:
+        """A new run on CPU-bound links ends no earlier than the receiver wait plus its bytes' copy time."""
+        if self.params.receiver_wait_s > 0 and self._cpu_bound is not None:
+            r.max_arrival = max(r.max_arrival, r.start + self.params.receiver_wait_s
+                                + self._cpu_time(r.cells, r.labels, r.p_sig, r.rem))
 
     def _cpu_time(self, cells: Cells, labels: np.ndarray, p_sig: bytes, nbytes: np.ndarray) -> float:
         """Seconds the stage's bytes take, alone, on its busiest CPU-bound link (kernel copies)."""
@@ -575,6 +608,49 @@ class FluidNetwork:
         free = np.full(len(cells), np.inf)
         np.minimum.at(free, cells.q_rows, share)
         return np.where(np.isfinite(free), free, 0.0)
+
+    def _refill_buckets(self, dt: float) -> None:
+        """Continuous token accounting over the next ``dt`` s at the current rates: each link gains its
+        capacity less what its flows send, up to its bucket (links without a bucket stay at 0)."""
+        sent = np.zeros(self.topo.num_links)
+        for r in self._runs:
+            if r.sending and r.cells is not None:
+                sent += self._expand(r, np.where(r.active, r.rate, 0.0))
+        gain = np.maximum(self.topo.link_capacity - sent, 0.0) * dt
+        self._bucket = np.minimum(self._burst, self._bucket + gain)
+
+    def _take_bursts(self, runs: list[_StageRun]) -> list[_StageRun]:
+        """Continuous accounting: the stage runs starting now take what the buckets hold, per link
+        shared evenly by the flows starting on it, each flow the least share along its route (at most
+        its bytes); the links keep the rest. Runs that took their share at this same instant (bound in
+        an earlier solve at the same time: nothing has been sent since) give it back and share again.
+        Returns the runs that took (the given ones, and those)."""
+        if self._burst_batch[0] == self.now:
+            earlier = [r for r in self._burst_batch[1] if r in self._runs and r.burst_free is not None]
+            for r in earlier:
+                r.rem = r.rem + r.burst_free
+                self._bucket = self._bucket + self._expand(r, r.burst_free)
+            runs = earlier + runs
+        self._burst_batch = (self.now, runs)
+        flows = np.zeros(self.topo.num_links)
+        for r in runs:
+            flows += self._expand(r, np.ones(len(r.cells)))
+        has = (self._burst > 0) & (flows > 0)
+        share = np.where(has, self._bucket / np.where(has, flows, 1.0), np.inf)
+        taken = np.zeros(self.topo.num_links)
+        for r in runs:
+            lo = self._book.orbits(r.labels, r.p_sig)
+            per_orbit = np.full(len(lo.size), np.inf)
+            np.minimum.at(per_orbit, lo.of_link, share)
+            c = r.cells
+            free = np.full(len(c), np.inf)
+            np.minimum.at(free, c.q_rows, per_orbit[c.q_cols])
+            free = np.minimum(np.where(np.isfinite(free), free, 0.0), (1.0 - 1e-9) * r.rem)
+            r.rem = r.rem - free
+            r.burst_free = free
+            taken += self._expand(r, free)
+        self._bucket = np.maximum(self._bucket - taken, 0.0)
+        return runs
 
     def _memoise(self, key, rates_by_item: list[np.ndarray]) -> None:
         size = sum(x.nbytes for x in rates_by_item) + 200
