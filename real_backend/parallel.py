@@ -158,4 +158,15 @@ def torch_meta(kind: str, backend: str, device, **extra: Any) -> dict:
     meta = base_meta(kind)
     meta.update({"torch_version": torch.__version__, "backend": backend, "world_size": dist.get_world_size(),
                  "device": str(device), "threads": torch.get_num_threads()}, **extra)
+    meta.update(gpu_meta(device))
     return meta
+
+
+def gpu_meta(device) -> dict:
+    """For a CUDA device: its name, memory (bytes), multiprocessors and the CUDA version ({} otherwise)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return {}
+    props = torch.cuda.get_device_properties(device)
+    return {"gpu_name": props.name, "gpu_memory_bytes": int(props.total_memory),
+            "gpu_multiprocessors": int(props.multi_processor_count), "cuda": torch.version.cuda}

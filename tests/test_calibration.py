@@ -347,3 +347,23 @@ def test_old_testbed_topology_files_are_rebuilt_in_the_current_layout(tmp_path):
     current = emulated_testbed(2, 2)
     assert upgrade_testbed_topology(current) is current
     assert upgrade_testbed_topology(new) is new
+
+
+def test_gpu_tables_need_a_given_peak_and_record_the_gpu(tmp_path):
+    """Tables that real_backend.gpu_profile writes on a CUDA GPU record the GPU (name, memory): the fit
+    refuses to borrow this machine's CPU peak for them, and with a given peak the profile takes the
+    GPU's memory and names the GPU in its provenance; the curve is recovered as for a CPU."""
+    path = synthetic_compute(tmp_path)
+    text = path.read_text().splitlines()
+    meta = json.loads(text[1][len("# meta "):])
+    meta.update({"gpu_name": "NVIDIA H200", "gpu_memory_bytes": 150_000_000_000, "cuda": "13.0", "device": "cuda:0"})
+    text[1] = "# meta " + json.dumps(meta)
+    path.write_text("\n".join(text) + "\n")
+    with pytest.raises(Exception, match=r"gemm\.csv.*NVIDIA H200.*--peak-flops"):
+        calibrate([path], name="gpu")
+    cal = calibrate([path], name="gpu", peak_flops=PEAK)
+    dev, prov = cal.profile["device"], cal.profile["provenance"]
+    assert dev["memory_bytes"] == 150e9
+    assert dev["gemm"]["efficiency_max"] == pytest.approx(TRUE["efficiency_max"], rel=1e-3)
+    assert dev["memory_bandwidth"] == pytest.approx(TRUE["memory_bandwidth"], rel=1e-3)
+    assert prov["gpu"]["name"] == "NVIDIA H200" and "NVIDIA H200" in prov["source"]

@@ -127,6 +127,14 @@ def calibrate(paths: Sequence[str | os.PathLike], name: str = "cpu-testbed", pea
     target = int(ranks or max(worlds))
     cores = next((int(t.meta["cpu_count"]) for t in tables if t.meta.get("cpu_count")), os.cpu_count() or 1)
     peak_note = "given with --peak-flops"
+    gpus = sorted({str(t.meta["gpu_name"]) for t in all_tables if t.meta.get("gpu_name")})
+    if len(gpus) > 1:
+        raise MoesimError(f"the tables were measured on different GPUs ({', '.join(gpus)}): calibrate them separately")
+    if gpus and peak_flops is None:
+        gemm_files = [t.path.name for t in tables if "gemm" in set(t.df["kind"])]
+        raise MoesimError(f"the GEMM tables ({', '.join(gemm_files) or 'none'}) were measured on a GPU ({gpus[0]}), "
+                          f"whose peak no table records: give its datasheet peak for the GEMMs' dtype with "
+                          f"--peak-flops (FLOP/s, e.g. 989e12 for an H100/H200 SXM in bf16)")
     if peak_flops is None:
         rec = recorded_peak([t for t in tables if t.kind == "microbench"], files)
         if rec is not None:
@@ -182,7 +190,8 @@ def calibrate(paths: Sequence[str | os.PathLike], name: str = "cpu-testbed", pea
         residuals.update(network.residuals)
 
     machine = machine_info()
-    mem_total = _mem_total()
+    gpu_memory = {int(t.meta["gpu_memory_bytes"]) for t in all_tables if t.meta.get("gpu_memory_bytes")}
+    mem_total = float(min(gpu_memory)) * max(1, target) if gpu_memory else _mem_total()
     sources = []
     for t in all_tables:
         n = notes.get(t.path.resolve(), {})
@@ -197,7 +206,9 @@ def calibrate(paths: Sequence[str | os.PathLike], name: str = "cpu-testbed", pea
         }.items() if v is not None})
     torch_versions = sorted({str(t.meta["torch_version"]) for t in all_tables if t.meta.get("torch_version")})
     prov = {
-        "source": description or ("moesim calibrate: fitted from real_backend microbenchmarks (GEMM, memory, "
+        "source": description or (f"moesim calibrate: fitted from real_backend.microbench GEMM and "
+                                  f"moesim.calibrate.membench tables measured on one {gpus[0]}" if gpus else
+                                  "moesim calibrate: fitted from real_backend microbenchmarks (GEMM, memory, "
                                   "All-to-All, all-reduce) on the on-one-machine testbed"),
         "date": now_iso(),
         "machine": {k: machine[k] for k in ("hostname", "cpu_model", "cores", "platform")},
@@ -207,8 +218,13 @@ def calibrate(paths: Sequence[str | os.PathLike], name: str = "cpu-testbed", pea
         "sources": sources,
         "note": (f"one rank of {target} processes sharing {cores} cores: peak, memory bandwidth and per-op "
                  f"overhead are the single-core fit scaled by the measured core share {factor:.3g} "
-                 f"(nominal cores/ranks = {min(1.0, cores / target):.3g})"),
+                 f"(nominal cores/ranks = {min(1.0, cores / target):.3g})") if not gpus else
+                (f"one {gpus[0]} GPU per rank: GEMM efficiency curve, memory bandwidth and per-op overhead "
+                 f"fitted on its CUDA-event timings, against the peak {peak_note}"),
     }
+    if gpus:
+        prov["gpu"] = {"name": gpus[0], "memory_bytes": float(min(gpu_memory)) if gpu_memory else None,
+                       "cuda": sorted({str(t.meta["cuda"]) for t in all_tables if t.meta.get("cuda")})}
     device: dict = {}
     if compute:
         eff = compute.efficiency_max

@@ -45,12 +45,17 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
     import torch.distributed as dist
+
+    from real_backend.parallel import gpu_meta
     torch.set_num_threads(args.threads)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if world > 1:
         dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=300))
     dev = torch.device(args.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        print(f"{PROG}: error: --device {args.device}: no CUDA device here", file=sys.stderr)
+        return 2
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)  # noqa: E731
     rows = []
     for size in sizes:
@@ -61,13 +66,20 @@ def main(argv: list[str] | None = None) -> int:
             if world > 1:
                 dist.barrier()
             sync()
-            t0 = time.perf_counter()
-            torch.add(a, b, out=c)
-            sync()
-            t1 = time.perf_counter()
+            if dev.type == "cuda":      # GPU time between two events, as real_backend's Recorder times
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                torch.add(a, b, out=c)
+                end.record()
+                sync()
+                seconds = start.elapsed_time(end) / 1e3
+            else:
+                t0 = time.perf_counter()
+                torch.add(a, b, out=c)
+                seconds = time.perf_counter() - t0
             if rep >= args.warmup:
                 rows.append({"kind": "memory", "group": "local", "group_size": 1, "size_bytes": moved, "dtype": "fp32",
-                             "rank": rank, "rep": rep - args.warmup, "seconds": t1 - t0, "bytes": moved, "flop": 0})
+                             "rank": rank, "rep": rep - args.warmup, "seconds": seconds, "bytes": moved, "flop": 0})
     gathered = [rows]
     if world > 1:
         gathered = [None] * world if rank == 0 else None
@@ -77,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "host": socket.gethostname(), "platform": platform.platform(), "python": platform.python_version(),
                 "cpu_count": os.cpu_count(), "torch_version": torch.__version__, "device": str(dev), "backend": "gloo" if world > 1 else "none",
+                **gpu_meta(dev),
                 "world_size": world, "threads": torch.get_num_threads(), "reps": args.reps, "warmup": args.warmup,
                 "local_world_size": int(os.environ.get("LOCAL_WORLD_SIZE", world)), "tool": PROG,
                 "argv": sys.argv[1:] if argv is None else list(argv),
