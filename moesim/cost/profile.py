@@ -151,10 +151,10 @@ def _contention(path: Path, data: Mapping) -> dict:
     return out
 
 
-def _check_link_onsets(path: Path, data: Mapping) -> None:
-    """``calibration.links.CLASS.two_way_onset_s`` (s, the two-way loss's onset; read with the links by
-    :func:`moesim.calibrate.profile_io.link_params`) must be a number in [0, 1), ``burst_continuous``
-    true or false."""
+def _check_link_fields(path: Path, data: Mapping) -> None:
+    """The per-class link fields read with the links by :func:`moesim.calibrate.profile_io.link_params`
+    that the profile checks: ``calibration.links.CLASS.two_way_onset_s`` (s, the two-way loss's onset)
+    must be a number in [0, 1), ``burst_continuous`` true or false."""
     cal = data.get("calibration")
     links = cal.get("links") if isinstance(cal, Mapping) else None
     if not isinstance(links, Mapping):
@@ -192,7 +192,7 @@ def parse_profile(data: Any, path: Path) -> Profile:
             raise InputFileError(path, f"field 'device.peak_flops.{k}': unknown dtype (expected {DTYPES})")
         peak[k] = _num(path, f"device.peak_flops.{k}", v)
     gemm = _section(path, dev, "gemm")
-    _check_link_onsets(path, data)
+    _check_link_fields(path, data)
     device = DeviceProfile(
         peak_flops=peak,
         memory_bandwidth=_num(path, "device.memory_bandwidth", _req(path, dev, "memory_bandwidth", "device.memory_bandwidth")),
