@@ -190,8 +190,9 @@ def calibrate(paths: Sequence[str | os.PathLike], name: str = "cpu-testbed", pea
         residuals.update(network.residuals)
 
     machine = machine_info()
-    gpu_memory = {int(t.meta["gpu_memory_bytes"]) for t in all_tables if t.meta.get("gpu_memory_bytes")}
-    mem_total = float(min(gpu_memory)) * max(1, target) if gpu_memory else _mem_total()
+    gpu_memory = min((float(t.meta["gpu_memory_bytes"]) for t in all_tables if t.meta.get("gpu_memory_bytes")),
+                     default=None)      # bytes of one GPU (a rank's own), None for CPU tables
+    mem_total = None if gpu_memory else _mem_total()
     sources = []
     for t in all_tables:
         n = notes.get(t.path.resolve(), {})
@@ -223,7 +224,7 @@ def calibrate(paths: Sequence[str | os.PathLike], name: str = "cpu-testbed", pea
                  f"fitted on its CUDA-event timings, against the peak {peak_note}"),
     }
     if gpus:
-        prov["gpu"] = {"name": gpus[0], "memory_bytes": float(min(gpu_memory)) if gpu_memory else None,
+        prov["gpu"] = {"name": gpus[0], "memory_bytes": gpu_memory,
                        "cuda": sorted({str(t.meta["cuda"]) for t in all_tables if t.meta.get("cuda")})}
     device: dict = {}
     if compute:
@@ -240,7 +241,7 @@ def calibrate(paths: Sequence[str | os.PathLike], name: str = "cpu-testbed", pea
         device = {
             "peak_flops": peaks,
             "memory_bandwidth": bw * factor,
-            "memory_bytes": (mem_total / max(1, target)) if mem_total else 0,
+            "memory_bytes": gpu_memory or ((mem_total / max(1, target)) if mem_total else 0),
             "gemm": {"efficiency_max": min(1.0, eff), "half_size": compute.half_size},
             "memory_efficiency": 1.0,
             "op_overhead_s": overhead / factor,
