@@ -143,18 +143,27 @@ class Experts(nn.Module):
         for p in self.parameters():
             p.expert = expert
 
-    def _one(self, x: torch.Tensor, i: int) -> torch.Tensor:
-        return torch.addmm(self.b2[i], F.gelu(torch.addmm(self.b1[i], x, self.w1[i])), self.w2[i])
+    def _weights(self) -> list[tuple[torch.Tensor, ...]]:
+        """(w1, b1, w2, b2) of each expert, as views from one ``unbind`` per stacked tensor: its
+        backward stacks the n gradients once, where indexing ``w[i]`` per expert would make each
+        expert's backward write a zero-filled gradient of the whole stack (n times the work)."""
+        return list(zip(*(p.unbind(0) for p in (self.w1, self.b1, self.w2, self.b2))))
+
+    @staticmethod
+    def _one(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(b2, F.gelu(torch.addmm(b1, x, w1)), w2)
 
     def forward(self, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        weights = self._weights()
         if self.n == 1:
-            return self._one(x, 0)
-        return torch.cat([self._one(chunk, i) for i, chunk in enumerate(x.split(counts))], dim=0)
+            return self._one(x, *weights[0])
+        return torch.cat([self._one(chunk, *w) for chunk, w in zip(x.split(counts), weights)], dim=0)
 
     def apply_all(self, x: torch.Tensor) -> torch.Tensor:
-        out = self._one(x, 0)
-        for i in range(1, self.n):
-            out = out + self._one(x, i)
+        weights = self._weights()
+        out = self._one(x, *weights[0])
+        for w in weights[1:]:
+            out = out + self._one(x, *w)
         return out
 
 

@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--reps", type=int, default=5, help="recorded repetitions (default 5)")
     ap.add_argument("--warmup", type=int, default=2, help="unrecorded repetitions first (default 2)")
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    ap.add_argument("--ops-per-timing", type=int, default=1, metavar="N",
+                    help="GEMMs issued back to back between the two time stamps, seconds = elapsed / N "
+                         "(default 1: an isolated op, launch latency included; on a GPU, N > 1 gives the "
+                         "steady-state cost of an op in a queue)")
     ap.add_argument("--groups", default="auto", choices=("auto", "world"),
                     help="auto: world plus intra_node/inter_node groups when ranks span hosts")
     ap.add_argument("--timeout", type=float, default=300.0, help="collective timeout / watchdog seconds")
@@ -102,10 +106,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     bad = [k for k in kinds if k not in ("gemm", "all_to_all", "all_reduce")]
-    if bad or args.reps < 1 or args.warmup < 0:
-        print(f"{PROG}: error: bad --kinds {bad}" if bad else f"{PROG}: error: --reps >= 1, --warmup >= 0",
-              file=sys.stderr)
+    if bad or args.reps < 1 or args.warmup < 0 or args.ops_per_timing < 1:
+        print(f"{PROG}: error: bad --kinds {bad}" if bad
+              else f"{PROG}: error: --reps >= 1, --warmup >= 0, --ops-per-timing >= 1", file=sys.stderr)
         return 2
+    per = args.ops_per_timing
     gemms = list(args.gemm or DEFAULT_GEMMS)
     if args.model:
         from moesim.config import load_config
@@ -172,7 +177,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 b = torch.randn(k, n, device=device).to(dtype)
                 base = {"kind": "gemm", "group": "local", "group_size": 1, "m": m, "n": n, "k": k,
                         "dtype": args.dtype, "flop": 2 * m * n * k, "bytes": (m * k + k * n + m * n) * elem}
-                record(lambda: timed(lambda: torch.mm(a, b)), base)
+                record(lambda: timed(lambda: [torch.mm(a, b) for _ in range(per)]) / per, base)
         for name, grp, gsize in groups:
             if "all_to_all" in kinds:
                 for size in args.a2a_sizes:
@@ -203,6 +208,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if rank == 0:
             meta = torch_meta("microbench", backend, device, reps=args.reps, warmup=args.warmup,
                               local_world_size=local, argv=sys.argv[1:] if argv is None else list(argv))
+            meta["ops_per_timing"] = per
             if device.type == "cpu":
                 try:  # the GEMMs' peak travels with them: a later refit on another CPU must not use its own
                     from moesim.calibrate.profile_io import cpu_peak_flops_per_core

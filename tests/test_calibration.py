@@ -109,6 +109,63 @@ def test_compute_fit_recovers_cost_model_parameters(tmp_path):
     assert fit.residuals["gemm"]["mape"] < 1e-3 and fit.residuals["memory"]["mape"] < 1e-3
 
 
+def test_compute_fit_keeps_efficiency_at_most_one_against_a_datasheet_peak(tmp_path):
+    """GEMMs that beat the reference peak (a curve with efficiency_max 1.3): against an estimated peak
+    the fit is free and recovers 1.3 (the profile caps it); against a datasheet peak (bounded) the fit
+    is the best curve with efficiency_max exactly 1, so the half size moves to absorb the excess, and it
+    beats every other efficiency_max <= 1 at its own best half size."""
+    over = dict(TRUE, efficiency_max=1.3)
+    rows = [{"m": m, "n": n, "k": k, "seconds": gemm_seconds(m, n, k, over)} for (m, n, k) in SHAPES]
+    import pandas as pd
+    from moesim.calibrate.fit import ComputeFit
+    g = pd.DataFrame(rows)
+    free = fit_compute(g, None, PEAK)
+    assert free.efficiency_max == pytest.approx(1.3, rel=1e-3) and "beat the reference peak" in free.residuals["note"]
+    bound = fit_compute(g, None, PEAK, bounded=True)
+    assert bound.efficiency_max == 1.0 and "bound 1" in bound.residuals["note"]
+    assert bound.half_size < over["half_size"]            # a steeper curve stands in for the excess
+    meas = g["seconds"].to_numpy()
+
+    def sse(fit):
+        return float((((fit.gemm_seconds(g.m, g.n, g.k) - meas) / meas) ** 2).sum())
+    for eff in (0.9, 0.99):       # the bounded optimum beats interior points at their best half size
+        best = min(sse(ComputeFit(PEAK, eff, h, None, bound.op_overhead_s)) for h in (5, 10, 15, 20, 24, 30))
+        assert sse(bound) < best
+    within = fit_compute(pd.DataFrame([{"m": m, "n": n, "k": k, "seconds": gemm_seconds(m, n, k)}
+                                       for (m, n, k) in SHAPES]), None, PEAK, bounded=True)
+    assert within.efficiency_max == pytest.approx(TRUE["efficiency_max"], rel=1e-3)   # bound not active
+    assert "note" not in within.residuals
+
+
+def test_queued_gpu_tables_fit_an_overlapping_overhead(tmp_path):
+    """GPU tables timed with ops in a queue (ops_per_timing > 1) hold max(issue, kernel) per op: the
+    fit recovers a curve, bandwidth and overhead of that form, and the profile says the overhead
+    overlaps; tables that mix queued and isolated timings are refused, naming both."""
+    truth = dict(TRUE, op_overhead_s=2e-5)
+    g = lambda x: x / (x + truth["half_size"])  # noqa: E731
+    rows = [{"kind": "gemm", "group": "local", "group_size": 1, "m": m, "n": n, "k": k, "dtype": "bf16", "rank": 0,
+             "rep": 0, "seconds": max(truth["op_overhead_s"], 2 * m * n * k / (PEAK * truth["efficiency_max"] * g(m) * g(n) * g(k))),
+             "flop": 2 * m * n * k, "world_size": 1} for (m, n, k) in SHAPES]
+    rows += [{"kind": "memory", "group": "local", "group_size": 1, "size_bytes": b, "dtype": "fp32", "rank": 0, "rep": 0,
+              "seconds": max(truth["op_overhead_s"], b / truth["memory_bandwidth"]), "bytes": b, "flop": 0,
+              "world_size": 1} for b in MEM_SIZES]
+    meta = {"kind": "microbench", "world_size": 1, "host": "gpu", "gpu_name": "NVIDIA H200", "cuda": "13.0",
+            "gpu_memory_bytes": 150e9}
+    queued = write_table(tmp_path / "queued.csv", rows, dict(meta, ops_per_timing=20))
+    cal = calibrate([queued], name="q", peak_flops=PEAK)
+    dev = cal.profile["device"]
+    assert dev["op_overhead_overlaps"] is True
+    assert dev["gemm"]["efficiency_max"] == pytest.approx(truth["efficiency_max"], rel=1e-2)
+    assert dev["gemm"]["half_size"] == pytest.approx(truth["half_size"], rel=2e-2)
+    assert dev["memory_bandwidth"] == pytest.approx(truth["memory_bandwidth"], rel=1e-2)
+    assert dev["op_overhead_s"] == pytest.approx(truth["op_overhead_s"], rel=1e-2)
+    assert cal.residuals["gemm"]["max_error"] < 0.02 and cal.residuals["memory"]["max_error"] < 0.02
+    alone = write_table(tmp_path / "alone.csv", rows, dict(meta, ops_per_timing=1))
+    assert "op_overhead_overlaps" not in calibrate([alone], name="a", peak_flops=PEAK).profile["device"]
+    with pytest.raises(Exception, match=r"alone\.csv 1.*queued\.csv 20"):
+        calibrate([alone, queued], name="mixed", peak_flops=PEAK)
+
+
 def test_contention_and_profile_scaling(tmp_path):
     """4 ranks on 2 cores: GEMMs long enough to be time-sliced run at the measured share of a core,
     and the profile scales peak, bandwidth and overhead by it."""

@@ -66,6 +66,8 @@ device:
     (("fp32: 1.0e11", "int8: 1.0e11"), "device.peak_flops.int8"),
     (("  memory_bandwidth: 1.0e10\n", ""), "missing field 'device.memory_bandwidth'"),
     (("name: x", "name: [x"), "not valid YAML"),
+    (("  memory_bandwidth: 1.0e10\n", "  memory_bandwidth: 1.0e10\n  op_overhead_overlaps: sometimes\n"),
+     "device.op_overhead_overlaps"),
 ])
 def test_bad_profiles_name_file_and_field(tmp_path, mutation, needle):
     f = tmp_path / "p.yaml"
@@ -82,3 +84,46 @@ def test_good_profile_and_unknown_name(tmp_path):
     assert p.device.op_overhead_s == 0 and p.device.memory_efficiency == 1.0
     with pytest.raises(MoesimError, match="no device profile named 'nope'"):
         find_profile("nope")
+
+
+def test_overlapping_overhead_prices_the_larger_of_issue_and_work(tmp_path):
+    """``op_overhead_overlaps``: an op costs max(overhead, work) (a queued GPU stream), not the sum."""
+    base = GOOD.replace("  memory_bandwidth: 1.0e10\n", "  memory_bandwidth: 1.0e10\n  op_overhead_s: 1.0e-3\n")
+    (tmp_path / "over.yaml").write_text(base.replace("op_overhead_s: 1.0e-3\n",
+                                                     "op_overhead_s: 1.0e-3\n  op_overhead_overlaps: true\n"))
+    (tmp_path / "added.yaml").write_text(base)
+    over, added = CostModel(load_profile(tmp_path / "over.yaml")), CostModel(load_profile(tmp_path / "added.yaml"))
+    assert over.device.op_overhead_overlaps and not added.device.op_overhead_overlaps
+    assert over.memory_time(1e6) == pytest.approx(1e-3)               # 0.1 ms of work hides under 1 ms
+    assert added.memory_time(1e6) == pytest.approx(1.1e-3)
+    assert over.memory_time(1e8) == pytest.approx(1e-2)               # 10 ms of work hides the overhead
+    assert added.memory_time(1e8) == pytest.approx(1.1e-2)
+    m = n = k = 2000
+    work = 2 * m * n * k / (1e11 * 0.5 * (m / (m + 10)) ** 3)         # 0.32 s, compute bound
+    assert over.gemm_time(m, n, k, "fp32", count=2) == pytest.approx(2 * work, rel=1e-12)
+    assert added.gemm_time(m, n, k, "fp32") == pytest.approx(work + 1e-3, rel=1e-12)
+    assert over.gemm_time(4, 4, 4, "fp32") == pytest.approx(1e-3) and over.gemm_time(0, 4, 4, "fp32") == 0
+
+
+def test_committed_h200_profile_is_reproduced_by_its_command(tmp_path):
+    """calibration/h200-sxm-measured.yaml is what its recorded command fits from the committed H200
+    tables (ops timed in a queue: the overhead overlaps), and its numbers are physical: efficiency
+    below 1, memory bandwidth below the H200's 4.8 TB/s datasheet."""
+    import shlex
+    import yaml
+    from pathlib import Path
+    from moesim.calibrate import calibrate
+    root = Path(__file__).resolve().parents[1]
+    prof = find_profile("h200-sxm-measured")
+    assert prof.status == "measured" and prof.device.op_overhead_overlaps
+    assert prof.device.gemm_efficiency_max < 1 and prof.device.memory_bandwidth < find_profile("h200-sxm").device.memory_bandwidth
+    committed = yaml.safe_load((root / "calibration/h200-sxm-measured.yaml").read_text())
+    argv = shlex.split(committed["provenance"]["command"])
+    tables = [root / a for a in argv[2:] if a.endswith(".csv")]
+    peak = float(argv[argv.index("--peak-flops") + 1])
+    cal = calibrate(tables, name="h200-sxm-measured", peak_flops=peak)
+    for key in ("memory_bandwidth", "op_overhead_s"):
+        assert cal.profile["device"][key] == pytest.approx(committed["device"][key], rel=1e-4)
+    for key in ("efficiency_max", "half_size"):
+        assert cal.profile["device"]["gemm"][key] == pytest.approx(committed["device"]["gemm"][key], rel=1e-4)
+    assert cal.profile["device"]["op_overhead_overlaps"] is True

@@ -10,7 +10,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from moesim.calibrate import calibrate  # noqa: E402
+from moesim.calibrate import calibrate, read_table  # noqa: E402
+from real_backend.gpu_profile import steps  # noqa: E402
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -29,8 +30,18 @@ def test_dry_run_measures_every_step_and_its_tables_calibrate(tmp_path):
     res = _run("--allow-cpu", "--quick", "--out-dir", str(out))
     assert res.returncode == 0, res.stdout + res.stderr
     record = json.loads((out / "commands.json").read_text())
-    assert [s["name"] for s in record["steps"]] == ["gemm", "memory", "gpu_check"]
+    assert [s["name"] for s in record["steps"]] == ["gemm", "gemm-pipelined", "memory", "memory-pipelined",
+                                                    "gpu_check"]
     assert all(s["exit"] == 0 for s in record["steps"])
+    assert sum(limit for *_, limit in steps(out, False, out)) < 540   # fits one device call with room
+    files = sorted(p.name for p in out.iterdir())   # the dry run times no steps: no gpu_check tables to pack
+    assert files == ["commands.json", "gemm-bf16-pipelined.csv", "gemm-bf16.csv", "gpu_check.json",
+                     "memory-pipelined.csv", "memory.csv"]   # with gpu_check.tar.gz 7: a lent machine returns 8
+    for name, per in (("gemm-bf16.csv", 1), ("gemm-bf16-pipelined.csv", 3), ("memory.csv", 1),
+                      ("memory-pipelined.csv", 3)):
+        assert read_table(out / name).meta["ops_per_timing"] == per
+    piped = calibrate([out / "gemm-bf16-pipelined.csv", out / "memory-pipelined.csv"], name="piped", peak_flops=1e11)
+    assert piped.profile["device"]["memory_bandwidth"] > 0
     check = json.loads((out / "gpu_check.json").read_text())
     assert check["passed"] and len(check["checks"]) == 5
     cal = calibrate([out / "gemm-bf16.csv", out / "memory.csv"], name="dry", peak_flops=1e11)

@@ -101,6 +101,19 @@ def recorded_peak(tables: list[Table], files: list[Path]) -> tuple[float, str] |
     return None
 
 
+def _queued_ops(tables: list[Table]) -> bool:
+    """Whether GPU GEMM / memory tables time ops in a queue (``--ops-per-timing`` N > 1: an op
+    costs max(issue, kernel)) rather than alone (N = 1: launch latency + kernel); mixed tables are
+    refused, since one profile cannot be both."""
+    per = {t.path.name: int(t.meta.get("ops_per_timing") or 1) for t in tables
+           if set(t.df["kind"]) & {"gemm", "memory"}}
+    if len({n > 1 for n in per.values()}) > 1:
+        raise MoesimError("the GPU tables mix ops timed alone and ops timed in a queue (ops_per_timing: "
+                          + ", ".join(f"{f} {n}" for f, n in sorted(per.items()))
+                          + "): the two price the per-op overhead differently; calibrate them separately")
+    return bool(per) and min(per.values()) > 1
+
+
 def calibrate(paths: Sequence[str | os.PathLike], name: str = "cpu-testbed", peak_flops: float | None = None,
               ranks: int | None = None, min_contended_s: float = 5e-3, description: str | None = None,
               topology: str | None = None, tbf_effects: bool = False, nic_efficiency: str = F.NIC_EFFICIENCY_DEFAULT) -> Calibration:
@@ -127,6 +140,7 @@ def calibrate(paths: Sequence[str | os.PathLike], name: str = "cpu-testbed", pea
     target = int(ranks or max(worlds))
     cores = next((int(t.meta["cpu_count"]) for t in tables if t.meta.get("cpu_count")), os.cpu_count() or 1)
     peak_note = "given with --peak-flops"
+    peak_given = peak_flops is not None  # a datasheet ceiling: the efficiency is fitted <= 1
     gpus = sorted({str(t.meta["gpu_name"]) for t in all_tables if t.meta.get("gpu_name")})
     if len(gpus) > 1:
         raise MoesimError(f"the tables were measured on different GPUs ({', '.join(gpus)}): calibrate them separately")
@@ -142,18 +156,19 @@ def calibrate(paths: Sequence[str | os.PathLike], name: str = "cpu-testbed", pea
         else:
             peak_flops, peak_note = cpu_peak_flops_per_core()
             peak_note += " of the machine fitting now: the tables record no peak of their own"
+    overlapped = _queued_ops(tables) if gpus else False
     residuals: dict = {}
 
     compute = contention = None
     g1 = gemm[gemm["world_size"] == 1]
     m1 = mem[mem["world_size"] == 1]
     if len(g1):
-        compute = F.fit_compute(g1, m1, peak_flops)
+        compute = F.fit_compute(g1, m1, peak_flops, bounded=peak_given, overlapped=overlapped)
         contention = F.fit_contention(gemm, cores, target, min_contended_s) if target > 1 else None
     elif len(gemm):
         gt = gemm[gemm["world_size"] == target]
         mt = mem[mem["world_size"] == target]
-        compute = F.fit_compute(gt, mt, peak_flops)
+        compute = F.fit_compute(gt, mt, peak_flops, bounded=peak_given, overlapped=overlapped)
     network = F.fit_network(coll, tbf_effects=tbf_effects, nic_efficiency=nic_efficiency) if len(coll) else None
     framework = None
     if runs:
@@ -221,7 +236,11 @@ def calibrate(paths: Sequence[str | os.PathLike], name: str = "cpu-testbed", pea
                  f"overhead are the single-core fit scaled by the measured core share {factor:.3g} "
                  f"(nominal cores/ranks = {min(1.0, cores / target):.3g})") if not gpus else
                 (f"one {gpus[0]} GPU per rank: GEMM efficiency curve, memory bandwidth and per-op overhead "
-                 f"fitted on its CUDA-event timings, against the peak {peak_note}"),
+                 f"fitted on its CUDA-event timings, against the peak {peak_note}"
+                 + ("; ops timed in a queue (issued back to back), so an op costs the larger of the per-op "
+                    "overhead (its issue time) and its kernel time (device.op_overhead_overlaps)" if overlapped else
+                    "; ops timed alone with the GPU idle, so the per-op overhead (launch latency) adds to "
+                    "the kernel time")),
     }
     if gpus:
         prov["gpu"] = {"name": gpus[0], "memory_bytes": gpu_memory,
@@ -246,13 +265,16 @@ def calibrate(paths: Sequence[str | os.PathLike], name: str = "cpu-testbed", pea
             "memory_efficiency": 1.0,
             "op_overhead_s": overhead / factor,
         }
+        if overlapped:
+            device["op_overhead_overlaps"] = True
     else:
         raise MoesimError("no GEMM measurements: a profile needs the device section (add a GEMM microbench table)")
     net: dict = {}
     cal: dict = {"ranks_per_machine": target, "cores": cores,
                  "per_core": {"peak_flops": compute.peak_flops, "peak_flops_from": peak_note,
                               "efficiency_max": compute.efficiency_max, "half_size": compute.half_size,
-                              "memory_bandwidth": compute.memory_bandwidth, "op_overhead_s": compute.op_overhead_s}}
+                              "memory_bandwidth": compute.memory_bandwidth, "op_overhead_s": compute.op_overhead_s,
+                              **({"op_overhead_overlaps": True} if overlapped else {})}}
     if framework:
         cal["framework"] = {"gemm_scale": framework.gemm_scale, "op_overhead_s": framework.op_overhead_s,
                             "memory_bandwidth": framework.memory_bandwidth, "runs": len(runs),

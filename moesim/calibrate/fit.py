@@ -61,19 +61,30 @@ class ComputeFit:
     op_overhead_s: float
     residuals: dict = field(default_factory=dict)
     table: pd.DataFrame | None = None
+    #: the overhead overlaps the work (an op costs the larger of the two) instead of adding to it
+    overlapped: bool = False
+
+    def _with_overhead(self, work: np.ndarray) -> np.ndarray:
+        return np.maximum(work, self.op_overhead_s) if self.overlapped else work + self.op_overhead_s
 
     def gemm_seconds(self, m, n, k) -> np.ndarray:
         m, n, k = (np.asarray(x, dtype=float) for x in (m, n, k))
         g = lambda x: x / (x + self.half_size)  # noqa: E731
-        return self.op_overhead_s + 2 * m * n * k / (self.peak_flops * self.efficiency_max * g(m) * g(n) * g(k))
+        return self._with_overhead(2 * m * n * k / (self.peak_flops * self.efficiency_max * g(m) * g(n) * g(k)))
 
     def memory_seconds(self, nbytes) -> np.ndarray:
-        return self.op_overhead_s + np.asarray(nbytes, dtype=float) / self.memory_bandwidth
+        return self._with_overhead(np.asarray(nbytes, dtype=float) / self.memory_bandwidth)
 
 
 def fit_compute(gemm: pd.DataFrame, memory: pd.DataFrame, peak_flops: float,
-                half_range: tuple[float, float] = (1e-2, 1e5)) -> ComputeFit:
-    """``gemm``: columns m, n, k, seconds (medians, one process); ``memory``: size_bytes, seconds."""
+                half_range: tuple[float, float] = (1e-2, 1e5), bounded: bool = False,
+                overlapped: bool = False) -> ComputeFit:
+    """``gemm``: columns m, n, k, seconds (medians, one process); ``memory``: size_bytes, seconds.
+
+    ``bounded``: ``peak_flops`` is a true ceiling (a datasheet peak), so efficiency_max is fitted
+    subject to <= 1; otherwise (an estimated CPU peak) it is free and the profile caps it.
+    ``overlapped``: the rows time ops in a queue (a GPU stream fed asynchronously), so an op costs
+    ``max(op_overhead, work)`` instead of ``op_overhead + work`` (see :func:`_fit_overlapped`)."""
     if gemm is None or not len(gemm):
         raise MoesimError("no GEMM measurements to fit the compute efficiency (run real_backend.microbench "
                           "with --kinds gemm)")
@@ -85,6 +96,9 @@ def fit_compute(gemm: pd.DataFrame, memory: pd.DataFrame, peak_flops: float,
     tm = memory["seconds"].to_numpy(dtype=float) if memory is not None and len(memory) else np.zeros(0)
     meas = np.concatenate([tg, tm])
     flop = 2 * m * n * k
+    if overlapped:
+        return _finish_compute(_fit_overlapped(m, n, k, tg, mb, tm, peak_flops, half_range, bounded),
+                               m, n, k, tg, mb, tm, bounded)
 
     def design(half: np.ndarray) -> np.ndarray:
         """(cand, rows, 3): columns overhead, 1/eff_max, 1/memory_bandwidth; rows scaled by 1/meas."""
@@ -95,27 +109,68 @@ def fit_compute(gemm: pd.DataFrame, memory: pd.DataFrame, peak_flops: float,
         X = np.concatenate([cols_g, cols_m], axis=1)
         return X / meas[None, :, None]
 
-    def objective(cands: np.ndarray) -> np.ndarray:
-        _, sse = nnls_relative(design(cands[:, 0]), np.ones((len(cands), len(meas))))
-        return sse
+    def solve(half: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Coefficients and SSE per candidate with efficiency_max <= 1 (1/eff >= 1): where the free
+        optimum breaks that bound, the constrained optimum of this convex problem lies on it."""
+        X = design(half)
+        ones = np.ones((len(half), len(meas)))
+        coef, sse = nnls_relative(X, ones)
+        over = (coef[:, 1] < 1.0) if bounded else np.zeros(len(half), dtype=bool)
+        if over.any():
+            c2, s2 = nnls_relative(X[over][:, :, [0, 2]], ones[over] - X[over][:, :, 1])
+            coef[over] = np.stack([c2[:, 0], np.ones(len(c2)), c2[:, 1]], axis=1)
+            sse[over] = s2
+        return coef, sse
 
-    (half,), _ = refine_grid(objective, np.array([half_range[0]]), np.array([half_range[1]]),
-                             points=41, rounds=8, log=np.array([True]))
-    coef, _ = nnls_relative(design(np.array([half])), np.ones((1, len(meas))))
+    (half,), _ = refine_grid(lambda cands: solve(cands[:, 0])[1], np.array([half_range[0]]),
+                             np.array([half_range[1]]), points=41, rounds=8, log=np.array([True]))
+    coef, _ = solve(np.array([half]))
     overhead, inv_eff, inv_bw = coef[0]
     if inv_eff <= 0:
         raise MoesimError("the GEMM fit degenerated (no time is explained by FLOPs); check the GEMM table")
     eff = 1.0 / inv_eff
     bw = (1.0 / inv_bw) if (len(mb) and inv_bw > 0) else None
-    fit = ComputeFit(peak_flops, eff, half, bw, overhead)
-    if eff > 1.0:
-        # the reference peak is below what was measured: cap at 1 and say so (profiles need <= 1)
+    return _finish_compute(ComputeFit(peak_flops, eff, half, bw, overhead), m, n, k, tg, mb, tm, bounded)
+
+
+def _fit_overlapped(m, n, k, tg, mb, tm, peak_flops: float, half_range: tuple[float, float],
+                    bounded: bool) -> ComputeFit:
+    """``max(op_overhead, work)`` for every row: relative least squares over (op_overhead,
+    half_size, efficiency_max, memory_bandwidth) by a zooming grid in log space (the max has kinks,
+    so no exact linear step; 28 rows and 11^4 points a round are cheap)."""
+    flop = 2 * m * n * k
+    lo_t, hi_t = float(min(tg.min(), tm.min() if len(tm) else np.inf)), float(max(tg.max(), tm.max() if len(tm) else 0))
+    bw_lo = (mb / tm).min() / 10 if len(mb) else 1.0
+    bw_hi = (mb / tm).max() * 10 if len(mb) else 1.0
+    lo = np.array([lo_t / 100, half_range[0], 1e-4, bw_lo])
+    hi = np.array([hi_t, half_range[1], 1.0 if bounded else 10.0, bw_hi])
+
+    def objective(c: np.ndarray) -> np.ndarray:
+        o, h, eff, bw = (c[:, i:i + 1] for i in range(4))
+        ggg = (m / (m + h)) * (n / (n + h)) * (k / (k + h))
+        rg = (np.maximum(o, flop / (peak_flops * eff * ggg)) - tg) / tg
+        rm = (np.maximum(o, mb / bw) - tm) / tm if len(mb) else np.zeros((len(c), 0))
+        return (rg ** 2).sum(axis=1) + (rm ** 2).sum(axis=1)
+
+    (o, h, eff, bw), _ = refine_grid(objective, lo, hi, points=11, rounds=14, log=np.ones(4, dtype=bool))
+    return ComputeFit(peak_flops, float(eff), float(h), float(bw) if len(mb) else None, float(o), overlapped=True)
+
+
+def _finish_compute(fit: ComputeFit, m, n, k, tg, mb, tm, bounded: bool) -> ComputeFit:
+    """The fit's notes, residuals and table of measured against fitted seconds."""
+    eff = fit.efficiency_max
+    if bounded and eff >= 1.0 - 1e-12:
+        # the bound holds: the fitted curve reaches the datasheet peak in its limit
+        fit.residuals["note"] = ("efficiency_max at its bound 1: the fitted curve reaches the given peak for "
+                                 "large GEMMs; if they truly beat it, raise --peak-flops")
+    elif eff > 1.0:
+        # an estimated peak below what was measured: the profile caps at 1, say so
         fit.residuals["note"] = (f"measured GEMMs beat the reference peak by {eff:.2f}x; raise --peak-flops")
     pg = fit.gemm_seconds(m, n, k)
     fit.residuals["gemm"] = residual_summary(pg, tg)
     rows = [pd.DataFrame({"kind": "gemm", "shape": [f"{int(a)}x{int(b)}x{int(c)}" for a, b, c in zip(m, n, k)],
                           "measured_s": tg, "fitted_s": pg})]
-    if len(mb) and bw:
+    if len(mb) and fit.memory_bandwidth:
         pm = fit.memory_seconds(mb)
         fit.residuals["memory"] = residual_summary(pm, tm)
         rows.append(pd.DataFrame({"kind": "memory", "shape": [f"{int(b)}B" for b in mb], "measured_s": tm, "fitted_s": pm}))

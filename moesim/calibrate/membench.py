@@ -40,8 +40,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (a single-GPU profile)")
+    ap.add_argument("--ops-per-timing", type=int, default=1, metavar="N",
+                    help="adds issued back to back between the two time stamps, seconds = elapsed / N "
+                         "(default 1: an isolated op; on a GPU, N > 1 gives the steady-state cost in a queue)")
     args = ap.parse_args(argv)
     sizes = [int(parse_bytes(s.strip())) for s in args.sizes.split(",") if s.strip()]
+    if args.ops_per_timing < 1:
+        print(f"{PROG}: error: --ops-per-timing must be >= 1, got {args.ops_per_timing}", file=sys.stderr)
+        return 2
+    per = args.ops_per_timing
 
     import torch
     import torch.distributed as dist
@@ -69,14 +76,16 @@ def main(argv: list[str] | None = None) -> int:
             if dev.type == "cuda":      # GPU time between two events, as real_backend's Recorder times
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
-                torch.add(a, b, out=c)
+                for _ in range(per):
+                    torch.add(a, b, out=c)
                 end.record()
                 sync()
-                seconds = start.elapsed_time(end) / 1e3
+                seconds = start.elapsed_time(end) / 1e3 / per
             else:
                 t0 = time.perf_counter()
-                torch.add(a, b, out=c)
-                seconds = time.perf_counter() - t0
+                for _ in range(per):
+                    torch.add(a, b, out=c)
+                seconds = (time.perf_counter() - t0) / per
             if rep >= args.warmup:
                 rows.append({"kind": "memory", "group": "local", "group_size": 1, "size_bytes": moved, "dtype": "fp32",
                              "rank": rank, "rep": rep - args.warmup, "seconds": seconds, "bytes": moved, "flop": 0})
@@ -91,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                 "cpu_count": os.cpu_count(), "torch_version": torch.__version__, "device": str(dev), "backend": "gloo" if world > 1 else "none",
                 **gpu_meta(dev),
                 "world_size": world, "threads": torch.get_num_threads(), "reps": args.reps, "warmup": args.warmup,
-                "local_world_size": int(os.environ.get("LOCAL_WORLD_SIZE", world)), "tool": PROG,
+                "local_world_size": int(os.environ.get("LOCAL_WORLD_SIZE", world)), "tool": PROG, "ops_per_timing": per,
                 "argv": sys.argv[1:] if argv is None else list(argv),
                 "testbed": json.loads(os.environ["MOESIM_TESTBED"]) if os.environ.get("MOESIM_TESTBED") else None}
         buf = io.StringIO()

@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"  compute (per rank of {c['ranks_per_machine']} on {c['cores']} cores, core share "
           f"{c.get('contention', {}).get('core_share', 1.0):.3f}): peak {', '.join(f'{k} ' + fmt_si(v, 'FLOP/s') for k, v in d['peak_flops'].items())}, "
           f"efficiency_max {d['gemm']['efficiency_max']:.3f}, half_size {d['gemm']['half_size']:.1f}, "
-          f"memory {fmt_si(d['memory_bandwidth'], 'B/s')}, op overhead {fmt_seconds(d['op_overhead_s'])}")
+          f"memory {fmt_si(d['memory_bandwidth'], 'B/s')}, op overhead {fmt_seconds(d['op_overhead_s'])}"
+          + (" (overlapping the work: an op costs the larger)" if d.get("op_overhead_overlaps") else ""))
     net = cal.profile.get("network")
     if net:
         print(f"  network: per message {fmt_seconds(net['latency_per_message_s'])}, per collective "

@@ -12,7 +12,9 @@ class CostModel:
 
     GEMM (M x K) @ (K x N): ``t = overhead + max(2MNK / (peak * eff), bytes / (bw * mem_eff))`` with
     ``eff = efficiency_max * g(M) g(N) g(K)``, ``g(x) = x / (x + half_size)``: small dimensions leave
-    the tensor cores idle; large ones saturate at ``efficiency_max``."""
+    the tensor cores idle; large ones saturate at ``efficiency_max``. Where the profile's overhead
+    overlaps the work (``op_overhead_overlaps``: a GPU stream the host feeds asynchronously, so an op
+    costs the larger of its issue time and its kernel time), ``t = max(overhead, ...)`` instead."""
 
     def __init__(self, profile: Profile):
         self.profile = profile
@@ -44,11 +46,17 @@ class CostModel:
         with np.errstate(divide="ignore", invalid="ignore"):
             t_compute = np.where(flops > 0, flops / (self.peak(dtype) * self.gemm_efficiency(m, n, k)), 0.0)
         t_memory = nbytes / (self.device.memory_bandwidth * self.device.memory_efficiency)
-        t = np.maximum(t_compute, t_memory) + self.device.op_overhead_s
+        t = self._with_overhead(np.maximum(t_compute, t_memory))
         return np.where(flops > 0, t * count, 0.0)
 
     def memory_time(self, nbytes, count=1) -> np.ndarray:
         """Seconds for memory-bound work moving ``nbytes`` bytes (element-wise ops, optimizer, KV reads)."""
         nbytes, count = np.asarray(nbytes, dtype=float), np.asarray(count, dtype=float)
-        t = nbytes / (self.device.memory_bandwidth * self.device.memory_efficiency) + self.device.op_overhead_s
+        t = self._with_overhead(nbytes / (self.device.memory_bandwidth * self.device.memory_efficiency))
         return np.where(nbytes > 0, t * count, 0.0)
+
+    def _with_overhead(self, work: np.ndarray) -> np.ndarray:
+        """Seconds of one op doing ``work`` seconds of device work, with the per-op overhead."""
+        if self.device.op_overhead_overlaps:
+            return np.maximum(work, self.device.op_overhead_s)
+        return work + self.device.op_overhead_s

@@ -27,6 +27,9 @@ class DeviceProfile:
     gemm_half_size: float
     memory_efficiency: float
     op_overhead_s: float
+    #: the per-op overhead overlaps the op's work instead of adding to it: an op costs
+    #: ``max(op_overhead_s, work)`` (a GPU stream fed asynchronously, ``device.op_overhead_overlaps``)
+    op_overhead_overlaps: bool = False
     #: measured profiles of a shared machine: the priced speed is ``core_share`` of a rank's speed
     #: alone when ``ranks_per_machine`` ranks compute together (``calibration.contention``); 1 / None else
     core_share: float = 1.0
@@ -72,6 +75,14 @@ class Profile:
     device: DeviceProfile
     network: NetworkProfile
     path: str = ""
+
+
+def _overlaps(path: Path, dev: Mapping) -> bool:
+    """``device.op_overhead_overlaps``: true or false (default false: the overhead adds to the work)."""
+    value = dev.get("op_overhead_overlaps", False)
+    if not isinstance(value, bool):
+        raise InputFileError(path, f"field 'device.op_overhead_overlaps' must be true or false, got {value!r}")
+    return value
 
 
 def _num(path: Path, where: str, value: Any, *, positive: bool = True, allow_zero: bool = False,
@@ -202,6 +213,7 @@ def parse_profile(data: Any, path: Path) -> Profile:
         gemm_half_size=_num(path, "device.gemm.half_size", gemm.get("half_size", 0), allow_zero=True),
         memory_efficiency=_num(path, "device.memory_efficiency", dev.get("memory_efficiency", 1.0), at_most=1.0),
         op_overhead_s=_num(path, "device.op_overhead_s", dev.get("op_overhead_s", 0.0), allow_zero=True),
+        op_overhead_overlaps=_overlaps(path, dev),
         **_contention(path, data),
     )
     net = _section(path, data, "network", required=False)
