@@ -450,3 +450,59 @@ def test_step_release_spread_is_held_in_the_shared_core_fit(tmp_path):
     cal = Calibration(profile=copy.deepcopy(base), compute=None, contention=None, network=None)
     with pytest.raises(MoesimError, match="shared-core fit"):
         fit_insitu(cal, paths, step_release_spread=0.5)
+
+
+def test_all_to_all_phase_joins_the_shared_core_loss(tmp_path):
+    """Fit runs that are the simulator's own at (K, g) = (2.0, 0.8) in step time and in All-to-All
+    phase time: with the phase in the loss the fit still reproduces them and records measured against
+    fitted phase per run. With the runs' All-to-All phases measured 40 % longer than the simulator
+    makes them at that point (the step unchanged), the phase term moves the fit away from the
+    step-only answer: the loss is really taking the phases, and the campaign command records it."""
+    import copy
+
+    import pandas as pd
+
+    from moesim.calibrate.campaign import DEFAULT_PATTERNS, fit_command
+    from moesim.calibrate.core import Calibration
+    from moesim.calibrate.insitu import _Run, fit_insitu, predicted_a2a
+    from moesim.validate.a2acost import A2A_PHASES
+    patterns, base, truth = _a2a_cpu_truth()
+    names = ("4x1-150mbit-cdac-k4.csv", "4x1-150mbit-dcca-k4.csv", "4x1-none-dcca-k4.csv")
+
+    def runs_with(a2a_scale: float) -> list:
+        (tmp_path / f"s{a2a_scale}").mkdir()
+        paths = _synthetic_runs(tmp_path / f"s{a2a_scale}", names, lambda run: truth(run).step_time_s)
+        for p in paths:
+            lines = p.read_text().splitlines(keepends=True)
+            df = pd.read_csv(p, skiprows=2)
+            want = a2a_scale * predicted_a2a(truth(_Run([load_run(RunSpec(p))], 64 * 2**20)))
+            a2a = df["phase"].isin(A2A_PHASES)
+            per_rank_step = a2a.groupby([df["step"], df["rank"]]).transform("sum")
+            df.loc[a2a, "seconds"] = want / per_rank_step[a2a]
+            p.write_text("".join(lines[:2]) + df.to_csv(index=False))
+        return paths
+
+    def fit(paths, **kw):
+        cal = Calibration(profile=copy.deepcopy(base), compute=None, contention=None, network=None)
+        return fit_insitu(cal, paths, patterns=patterns, refine=0, burst_fractions=(0.0,),
+                          pool_grids=((1.5, 2.0, 2.5), (0.6, 0.7, 0.8, 0.9, 1.0), (0.005,), (0.1,), (0.0,)),
+                          time_slice_s=0.03, a2a_cpu_grid=(0.002,), **kw).profile
+    from moesim.validate.core import RunSpec, load_run
+    exact = runs_with(1.0)
+    prof = fit(exact, a2a_phase=True)
+    pool = prof["calibration"]["cpu_pool"]
+    assert (pool["pool_cores"], pool["alone_factor"]) == (2.0, 0.8)
+    rec = pool["fit_a2a_phase"]
+    assert set(rec["measured_s"]) == set(names)
+    for n in names:
+        assert rec["fitted_s"][n] == pytest.approx(rec["measured_s"][n], rel=1e-9)
+    assert "fit_a2a_phase" not in fit(exact)["calibration"]["cpu_pool"]
+    longer = runs_with(1.4)
+    step_only, with_phase = fit(longer)["calibration"]["cpu_pool"], fit(longer, a2a_phase=True)["calibration"]["cpu_pool"]
+    assert (step_only["pool_cores"], step_only["alone_factor"]) == (2.0, 0.8)     # the steps did not change
+    assert (with_phase["pool_cores"], with_phase["alone_factor"]) != (2.0, 0.8)
+    assert "--fit-a2a-phase" in fit_command("calibration/x", "x", DEFAULT_PATTERNS, a2a_phase=True)
+    assert "--fit-a2a-phase" not in fit_command("calibration/x", "x", DEFAULT_PATTERNS)
+    cal = Calibration(profile=copy.deepcopy(base), compute=None, contention=None, network=None)
+    with pytest.raises(MoesimError, match="shared-core fit"):
+        fit_insitu(cal, exact, a2a_phase=True)

@@ -380,6 +380,10 @@ def main(argv: list[str] | None = None) -> int:
                          "its flows send, and stage runs take what it holds when they start), not per stage: "
                          "a rank pair of a pairwise All-to-All that starts while other pairs hold the link "
                          "still finds the tokens it gained (moesim.network.fluid)")
+    ap.add_argument("--fit-a2a-phase", action="store_true",
+                    help="shared-core model: the in-situ fit's loss takes each fit run's All-to-All phase time "
+                         "(dispatch + combine) beside its step time, so the fit splits the step between exchange "
+                         "and compute as measured (moesim.calibrate.insitu)")
     ap.add_argument("--time-slice", default="skew",
                     help="shared-core model: the CPU scheduler's time slice, 'skew' (default: chosen by the fit "
                          "runs' measured rank skew, moesim.calibrate.skew) or seconds (0: processor sharing)")
@@ -540,7 +544,7 @@ def a2a_cpu_fit_args(mode: str) -> dict:
 def fit_command(out: str, name: str, patterns: str, a2a_start: str = "pairwise", time_slice: str = "skew",
                 burst: str = "whole", nic_efficiency: str = NIC_EFFICIENCY_DEFAULT, two_way: str = "insitu",
                 two_way_patterns: str | None = None, a2a_cpu: str = "none", release: str = "patterns",
-                compute_first: bool = False, continuous_bucket: bool = False) -> str:
+                compute_first: bool = False, continuous_bucket: bool = False, a2a_phase: bool = False) -> str:
     """The command that re-creates a campaign profile (options at their defaults left out)."""
     opts = "".join(f" {k} {shlex.quote(v)}" for k, v, default in
                    (("--name", name, "cpu-testbed"), ("--patterns", patterns, DEFAULT_PATTERNS),
@@ -548,8 +552,8 @@ def fit_command(out: str, name: str, patterns: str, a2a_start: str = "pairwise",
                     ("--burst", burst, "whole"), ("--nic-efficiency", nic_efficiency, NIC_EFFICIENCY_DEFAULT),
                     ("--two-way", two_way, "insitu"), ("--two-way-patterns", two_way_patterns, None),
                     ("--a2a-cpu", a2a_cpu, "none"), ("--release-spread", release, "patterns")) if v != default)
-    flags = "".join(f for f, on in ((" --compute-first", compute_first), (" --continuous-bucket", continuous_bucket))
-                    if on)
+    flags = "".join(f for f, on in ((" --compute-first", compute_first), (" --continuous-bucket", continuous_bucket),
+                                    (" --fit-a2a-phase", a2a_phase)) if on)
     base = f"python -m {PROG} --out {out}{opts}{flags}"
     return f"{base}  (this fit alone: {base} --only calibrate)"
 
@@ -611,12 +615,14 @@ def finish(args, log, out: Path, mdir: Path, vdir: Path) -> int:
                          **({"burst_fractions": (1.0,)} if burst == "whole" else {}),
                          **a2a_cpu_fit_args(a2a_cpu),
                          **({} if release == "patterns" else {"step_release_spread": float(release)}),
-                         **({"compute_first": True} if getattr(args, "compute_first", False) else {}))
+                         **({"compute_first": True} if getattr(args, "compute_first", False) else {}),
+                         **({"a2a_phase": True} if getattr(args, "fit_a2a_phase", False) else {}))
     if held is not None:
         cal.profile["calibration"]["two_way_from"] = held.record()
     cal.profile["provenance"]["command"] = fit_command(args.out, args.name, args.patterns, a2a_start, time_slice,
                                                        burst, nic_efficiency, two_way, two_way_patterns, a2a_cpu,
-                                                       release, getattr(args, "compute_first", False), continuous)
+                                                       release, getattr(args, "compute_first", False), continuous,
+                                                       getattr(args, "fit_a2a_phase", False))
     if patterns:
         cal.profile["provenance"]["release_patterns"] = patterns
     write_profile(prof_path, cal.profile)

@@ -88,16 +88,26 @@ A2A_CPU_GRID_S = (0.0, 0.002, 0.004)
 A2A_CPU_LAST_ARRIVER_GRID_S = tuple(np.round(np.arange(0.0, 8.01e-3, 0.5e-3), 6))
 
 
+def predicted_a2a(result) -> float:
+    """The All-to-All phase group's seconds in a simulated step (critical rank, waits included)."""
+    from moesim.validate.a2acost import A2A_PHASES
+    bd = result.breakdown_s
+    return float(sum(bd.get(p, 0.0) for p in A2A_PHASES))
+
+
 class _Run:
     """One fit configuration (one run, or repeated runs of it), prepared once: config, measured step
     (median over the runs), topology, measured traffic (mean over the runs)."""
 
     def __init__(self, runs: list, bucket_bytes: float, step_release_spread: float | None = None,
                  compute_first: bool = False):
+        from moesim.validate.a2acost import A2A_PHASES
         from moesim.validate.core import mean_copies, measured_config, topology_for
         first = runs[0]
         self.files = [r.spec.path.name for r in runs]
-        self.measured = measured_config(runs)[0]
+        self.measured, phases = measured_config(runs)[:2]
+        #: the All-to-All phase group's seconds per step (dispatch + combine, forward and backward)
+        self.measured_a2a = float(sum(phases.get(p, 0.0) for p in A2A_PHASES))
         self.cfg = first.cfg
         self.hosts = int(first.tb["hosts"])
         self.topo, _ = topology_for(first.spec, first.table)
@@ -173,13 +183,15 @@ def _fit_pool(runs: list[_Run], prof: dict, grids: tuple, penalties_on: bool, pe
               refine: int, time_slice_s: float = 0.0, pairwise_a2a: bool = False,
               two_way: tuple[float, float] | None = None,
               a2a_cpu_grid: tuple = (0.0,),
-              last_arriver: dict | None = None) -> tuple[tuple, np.ndarray, int]:
+              last_arriver: dict | None = None, a2a_phase: bool = False) -> tuple[tuple, np.ndarray, int]:
     """Shared-core mode: grid over (K, g, wait, b, c, All-to-All CPU) at no burst (at the one burst
     when ``bursts`` offers only one: a burst fixed by measurement), then a coordinate search that
     halves its steps ``refine`` times (the burst among ``bursts``; the All-to-All CPU only when
     ``a2a_cpu_grid`` offers more than one value). ``two_way`` = (b, c) measured elsewhere: held, not
     searched. ``last_arriver`` = {index into ``runs``: measured last-arriver time per call (s)}: each
-    adds its squared relative error to the loss, beside the step errors. Returns the best (K, g, wait,
+    adds its squared relative error to the loss, beside the step errors. ``a2a_phase``: each run's
+    All-to-All phase group (dispatch + combine) adds its squared relative error too, so the fit
+    must split the step between exchange and compute as measured. Returns the best (K, g, wait,
     b, c, burst, a2a_cpu_s), its predicted steps and the number of evaluations."""
     from moesim.calibrate.skew import simulated_last_arriver
     cores_grid, alone_grid, wait_grid, penalty_grid, peer_grid = grids
@@ -198,6 +210,9 @@ def _fit_pool(runs: list[_Run], prof: dict, grids: tuple, penalties_on: bool, pe
             results = [r.simulate_pool(prof, x, time_slice_s, pairwise_a2a) for r in runs]
             pred = np.array([res.step_time_s for res in results])
             extra = sum((simulated_last_arriver(results[i]) / m - 1.0) ** 2 for i, m in last_arriver.items())
+            if a2a_phase:
+                extra += sum((predicted_a2a(res) / r.measured_a2a - 1.0) ** 2
+                             for r, res in zip(runs, results) if r.measured_a2a > 0)
             cache[key] = (float(np.sum((pred / meas - 1.0) ** 2) + extra), pred)
         return cache[key][0]
 
@@ -297,7 +312,7 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
                refine: int = 3, time_slice_s: float | None = 0.0, pairwise_a2a: bool = False,
                slice_grid=SLICE_GRID_S, two_way: tuple[float, float] | None = None,
                a2a_cpu_grid: tuple = (0.0,), a2a_cpu_last_arriver_grid: tuple | None = None,
-               step_release_spread: float | None = None, compute_first: bool = False):
+               step_release_spread: float | None = None, compute_first: bool = False, a2a_phase: bool = False):
     """Fit ``receiver_wait_s``, the shaped-link two-way penalty b, its peer-host term c and the
     usable token-bucket burst of ``cal.profile`` on the step times of ``run_paths`` (multi-rank
     testbed runs: the fit configurations). c is fitted only when the shaped fit runs include both
@@ -326,7 +341,8 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
     time, instead of only those over shaped links over the patterns' spread; held, not fitted.
     ``compute_first`` (shared cores, time slices, with All-to-All CPU): a released rank's compute goes
     ahead of the All-to-All CPU of the ranks still in a call for its first slice
-    (:class:`moesim.engine.cpupool.CorePool`)."""
+    (:class:`moesim.engine.cpupool.CorePool`). ``a2a_phase`` (shared cores): the fit runs' All-to-All
+    phase group times join their step times in the loss (:func:`_fit_pool`)."""
     from moesim.validate.core import REAL_BACKEND_BUCKET_BYTES, RunSpec, group_repeats, load_run
     bucket = bucket_bytes or REAL_BACKEND_BUCKET_BYTES
     prof = cal.profile
@@ -347,6 +363,8 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
         raise MoesimError("the step release spread acts on shared cores: it needs the shared-core fit (patterns)")
     if compute_first and not patterns:
         raise MoesimError("compute first acts on shared cores: it needs the shared-core fit (patterns)")
+    if a2a_phase and not patterns:
+        raise MoesimError("fitting the All-to-All phase times is part of the shared-core fit (patterns)")
     runs = [_Run(g, bucket, step_release_spread, compute_first)
             for g in group_repeats([load_run(RunSpec(Path(p), role="fit")) for p in run_paths])]
     shaped_hosts = {r.hosts for r in runs if r.shaped}
@@ -370,7 +388,7 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
 
         def fit_at(q: float):
             return _fit_pool(runs, prof, grids, len(penalties) > 1, len(peers) > 1, bursts, refine, q, pairwise_a2a,
-                             two_way if has_nic else None, a2a_cpu_grid)
+                             two_way if has_nic else None, a2a_cpu_grid, a2a_phase=a2a_phase)
         skew = None
         if time_slice_s is None:   # the scheduler's slice from the measured rank skew, then refit at it
             time_slice_s, (best, pred, evaluations), skew = _slice_from_skew(runs, prof, fit_at, slice_grid,
@@ -384,7 +402,7 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
             a2a_cpu_grid = (cpu,)
             best, pred, more = _fit_pool(runs, prof, grids, len(penalties) > 1, len(peers) > 1, bursts, refine,
                                          float(time_slice_s), pairwise_a2a, two_way if has_nic else None,
-                                         a2a_cpu_grid, last_arriver=measured_last)
+                                         a2a_cpu_grid, last_arriver=measured_last, a2a_phase=a2a_phase)
             evaluations += more
             last["simulated_s"] = _simulated_last_arrivers(runs, prof, best, float(time_slice_s), pairwise_a2a,
                                                            measured_last)
@@ -398,6 +416,8 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
                 "release_spread": spread.spread,
                 **({"step_release_spread": float(step_release_spread)} if step_release_spread is not None else {}),
                 **({"compute_first": True} if compute_first else {}),
+                **({"fit_a2a_phase": _a2a_phase_record(runs, prof, best, float(time_slice_s), pairwise_a2a)}
+                   if a2a_phase else {}),
                 "release_measured": spread.to_dict()["per_file"], "release_repetitions": spread.rows,
                 "meaning": "the fit runs' ranks share one machine's cores: the engine runs the ranks that compute "
                            "on the machine's cores in time slices of time_slice_s (0: processor sharing) at "
@@ -430,6 +450,15 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
     _, (wait, penalty, peer), burst = min(results, key=lambda x: x[0])
     pred = cache[_key((wait, penalty, peer), burst)][1]
     return _write_fit(cal, prof, runs, pred, wait, penalty, peer, burst, configured, has_nic, len(cache), None)
+
+
+def _a2a_phase_record(runs: list[_Run], prof: dict, best: tuple, time_slice_s: float, pairwise_a2a: bool) -> dict:
+    """Measured and fitted All-to-All phase group per fit run (s per step), for the profile's record."""
+    pred = [predicted_a2a(r.simulate_pool(prof, best, time_slice_s, pairwise_a2a)) for r in runs]
+    return {"measured_s": {r.files[0]: r.measured_a2a for r in runs},
+            "fitted_s": {r.files[0]: float(p) for r, p in zip(runs, pred)},
+            "meaning": "the All-to-All phase group (dispatch + combine, forward and backward, per step) of each "
+                       "fit run joined its step time in the loss of the shared-core fit"}
 
 
 def _write_fit(cal, prof: dict, runs: list[_Run], pred: np.ndarray, wait: float, penalty: float, peer: float,
