@@ -265,7 +265,7 @@ def calibrate(paths: Sequence[str | os.PathLike], name: str = "cpu-testbed", pea
             "memory_efficiency": 1.0,
             "op_overhead_s": overhead / factor,
         }
-        if overlapped:
+        if overlapped and not framework:   # the framework fit's per-op overhead adds to the work
             device["op_overhead_overlaps"] = True
     else:
         raise MoesimError("no GEMM measurements: a profile needs the device section (add a GEMM microbench table)")

@@ -25,7 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--topology", metavar="FILE",
                    help="topology of the machines measured, for tables without testbed metadata")
     p.add_argument("--peak-flops", type=float, default=None, metavar="FLOP/S",
-                   help="reference FP32 peak of one core (default: from /proc/cpuinfo: SIMD width x FMA x clock)")
+                   help="reference peak for the GEMM tables' dtype: of one CPU core (default: from /proc/cpuinfo: "
+                        "SIMD width x FMA x clock) or, required for GPU tables, the GPU's datasheet peak "
+                        "(e.g. 989e12 bf16 on an H100/H200 SXM); a given peak bounds efficiency_max at 1")
     p.add_argument("--ranks", type=int, default=None,
                    help="ranks sharing the machine in the runs this profile is for (default: the largest world measured)")
     p.add_argument("--min-contended-seconds", type=float, default=5e-3,
