@@ -4,7 +4,9 @@ Compute (one rank alone on the machine, then shared): the cost model prices a GE
 ``op_overhead + 2mnk / (peak * eff_max * g(m) g(n) g(k))`` with ``g(x) = x / (x + half_size)`` and a
 memory-bound op as ``op_overhead + bytes / memory_bandwidth``. :func:`fit_compute` fits ``eff_max``,
 ``half_size``, ``memory_bandwidth`` and ``op_overhead`` jointly on single-process rows (relative
-least squares; ``half_size`` by a zooming grid, the others exactly by non-negative least squares).
+least squares; ``half_size`` by a zooming grid, the others exactly by non-negative least squares;
+``efficiency_max <= 1`` against a datasheet peak). GPU rows timed with ops in a queue are priced
+``max(op_overhead, work)`` instead (the host issues ahead of the device), all four by a zooming grid.
 
 Contention: R ranks on C cores. The ranks of an SPMD step compute at the same time, so each gets a
 share ``f`` of a core (``C/R`` when R > C). :func:`fit_contention` measures ``f`` as the median
