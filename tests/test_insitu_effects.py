@@ -466,6 +466,7 @@ def test_all_to_all_phase_joins_the_shared_core_loss(tmp_path):
     from moesim.calibrate.core import Calibration
     from moesim.calibrate.insitu import _Run, fit_insitu, predicted_a2a
     from moesim.validate.a2acost import A2A_PHASES
+    from moesim.validate.core import RunSpec, load_run
     patterns, base, truth = _a2a_cpu_truth()
     names = ("4x1-150mbit-cdac-k4.csv", "4x1-150mbit-dcca-k4.csv", "4x1-none-dcca-k4.csv")
 
@@ -487,7 +488,6 @@ def test_all_to_all_phase_joins_the_shared_core_loss(tmp_path):
         return fit_insitu(cal, paths, patterns=patterns, refine=0, burst_fractions=(0.0,),
                           pool_grids=((1.5, 2.0, 2.5), (0.6, 0.7, 0.8, 0.9, 1.0), (0.005,), (0.1,), (0.0,)),
                           time_slice_s=0.03, a2a_cpu_grid=(0.002,), **kw).profile
-    from moesim.validate.core import RunSpec, load_run
     exact = runs_with(1.0)
     prof = fit(exact, a2a_phase=True)
     pool = prof["calibration"]["cpu_pool"]

@@ -35,6 +35,7 @@ import pandas as pd
 
 from moesim.calibrate.linfit import nnls_relative, refine_grid
 from moesim.calibrate.netmodel import CLASSES, LinkParams, collective_features
+from moesim.cost.model import with_overhead
 from moesim.errors import MoesimError
 
 
@@ -67,7 +68,7 @@ class ComputeFit:
     overlapped: bool = False
 
     def _with_overhead(self, work: np.ndarray) -> np.ndarray:
-        return np.maximum(work, self.op_overhead_s) if self.overlapped else work + self.op_overhead_s
+        return with_overhead(work, self.op_overhead_s, self.overlapped)
 
     def gemm_seconds(self, m, n, k) -> np.ndarray:
         m, n, k = (np.asarray(x, dtype=float) for x in (m, n, k))

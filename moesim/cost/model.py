@@ -7,6 +7,13 @@ import numpy as np
 from moesim.cost.profile import Profile
 
 
+def with_overhead(work, overhead_s: float, overlaps: bool) -> np.ndarray:
+    """Seconds of one op doing ``work`` seconds of device work with a per-op overhead: added to the
+    work, or overlapping it (the larger of the two: a GPU stream the host feeds ahead)."""
+    work = np.asarray(work, dtype=float)
+    return np.maximum(work, overhead_s) if overlaps else work + overhead_s
+
+
 class CostModel:
     """Seconds for compute ops on one device profile.
 
@@ -56,7 +63,4 @@ class CostModel:
         return np.where(nbytes > 0, t * count, 0.0)
 
     def _with_overhead(self, work: np.ndarray) -> np.ndarray:
-        """Seconds of one op doing ``work`` seconds of device work, with the per-op overhead."""
-        if self.device.op_overhead_overlaps:
-            return np.maximum(work, self.device.op_overhead_s)
-        return work + self.device.op_overhead_s
+        return with_overhead(work, self.device.op_overhead_s, self.device.op_overhead_overlaps)
