@@ -424,3 +424,27 @@ def test_gpu_tables_need_a_given_peak_and_record_the_gpu(tmp_path):
     assert dev["gemm"]["efficiency_max"] == pytest.approx(TRUE["efficiency_max"], rel=1e-3)
     assert dev["memory_bandwidth"] == pytest.approx(TRUE["memory_bandwidth"], rel=1e-3)
     assert prov["gpu"]["name"] == "NVIDIA H200" and "NVIDIA H200" in prov["source"]
+
+
+def test_gpu_summary_names_the_gpu_and_the_fit_note_reaches_the_profile(tmp_path, capsys):
+    """GEMMs faster than the given peak: the bounded fit's note (efficiency at its bound) is written
+    into the profile (calibration.fit_notes) and printed; the summary names the GPU, not the cores of
+    the host that drove it. A fit whose efficiency stays inside the bound carries no note."""
+    over = dict(TRUE, efficiency_max=1.3)
+    rows = [{"kind": "gemm", "group": "local", "group_size": 1, "m": m, "n": n, "k": k, "dtype": "bf16", "rank": 0,
+             "rep": 0, "seconds": gemm_seconds(m, n, k, over), "flop": 2 * m * n * k, "world_size": 1}
+            for (m, n, k) in SHAPES]
+    meta = {"kind": "microbench", "world_size": 1, "host": "gpu", "gpu_name": "NVIDIA H200", "cuda": "13.0",
+            "gpu_memory_bytes": 150e9}
+    path = write_table(tmp_path / "fast.csv", rows, meta)
+    out = tmp_path / "gpu.yaml"
+    assert main(["calibrate", str(path), "--out", str(out), "--peak-flops", str(PEAK)]) == 0
+    text = capsys.readouterr().out
+    assert "compute (one NVIDIA H200 per rank)" in text and "cores" not in text.split("\n")[1]
+    assert "note: efficiency_max at its bound 1" in text
+    prof = yaml.safe_load(out.read_text())
+    assert prof["device"]["gemm"]["efficiency_max"] == 1.0
+    assert any("bound 1" in n for n in prof["calibration"]["fit_notes"])
+    inside = write_table(tmp_path / "inside.csv", [dict(r, seconds=gemm_seconds(r["m"], r["n"], r["k"])) for r in rows],
+                         meta)
+    assert "fit_notes" not in calibrate([inside], name="in", peak_flops=PEAK).profile["calibration"]

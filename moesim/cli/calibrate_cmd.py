@@ -53,8 +53,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     d, c = cal.profile["device"], cal.profile["calibration"]
     print(f"calibrated from {len(cal.tables)} table(s) -> {out} ({cal.profile['name']}, status measured)")
-    print(f"  compute (per rank of {c['ranks_per_machine']} on {c['cores']} cores, core share "
-          f"{c.get('contention', {}).get('core_share', 1.0):.3f}): peak {', '.join(f'{k} ' + fmt_si(v, 'FLOP/s') for k, v in d['peak_flops'].items())}, "
+    gpu = cal.profile["provenance"].get("gpu")
+    where = (f"one {gpu['name']} per rank" if gpu else
+             f"per rank of {c['ranks_per_machine']} on {c['cores']} cores, core share "
+             f"{c.get('contention', {}).get('core_share', 1.0):.3f}")
+    print(f"  compute ({where}): peak {', '.join(f'{k} ' + fmt_si(v, 'FLOP/s') for k, v in d['peak_flops'].items())}, "
           f"efficiency_max {d['gemm']['efficiency_max']:.3f}, half_size {d['gemm']['half_size']:.1f}, "
           f"memory {fmt_si(d['memory_bandwidth'], 'B/s')}, op overhead {fmt_seconds(d['op_overhead_s'])}"
           + (" (overlapping the work: an op costs the larger)" if d.get("op_overhead_overlaps") else ""))
@@ -76,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
     print("  residuals of the fit:")
     for line in cal.residual_lines():
         print("    " + line)
+    for note in c.get("fit_notes", []):
+        print(f"  note: {note}")
     return 0
 
 
