@@ -152,6 +152,22 @@ def test_in_step_goodput_floor_on_shaped_4x1_runs(committed):
         assert cdac[k]["measured"] > cdac[k]["predicted"] + 0.04, (k, cdac[k])
 
 
+def test_all_to_all_bytes_move_inside_the_waiting(committed):
+    """``a2a_overlap`` on every committed campaign (calibration/README.md "The bytes move inside the
+    waiting"): the measured All-to-All phases of all 36 configurations, both structures and every
+    top-k, fit one floor of 55-120 ms per rank-step with each testbed's bytes inside it (max form)
+    at a MAPE under 8 %, at most 0.6 of the additive form's (which needs goodputs above the tc rate);
+    the engine's own phases are further off than the max form."""
+    fit = committed[0]["a2a_overlap"]
+    over, add = fit["overlapping"], fit["additive"]
+    assert fit["rows"] == 36
+    assert 0.055 <= over["floor_s"] <= 0.12, over["floor_s"]
+    assert over["mape"] < 0.08 and over["mape"] < 0.6 * add["mape"], (over["mape"], add["mape"])
+    assert fit["engine"]["mape"] > over["mape"]
+    shaped = [t["rate_fraction"] for t in over["testbeds"] if t["rate_bits"]]
+    assert len(shaped) == 4 and all(0.5 < f < 0.9 for f in shaped), shaped
+
+
 def test_round_spread_closed_form_and_on_committed_campaigns(committed):
     """``speedup_round_spread``: relative sd of a held-out pair's per-round speedups (ddof 1), median
     and max over pairs, and sd / sqrt(rounds); fit pairs and single-round pairs do not count."""

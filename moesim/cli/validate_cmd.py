@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from moesim.units import fmt_seconds
+from moesim.units import fmt_seconds, fmt_si
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--a2a-cost", action="store_true",
                    help="print, per testbed and structure, the line of All-to-All phase time against remote bytes per rank-step, "
                         "measured and predicted (what a byte and what the waiting cost in a step), and on shaped one-rank-per-host "
-                        "testbeds the least mean rate of a host link over its rank's All-to-All phases")
+                        "testbeds the least mean rate of a host link over its rank's All-to-All phases; then the campaign's phases as one "
+                        "floor with each testbed's bytes inside it, max(W, bytes x s), and after it, W + bytes x s")
     p.add_argument("--skew", action="store_true",
                    help="print every configuration's rank skew, measured and predicted: how far apart the ranks "
                         "are in an All-to-All (mean minus min over ranks of the time per call), and its last-arriver "
@@ -175,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
         for g in rep["a2a_goodput_floor"]:
             cells = [f"{g[s]:.2f}" if g[s] is not None else "-" for s in ("measured", "predicted")]
             print(f"{g['label']:34s} {g['role'] or '':8s} {cells[0]:>9s} {cells[1]:>9s}")
+    if args.a2a_cost and rep.get("a2a_overlap"):
+        _print_overlap(rep["a2a_overlap"])
     skews = [r for r in rep["rows"] if r.get("rank_skew") and r.get("last_arriver")]
     if args.skew and skews:
         print("All-to-All rank skew (mean - min over ranks of the time per call) and last-arriver time (min over "
@@ -248,3 +251,18 @@ def _run_across(args: argparse.Namespace, dirs: list) -> int:
               + "; ".join(f"{g['group']} mean |e| {100 * g['mean_error']:.1f}%, signed {100 * g['mean_signed_error']:+.1f}% "
                           f"({g['rows']} rows)" for g in rep["phase_groups"]))
     return 0
+
+
+def _print_overlap(fit: dict) -> None:
+    """The campaign's All-to-All phases as one floor with the bytes inside it or after it."""
+    print(f"All-to-All phases per rank-step as one floor W and one byte time per testbed, fitted on the measured "
+          f"phases of all {fit['rows']} configurations (moesim.validate.a2acost.overlap_fit)")
+    for form, shape in (("overlapping", "max(W, bytes x s)"), ("additive", "W + bytes x s")):
+        f = fit[form]
+        tbs = ", ".join(f"{t['hosts']}h " + (f"{t['rate_bits'] / 1e6:g}Mbit {t['rate_fraction']:.2f} of the rate"
+                                             if t["rate_bits"] else f"unshaped {fmt_si(1.0 / t['s_per_byte'], 'B/s')}")
+                        for t in f["testbeds"])
+        print(f"  {form:11s} {shape:18s} W {fmt_seconds(f['floor_s']):>8s}  MAPE {100 * f['mape']:5.1f}%  "
+              f"max {100 * f['max_error']:5.1f}%  goodput: {tbs}")
+    print(f"  the engine's predicted phases: MAPE {100 * fit['engine']['mape']:.1f}%, max "
+          f"{100 * fit['engine']['max_error']:.1f}%")

@@ -15,6 +15,11 @@ All-to-All bytes, with nothing modelled: with one rank per host every remote byt
 its host link, and only while the rank is inside an All-to-All (gloo's TCP transport sends a
 message only once its receiver has posted the matching receive, so neither end can be elsewhere),
 so the link ran at least at ``remote bytes / All-to-All phase time`` on average over those windows.
+
+:func:`overlap_fit` asks whether a step's bytes move *inside* its waiting or after it: one floor W
+(s per rank-step) for the whole campaign and one byte time per testbed, fitted on the measured
+phases of every configuration in two forms, overlapping ``max(W, s x)`` and additive ``W + s x``.
+The form that fits better says how the waiting and the bytes combine in the runs.
 """
 from __future__ import annotations
 
@@ -83,4 +88,56 @@ def goodput_floor(rows: list) -> list[dict]:
             floor[side] = 8.0 * nbytes / t / rate if t > 0 else None
         out.append({"label": r["label"], "role": r.get("role"), "structure": r["structure"], "top_k": r.get("top_k"),
                     "hosts": r["hosts"], "rate_bits": rate, "remote_bytes": float(nbytes), **floor})
+    return out
+
+
+def _phase_sum(r: dict, side: str) -> float:
+    return float(sum(r["phases"].get(ph, {}).get(f"{side}_s", 0.0) for ph in A2A_PHASES))
+
+
+def overlap_fit(rows: list, points: int = 241) -> dict | None:
+    """The measured All-to-All phases per rank-step (dispatch + combine, s) of every configuration with
+    remote bytes x (bytes per rank-step), fitted with one floor W (s) for all of them and one byte time
+    s (s/byte) per testbed (hosts, rate), in the overlapping form ``max(W, s x)`` and in the additive
+    form ``W + s x``: least squares on log time, W on a grid and each testbed's s on a log grid (then a
+    finer pass around the best). Per form: ``floor_s``, per testbed ``s_per_byte`` and ``rate_fraction``
+    (8 / (rate x s): the in-step goodput as a fraction of the tc rate; None unshaped), ``mape`` and
+    ``max_error``. ``engine``: the same errors of the predicted phases. None with fewer than 4 rows."""
+    use = [r for r in rows if (r.get("a2a_remote_bytes") or 0) > 0 and _phase_sum(r, "measured") > 0]
+    if len(use) < 4:
+        return None
+    x = np.array([r["a2a_remote_bytes"] for r in use], dtype=float)
+    y = np.array([_phase_sum(r, "measured") for r in use])
+    keys = sorted({(r["hosts"], float(r.get("rate_bits") or 0.0)) for r in use})
+    idx = np.array([keys.index((r["hosts"], float(r.get("rate_bits") or 0.0))) for r in use])
+    out: dict = {"rows": len(use)}
+    for form, comb in (("overlapping", np.maximum), ("additive", np.add)):
+        w_lo, w_hi = 0.0, float(y.max())
+        s_lo, s_hi = np.log(float((y / x).min()) / 100.0), np.log(float((y / x).max()) * 2.0)
+        for _ in range(2):            # a coarse pass over the whole range, then a fine one around the best
+            ws = np.linspace(w_lo, w_hi, points)
+            ss = np.exp(np.linspace(s_lo, s_hi, points))
+            total = np.zeros(len(ws))
+            best_s = np.zeros((len(ws), len(keys)))
+            for j in range(len(keys)):
+                m = idx == j
+                pred = comb(ws[:, None, None], ss[None, :, None] * x[m][None, None, :])   # (W, s, rows)
+                err = (np.log(pred / y[m]) ** 2).sum(axis=2)
+                err = np.where(np.isfinite(err), err, np.inf)
+                k = err.argmin(axis=1)
+                total += err[np.arange(len(ws)), k]
+                best_s[:, j] = ss[k]
+            i = int(total.argmin())
+            dw, ds = (w_hi - w_lo) / (points - 1), (s_hi - s_lo) / (points - 1)
+            w_lo, w_hi = max(0.0, ws[i] - 2 * dw), ws[i] + 2 * dw
+            s_lo, s_hi = float(np.log(best_s[i].min())) - 2 * ds, float(np.log(best_s[i].max())) + 2 * ds
+        w, s_per = float(ws[i]), best_s[i]
+        fitted = comb(w, s_per[idx] * x)
+        ape = np.abs(fitted / y - 1.0)
+        out[form] = {"floor_s": w, "mape": float(ape.mean()), "max_error": float(ape.max()), "testbeds": [
+            {"hosts": h, "rate_bits": rate, "s_per_byte": float(sv),
+             "rate_fraction": (8.0 / (rate * sv)) if rate > 0 else None} for (h, rate), sv in zip(keys, s_per)]}
+    eng = np.array([_phase_sum(r, "predicted") for r in use])
+    ape = np.abs(eng / y - 1.0)
+    out["engine"] = {"mape": float(ape.mean()), "max_error": float(ape.max())}
     return out
