@@ -14,7 +14,7 @@ def rows(form, floor_s=0.08, predicted_scale=1.3):
     for (hosts, rate), s in TESTBEDS.items():
         for x in BYTES:
             t = max(floor_s, s * x) if form == "overlapping" else floor_s + s * x
-            out.append({"hosts": hosts, "rate_bits": rate, "a2a_remote_bytes": x,
+            out.append({"hosts": hosts, "ranks_per_host": 4 // hosts, "rate_bits": rate, "a2a_remote_bytes": x,
                         "phases": {"dispatch": {"measured_s": 0.55 * t, "predicted_s": 0.55 * t * predicted_scale},
                                    "combine": {"measured_s": 0.45 * t, "predicted_s": 0.45 * t * predicted_scale}}})
     return out
@@ -30,6 +30,7 @@ def test_overlap_fit_recovers_the_form_it_was_made_from(form):
     assert fit["rows"] == len(TESTBEDS) * len(BYTES)
     assert fit[form]["floor_s"] == pytest.approx(0.08, rel=0.01)
     for tb in fit[form]["testbeds"]:
+        assert tb["ranks_per_host"] == 4 // tb["hosts"]
         truth = TESTBEDS[(tb["hosts"], tb["rate_bits"])]
         assert tb["s_per_byte"] == pytest.approx(truth, rel=0.01)
         if tb["rate_bits"]:

@@ -259,7 +259,7 @@ def _print_overlap(fit: dict) -> None:
           f"phases of all {fit['rows']} configurations (moesim.validate.a2acost.overlap_fit)")
     for form, shape in (("overlapping", "max(W, bytes x s)"), ("additive", "W + bytes x s")):
         f = fit[form]
-        tbs = ", ".join(f"{t['hosts']}h " + (f"{t['rate_bits'] / 1e6:g}Mbit {t['rate_fraction']:.2f} of the rate"
+        tbs = ", ".join(f"{t['hosts']}x{t['ranks_per_host']} " + (f"{t['rate_bits'] / 1e6:g}Mbit {t['rate_fraction']:.2f} of the rate"
                                              if t["rate_bits"] else f"unshaped {fmt_si(1.0 / t['s_per_byte'], 'B/s')}")
                         for t in f["testbeds"])
         print(f"  {form:11s} {shape:18s} W {fmt_seconds(f['floor_s']):>8s}  MAPE {100 * f['mape']:5.1f}%  "

@@ -98,7 +98,7 @@ def _phase_sum(r: dict, side: str) -> float:
 def overlap_fit(rows: list, points: int = 241) -> dict | None:
     """The measured All-to-All phases per rank-step (dispatch + combine, s) of every configuration with
     remote bytes x (bytes per rank-step), fitted with one floor W (s) for all of them and one byte time
-    s (s/byte) per testbed (hosts, rate), in the overlapping form ``max(W, s x)`` and in the additive
+    s (s/byte) per testbed (hosts, ranks per host, rate), in the overlapping form ``max(W, s x)`` and in the additive
     form ``W + s x``: least squares on log time, W on a grid and each testbed's s on a log grid (then a
     finer pass around the best). Per form: ``floor_s``, per testbed ``s_per_byte`` and ``rate_fraction``
     (8 / (rate x s): the in-step goodput as a fraction of the tc rate; None unshaped), ``mape`` and
@@ -108,8 +108,10 @@ def overlap_fit(rows: list, points: int = 241) -> dict | None:
         return None
     x = np.array([r["a2a_remote_bytes"] for r in use], dtype=float)
     y = np.array([_phase_sum(r, "measured") for r in use])
-    keys = sorted({(r["hosts"], float(r.get("rate_bits") or 0.0)) for r in use})
-    idx = np.array([keys.index((r["hosts"], float(r.get("rate_bits") or 0.0))) for r in use])
+    def testbed(r: dict) -> tuple:
+        return int(r["hosts"]), int(r.get("ranks_per_host") or 1), float(r.get("rate_bits") or 0.0)
+    keys = sorted({testbed(r) for r in use})
+    idx = np.array([keys.index(testbed(r)) for r in use])
     out: dict = {"rows": len(use)}
     for form, comb in (("overlapping", np.maximum), ("additive", np.add)):
         w_lo, w_hi = 0.0, float(y.max())
@@ -135,8 +137,8 @@ def overlap_fit(rows: list, points: int = 241) -> dict | None:
         fitted = comb(w, s_per[idx] * x)
         ape = np.abs(fitted / y - 1.0)
         out[form] = {"floor_s": w, "mape": float(ape.mean()), "max_error": float(ape.max()), "testbeds": [
-            {"hosts": h, "rate_bits": rate, "s_per_byte": float(sv),
-             "rate_fraction": (8.0 / (rate * sv)) if rate > 0 else None} for (h, rate), sv in zip(keys, s_per)]}
+            {"hosts": h, "ranks_per_host": rph, "rate_bits": rate, "s_per_byte": float(sv),
+             "rate_fraction": (8.0 / (rate * sv)) if rate > 0 else None} for (h, rph, rate), sv in zip(keys, s_per)]}
     eng = np.array([_phase_sum(r, "predicted") for r in use])
     ape = np.abs(eng / y - 1.0)
     out["engine"] = {"mape": float(ape.mean()), "max_error": float(ape.max())}
