@@ -14,7 +14,8 @@ def rows(form, floor_s=0.08, predicted_scale=1.3):
     for (hosts, rate), s in TESTBEDS.items():
         for x in BYTES:
             t = max(floor_s, s * x) if form == "overlapping" else floor_s + s * x
-            out.append({"hosts": hosts, "ranks_per_host": 4 // hosts, "rate_bits": rate, "a2a_remote_bytes": x,
+            out.append({"label": f"{hosts}x{4 // hosts} {rate / 1e6:g} {x:g}", "hosts": hosts,
+                        "ranks_per_host": 4 // hosts, "rate_bits": rate, "a2a_remote_bytes": x,
                         "phases": {"dispatch": {"measured_s": 0.55 * t, "predicted_s": 0.55 * t * predicted_scale},
                                    "combine": {"measured_s": 0.45 * t, "predicted_s": 0.45 * t * predicted_scale}}})
     return out
@@ -39,6 +40,9 @@ def test_overlap_fit_recovers_the_form_it_was_made_from(form):
             assert tb["rate_fraction"] is None
     assert fit[form]["mape"] < 0.005
     assert fit[other]["mape"] > 10 * fit[form]["mape"] and fit[other]["mape"] > 0.02
+    worst = fit[other]["worst"]
+    assert abs(worst["error"]) == pytest.approx(fit[other]["max_error"])
+    assert worst["label"] in {r["label"] for r in rows(form)}
     assert fit["engine"]["mape"] == pytest.approx(0.3) and fit["engine"]["max_error"] == pytest.approx(0.3)
 
 

@@ -125,6 +125,14 @@ def test_two_campaigns_judged_together(capsys):
     assert "--profile" in capsys.readouterr().err
     assert main(["validate", str(VAL), str(OTHER), "--phases", "--skew"]) == 2
     assert "--phases, --skew: not available" in capsys.readouterr().err
+    # --a2a-cost: each campaign's floor fit, as its own report has it
+    assert main(["validate", str(VAL), str(OTHER), "--a2a-cost"]) == 0
+    out = capsys.readouterr().out
+    from moesim.units import fmt_seconds
+    for name, single in rep["reports"].items():
+        fit = single["a2a_overlap"]
+        line = next(ln for ln in out.splitlines() if ln.startswith(name + " ") and "%" in ln and "@" in ln)
+        assert fmt_seconds(fit["overlapping"]["floor_s"]) in line and fit["overlapping"]["worst"]["label"] in line
 
 
 def test_two_campaigns_json(capsys):

@@ -34,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="print, per testbed and structure, the line of All-to-All phase time against remote bytes per rank-step, "
                         "measured and predicted (what a byte and what the waiting cost in a step), and on shaped one-rank-per-host "
                         "testbeds the least mean rate of a host link over its rank's All-to-All phases; then the campaign's phases as one "
-                        "floor with each testbed's bytes inside it, max(W, bytes x s), and after it, W + bytes x s")
+                        "floor with each testbed's bytes inside it, max(W, bytes x s), and after it, W + bytes x s (with several "
+                        "campaigns: that fit alone, one line per campaign)")
     p.add_argument("--skew", action="store_true",
                    help="print every configuration's rank skew, measured and predicted: how far apart the ranks "
                         "are in an All-to-All (mean minus min over ranks of the time per call), and its last-arriver "
@@ -214,10 +215,11 @@ def _run_across(args: argparse.Namespace, dirs: list) -> int:
     from moesim.validate import REAL_BACKEND_BUCKET_BYTES
     from moesim.validate.across import validate_across
     unused = [f"--{n.replace('_', '-')}" for n in ("profile", "topology", "plot", "measured_phases", "phases",
-                                                   "a2a_cost", "skew") if getattr(args, n)]
+                                                   "skew") if getattr(args, n)]
     if unused:
         raise MoesimError(f"{', '.join(unused)}: not available when several campaigns are judged together "
-                          "(each brings its own profile and topologies; judge one campaign for those)")
+                          "(each brings its own profile and topologies; judge one campaign for those; --a2a-cost "
+                          "prints each campaign's floor fit)")
     rep = validate_across(dirs, bucket_bytes=args.bucket_bytes or REAL_BACKEND_BUCKET_BYTES, engine=_engine(args))
     if args.json:
         print(json.dumps(rep, indent=2))
@@ -246,6 +248,8 @@ def _run_across(args: argparse.Namespace, dirs: list) -> int:
         print(f"all {t['campaigns']} campaigns: {t['within_target']} of {t['pairs']} held-out pairs within target; "
               f"mean error {100 * t['mean_error']:.2f}%, mean signed {100 * t['mean_signed_error']:+.2f}%, "
               f"worst {100 * t['max_error']:.1f}%")
+    if args.a2a_cost:
+        _print_overlap_across(rep["reports"])
     if rep.get("phase_groups"):
         print("where the time goes, held-out configurations (a group's time per step, predicted / measured - 1): "
               + "; ".join(f"{g['group']} mean |e| {100 * g['mean_error']:.1f}%, signed {100 * g['mean_signed_error']:+.1f}% "
@@ -265,4 +269,26 @@ def _print_overlap(fit: dict) -> None:
         print(f"  {form:11s} {shape:18s} W {fmt_seconds(f['floor_s']):>8s}  MAPE {100 * f['mape']:5.1f}%  "
               f"max {100 * f['max_error']:5.1f}%  goodput: {tbs}")
     print(f"  the engine's predicted phases: MAPE {100 * fit['engine']['mape']:.1f}%, max "
-          f"{100 * fit['engine']['max_error']:.1f}%")
+          f"{100 * fit['engine']['max_error']:.1f}%; the max form's worst row: {fit['overlapping']['worst']['label']} "
+          f"{100 * fit['overlapping']['worst']['error']:+.1f}%")
+
+
+def _print_overlap_across(reports: dict) -> None:
+    """Per campaign: its All-to-All phases' floor fit (:func:`moesim.validate.a2acost.overlap_fit`)."""
+    print("All-to-All phases per rank-step as one floor W with each testbed's bytes inside it, max(W, bytes x s), or "
+          "after it, W + bytes x s (all configurations' measured phases; moesim.validate.a2acost.overlap_fit)")
+    width = max(34, max(len(n) for n in reports) + 1)
+    print(f"{'campaign':{width}s} {'W':>8s} {'max form':>15s} {'additive':>15s} {'engine':>15s}  "
+          f"goodput / rate (shaped)   max form's worst row")
+    for name, rep in reports.items():
+        fit = rep.get("a2a_overlap")
+        if not fit:
+            print(f"{name:{width}s} -")
+            continue
+        cells = [f"{100 * fit[k]['mape']:5.1f}% / {100 * fit[k]['max_error']:4.1f}%"
+                 for k in ("overlapping", "additive", "engine")]
+        rates = " ".join(f"{t['hosts']}x{t['ranks_per_host']}@{t['rate_bits'] / 1e6:g}:{t['rate_fraction']:.2f}"
+                         for t in fit["overlapping"]["testbeds"] if t["rate_bits"])
+        w = fit["overlapping"]["worst"]
+        print(f"{name:{width}s} {fmt_seconds(fit['overlapping']['floor_s']):>8s} {cells[0]:>15s} {cells[1]:>15s} "
+              f"{cells[2]:>15s}  {rates}   {w['label']} {100 * w['error']:+.1f}%")

@@ -101,8 +101,8 @@ def overlap_fit(rows: list, points: int = 241) -> dict | None:
     s (s/byte) per testbed (hosts, ranks per host, rate), in the overlapping form ``max(W, s x)`` and in the additive
     form ``W + s x``: least squares on log time, W on a grid and each testbed's s on a log grid (then a
     finer pass around the best). Per form: ``floor_s``, per testbed ``s_per_byte`` and ``rate_fraction``
-    (8 / (rate x s): the in-step goodput as a fraction of the tc rate; None unshaped), ``mape`` and
-    ``max_error``. ``engine``: the same errors of the predicted phases. None with fewer than 4 rows."""
+    (8 / (rate x s): the in-step goodput as a fraction of the tc rate; None unshaped), ``mape``,
+    ``max_error`` and ``worst`` (the row's label and signed error, fitted / measured - 1). ``engine``: the same errors of the predicted phases. None with fewer than 4 rows."""
     use = [r for r in rows if (r.get("a2a_remote_bytes") or 0) > 0 and _phase_sum(r, "measured") > 0]
     if len(use) < 4:
         return None
@@ -135,8 +135,11 @@ def overlap_fit(rows: list, points: int = 241) -> dict | None:
             s_lo, s_hi = float(np.log(best_s[i].min())) - 2 * ds, float(np.log(best_s[i].max())) + 2 * ds
         w, s_per = float(ws[i]), best_s[i]
         fitted = comb(w, s_per[idx] * x)
-        ape = np.abs(fitted / y - 1.0)
-        out[form] = {"floor_s": w, "mape": float(ape.mean()), "max_error": float(ape.max()), "testbeds": [
+        err = fitted / y - 1.0
+        ape = np.abs(err)
+        worst = int(ape.argmax())
+        out[form] = {"floor_s": w, "mape": float(ape.mean()), "max_error": float(ape.max()),
+                     "worst": {"label": use[worst].get("label"), "error": float(err[worst])}, "testbeds": [
             {"hosts": h, "ranks_per_host": rph, "rate_bits": rate, "s_per_byte": float(sv),
              "rate_fraction": (8.0 / (rate * sv)) if rate > 0 else None} for (h, rph, rate), sv in zip(keys, s_per)]}
     eng = np.array([_phase_sum(r, "predicted") for r in use])
