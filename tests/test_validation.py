@@ -14,6 +14,7 @@ from moesim.cli import main
 from moesim.config import load_config
 from moesim.engine import SimOptions, simulate
 from moesim.errors import MoesimError
+from moesim.units import fmt_seconds
 from moesim.validate import REAL_BACKEND_BUCKET_BYTES, validate
 from moesim.workload.ops import PHASES
 from test_calibration import write_table
@@ -256,8 +257,12 @@ def test_validate_cli_json_on_committed_campaign(moesim_exe):
                          timeout=300, cwd=ROOT)
     assert res.returncode == 0, res.stderr
     assert "intercept + slope x remote bytes" in res.stdout and res.stdout.count("ms/MB") == 24
-    floor_table = res.stdout.split("Shaped host link's least mean rate")[1].split("targets")[0].splitlines()[2:]
+    floor_table = res.stdout.split("Shaped host link's least mean rate")[1].split("All-to-All phases per rank-step as "
+                                                                                  "one floor")[0].splitlines()[2:]
     assert len(floor_table) == 12 and all(line.startswith("4x1 ") for line in floor_table)
+    overlap = res.stdout.split("All-to-All phases per rank-step as one floor")[1].split("targets")[0].splitlines()[1:]
+    assert [ln.split()[0] for ln in overlap] == ["overlapping", "additive", "the"]
+    assert fmt_seconds(rep["a2a_overlap"]["overlapping"]["floor_s"]) in overlap[0].split("MAPE")[0]
     # every configuration carries its rank skew, measured and simulated (shared cores, rank by rank);
     # known gap (calibration/README.md "Ranks reach an All-to-All apart"): the model spreads the ranks less than the
     # testbed does
