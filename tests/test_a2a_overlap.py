@@ -44,6 +44,11 @@ def test_overlap_fit_recovers_the_form_it_was_made_from(form):
     assert abs(worst["error"]) == pytest.approx(fit[other]["max_error"])
     assert worst["label"] in {r["label"] for r in rows(form)}
     assert fit["engine"]["mape"] == pytest.approx(0.3) and fit["engine"]["max_error"] == pytest.approx(0.3)
+    # the engine's phases (here the measured ones x 1.3) fitted the same way: the same form, W and s x 1.3
+    eng = fit["engine"][form]
+    assert eng["floor_s"] == pytest.approx(1.3 * 0.08, rel=0.01) and eng["mape"] < 0.005
+    for tb, mine in zip(eng["testbeds"], fit[form]["testbeds"]):
+        assert tb["s_per_byte"] == pytest.approx(1.3 * mine["s_per_byte"], rel=0.01)
 
 
 def test_overlap_fit_needs_rows_with_bytes():

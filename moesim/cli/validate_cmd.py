@@ -268,9 +268,17 @@ def _print_overlap(fit: dict) -> None:
                         for t in f["testbeds"])
         print(f"  {form:11s} {shape:18s} W {fmt_seconds(f['floor_s']):>8s}  MAPE {100 * f['mape']:5.1f}%  "
               f"max {100 * f['max_error']:5.1f}%  goodput: {tbs}")
-    print(f"  the engine's predicted phases: MAPE {100 * fit['engine']['mape']:.1f}%, max "
-          f"{100 * fit['engine']['max_error']:.1f}%; the max form's worst row: {fit['overlapping']['worst']['label']} "
+    eng = fit["engine"]
+    print(f"  the engine's predicted phases: MAPE {100 * eng['mape']:.1f}%, max "
+          f"{100 * eng['max_error']:.1f}%; the max form's worst row: {fit['overlapping']['worst']['label']} "
           f"{100 * fit['overlapping']['worst']['error']:+.1f}%")
+    if "overlapping" in eng:
+        o, a = eng["overlapping"], eng["additive"]
+        rates = ", ".join(f"{t['hosts']}x{t['ranks_per_host']} {t['rate_bits'] / 1e6:g}Mbit {t['rate_fraction']:.2f}"
+                          for t in o["testbeds"] if t["rate_bits"])
+        print(f"  the engine's phases fitted the same way: max form W {fmt_seconds(o['floor_s'])} MAPE "
+              f"{100 * o['mape']:.1f}%, additive W {fmt_seconds(a['floor_s'])} MAPE {100 * a['mape']:.1f}%; "
+              f"goodput of the rate (max form): {rates}")
 
 
 def _print_overlap_across(reports: dict) -> None:
@@ -279,7 +287,7 @@ def _print_overlap_across(reports: dict) -> None:
           "after it, W + bytes x s (all configurations' measured phases; moesim.validate.a2acost.overlap_fit)")
     width = max(34, max(len(n) for n in reports) + 1)
     print(f"{'campaign':{width}s} {'W':>8s} {'max form':>15s} {'additive':>15s} {'engine':>15s}  "
-          f"goodput / rate (shaped)   max form's worst row")
+          f"goodput / rate (shaped)   max form's worst row   | the engine's phases: W, max form, additive, goodput")
     for name, rep in reports.items():
         fit = rep.get("a2a_overlap")
         if not fit:
@@ -289,6 +297,11 @@ def _print_overlap_across(reports: dict) -> None:
                  for k in ("overlapping", "additive", "engine")]
         rates = " ".join(f"{t['hosts']}x{t['ranks_per_host']}@{t['rate_bits'] / 1e6:g}:{t['rate_fraction']:.2f}"
                          for t in fit["overlapping"]["testbeds"] if t["rate_bits"])
-        w = fit["overlapping"]["worst"]
+        w, eng = fit["overlapping"]["worst"], fit["engine"]
+        own = ""
+        if "overlapping" in eng:
+            own = (f"   | {fmt_seconds(eng['overlapping']['floor_s'])}, {100 * eng['overlapping']['mape']:.1f}%, "
+                   f"{100 * eng['additive']['mape']:.1f}%, " + " ".join(
+                       f"{t['rate_fraction']:.2f}" for t in eng["overlapping"]["testbeds"] if t["rate_bits"]))
         print(f"{name:{width}s} {fmt_seconds(fit['overlapping']['floor_s']):>8s} {cells[0]:>15s} {cells[1]:>15s} "
-              f"{cells[2]:>15s}  {rates}   {w['label']} {100 * w['error']:+.1f}%")
+              f"{cells[2]:>15s}  {rates}   {w['label']} {100 * w['error']:+.1f}%{own}")

@@ -95,24 +95,9 @@ def _phase_sum(r: dict, side: str) -> float:
     return float(sum(r["phases"].get(ph, {}).get(f"{side}_s", 0.0) for ph in A2A_PHASES))
 
 
-def overlap_fit(rows: list, points: int = 241) -> dict | None:
-    """The measured All-to-All phases per rank-step (dispatch + combine, s) of every configuration with
-    remote bytes x (bytes per rank-step), fitted with one floor W (s) for all of them and one byte time
-    s (s/byte) per testbed (hosts, ranks per host, rate), in the overlapping form ``max(W, s x)`` and in the additive
-    form ``W + s x``: least squares on log time, W on a grid and each testbed's s on a log grid (then a
-    finer pass around the best). Per form: ``floor_s``, per testbed ``s_per_byte`` and ``rate_fraction``
-    (8 / (rate x s): the in-step goodput as a fraction of the tc rate; None unshaped), ``mape``,
-    ``max_error`` and ``worst`` (the row's label and signed error, fitted / measured - 1). ``engine``: the same errors of the predicted phases. None with fewer than 4 rows."""
-    use = [r for r in rows if (r.get("a2a_remote_bytes") or 0) > 0 and _phase_sum(r, "measured") > 0]
-    if len(use) < 4:
-        return None
-    x = np.array([r["a2a_remote_bytes"] for r in use], dtype=float)
-    y = np.array([_phase_sum(r, "measured") for r in use])
-    def testbed(r: dict) -> tuple:
-        return int(r["hosts"]), int(r.get("ranks_per_host") or 1), float(r.get("rate_bits") or 0.0)
-    keys = sorted({testbed(r) for r in use})
-    idx = np.array([keys.index(testbed(r)) for r in use])
-    out: dict = {"rows": len(use)}
+def _fit_forms(x: np.ndarray, y: np.ndarray, idx: np.ndarray, keys: list, labels: list, points: int) -> dict:
+    """Both forms fitted to phase times ``y`` (s) against bytes ``x``, testbed ``keys[idx]`` per row."""
+    out: dict = {}
     for form, comb in (("overlapping", np.maximum), ("additive", np.add)):
         w_lo, w_hi = 0.0, float(y.max())
         s_lo, s_hi = np.log(float((y / x).min()) / 100.0), np.log(float((y / x).max()) * 2.0)
@@ -134,15 +119,41 @@ def overlap_fit(rows: list, points: int = 241) -> dict | None:
             w_lo, w_hi = max(0.0, ws[i] - 2 * dw), ws[i] + 2 * dw
             s_lo, s_hi = float(np.log(best_s[i].min())) - 2 * ds, float(np.log(best_s[i].max())) + 2 * ds
         w, s_per = float(ws[i]), best_s[i]
-        fitted = comb(w, s_per[idx] * x)
-        err = fitted / y - 1.0
+        err = comb(w, s_per[idx] * x) / y - 1.0
         ape = np.abs(err)
         worst = int(ape.argmax())
         out[form] = {"floor_s": w, "mape": float(ape.mean()), "max_error": float(ape.max()),
-                     "worst": {"label": use[worst].get("label"), "error": float(err[worst])}, "testbeds": [
+                     "worst": {"label": labels[worst], "error": float(err[worst])}, "testbeds": [
             {"hosts": h, "ranks_per_host": rph, "rate_bits": rate, "s_per_byte": float(sv),
              "rate_fraction": (8.0 / (rate * sv)) if rate > 0 else None} for (h, rph, rate), sv in zip(keys, s_per)]}
+    return out
+
+
+def overlap_fit(rows: list, points: int = 241) -> dict | None:
+    """The measured All-to-All phases per rank-step (dispatch + combine, s) of every configuration with
+    remote bytes x (bytes per rank-step), fitted with one floor W (s) for all of them and one byte time
+    s (s/byte) per testbed (hosts, ranks per host, rate), in the overlapping form ``max(W, s x)`` and
+    in the additive form ``W + s x``: least squares on log time, W on a grid and each testbed's s on a
+    log grid (then a finer pass around the best). Per form: ``floor_s``, per testbed ``s_per_byte``
+    and ``rate_fraction`` (8 / (rate x s): the in-step goodput as a fraction of the tc rate; None
+    unshaped), ``mape``, ``max_error`` and ``worst`` (the row's label and signed error, fitted /
+    measured - 1). ``engine``: the predicted phases' errors against the measured ones (``mape``,
+    ``max_error``), and both forms fitted the same way to the predicted phases (``overlapping``,
+    ``additive``: the shape the engine gives the phases). None with fewer than 4 rows."""
+    use = [r for r in rows if (r.get("a2a_remote_bytes") or 0) > 0 and _phase_sum(r, "measured") > 0]
+    if len(use) < 4:
+        return None
+    x = np.array([r["a2a_remote_bytes"] for r in use], dtype=float)
+    y = np.array([_phase_sum(r, "measured") for r in use])
+
+    def testbed(r: dict) -> tuple:
+        return int(r["hosts"]), int(r.get("ranks_per_host") or 1), float(r.get("rate_bits") or 0.0)
+    keys = sorted({testbed(r) for r in use})
+    idx = np.array([keys.index(testbed(r)) for r in use])
+    labels = [r.get("label") for r in use]
+    out: dict = {"rows": len(use), **_fit_forms(x, y, idx, keys, labels, points)}
     eng = np.array([_phase_sum(r, "predicted") for r in use])
     ape = np.abs(eng / y - 1.0)
-    out["engine"] = {"mape": float(ape.mean()), "max_error": float(ape.max())}
+    out["engine"] = {"mape": float(ape.mean()), "max_error": float(ape.max()),
+                     **(_fit_forms(x, eng, idx, keys, labels, points) if (eng > 0).all() else {})}
     return out
