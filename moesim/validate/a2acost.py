@@ -29,6 +29,12 @@ import pandas as pd
 A2A_PHASES = ("dispatch", "combine")
 
 
+def _phase_sum(r: dict, side: str) -> float:
+    """A validation row's All-to-All phase time per rank-step (dispatch + combine, s), ``side``
+    'measured' or 'predicted'."""
+    return float(sum(r["phases"].get(ph, {}).get(f"{side}_s", 0.0) for ph in A2A_PHASES))
+
+
 def remote_bytes_per_step(df: pd.DataFrame) -> float | None:
     """Mean over steps and ranks of the remote bytes a rank moves in its All-to-All phases (bytes;
     None when the table has no byte counts)."""
@@ -60,7 +66,7 @@ def a2a_cost(rows: list) -> list[dict]:
             continue
         lines = {}
         for side in ("measured", "predicted"):
-            y = np.array([sum(r["phases"].get(ph, {}).get(f"{side}_s", 0.0) for ph in A2A_PHASES) for r in rs])
+            y = np.array([_phase_sum(r, side) for r in rs])
             b, a = (float(v) for v in np.polyfit(x, y, 1))    # least squares y = a + b x
             lines[side] = {"intercept_s": a, "s_per_byte": b, "bytes_per_s": (1.0 / b) if b > 0 else None}
         m = lines["measured"]["s_per_byte"]
@@ -84,15 +90,11 @@ def goodput_floor(rows: list) -> list[dict]:
             continue
         floor = {}
         for side in ("measured", "predicted"):
-            t = sum(r["phases"].get(ph, {}).get(f"{side}_s", 0.0) for ph in A2A_PHASES)
+            t = _phase_sum(r, side)
             floor[side] = 8.0 * nbytes / t / rate if t > 0 else None
         out.append({"label": r["label"], "role": r.get("role"), "structure": r["structure"], "top_k": r.get("top_k"),
                     "hosts": r["hosts"], "rate_bits": rate, "remote_bytes": float(nbytes), **floor})
     return out
-
-
-def _phase_sum(r: dict, side: str) -> float:
-    return float(sum(r["phases"].get(ph, {}).get(f"{side}_s", 0.0) for ph in A2A_PHASES))
 
 
 def _fit_forms(x: np.ndarray, y: np.ndarray, idx: np.ndarray, keys: list, labels: list, points: int) -> dict:
