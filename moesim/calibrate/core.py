@@ -308,9 +308,9 @@ def calibrate(paths: Sequence[str | os.PathLike], name: str = "cpu-testbed", pea
                              "veth is not a limit of its own")
         cal["alpha_beta"] = _alpha_beta(network)
     cal["residuals"] = residuals
-    notes = [v for v in (compute.residuals.get("note"),) if isinstance(v, str)] if compute else []
-    if notes:
-        cal["fit_notes"] = notes      # what the numbers alone do not say (e.g. an efficiency at its bound)
+    note = compute.residuals.get("note") if compute else None
+    if isinstance(note, str):
+        cal["fit_notes"] = [note]     # what the numbers alone do not say (e.g. an efficiency at its bound)
     profile = {"name": name, "status": "measured", "provenance": prov, "device": device}
     if net:
         profile["network"] = net
