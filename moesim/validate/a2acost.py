@@ -111,8 +111,7 @@ def _fit_forms(x: np.ndarray, y: np.ndarray, idx: np.ndarray, keys: list, labels
             for j in range(len(keys)):
                 m = idx == j
                 pred = comb(ws[:, None, None], ss[None, :, None] * x[m][None, None, :])   # (W, s, rows)
-                err = (np.log(pred / y[m]) ** 2).sum(axis=2)
-                err = np.where(np.isfinite(err), err, np.inf)
+                err = (np.log(pred / y[m]) ** 2).sum(axis=2)     # pred, y > 0: finite
                 k = err.argmin(axis=1)
                 total += err[np.arange(len(ws)), k]
                 best_s[:, j] = ss[k]
