@@ -380,6 +380,11 @@ def main(argv: list[str] | None = None) -> int:
                          "its flows send, and stage runs take what it holds when they start), not per stage: "
                          "a rank pair of a pairwise All-to-All that starts while other pairs hold the link "
                          "still finds the tokens it gained (moesim.network.fluid)")
+    ap.add_argument("--two-way-rate", action="store_true",
+                    help="shared-core model: the shaped links' two-way loss depends on the rate: b and c hold at "
+                         "the fit runs' lowest tc rate and scale by (rate / that rate) ** -gamma, gamma fitted in "
+                         "situ with the rest (moesim.calibrate.insitu.TWO_WAY_RATE_EXPONENT_GRID); off: one loss "
+                         "at every rate")
     ap.add_argument("--fit-a2a-phase", action="store_true",
                     help="shared-core model: the in-situ fit's loss takes each fit run's All-to-All phase time "
                          "(dispatch + combine) beside its step time, so the fit splits the step between exchange "
@@ -544,7 +549,8 @@ def a2a_cpu_fit_args(mode: str) -> dict:
 def fit_command(out: str, name: str, patterns: str, a2a_start: str = "pairwise", time_slice: str = "skew",
                 burst: str = "whole", nic_efficiency: str = NIC_EFFICIENCY_DEFAULT, two_way: str = "insitu",
                 two_way_patterns: str | None = None, a2a_cpu: str = "none", release: str = "patterns",
-                compute_first: bool = False, continuous_bucket: bool = False, a2a_phase: bool = False) -> str:
+                compute_first: bool = False, continuous_bucket: bool = False, a2a_phase: bool = False,
+                two_way_rate: bool = False) -> str:
     """The command that re-creates a campaign profile (options at their defaults left out)."""
     opts = "".join(f" {k} {shlex.quote(v)}" for k, v, default in
                    (("--name", name, "cpu-testbed"), ("--patterns", patterns, DEFAULT_PATTERNS),
@@ -553,7 +559,7 @@ def fit_command(out: str, name: str, patterns: str, a2a_start: str = "pairwise",
                     ("--two-way", two_way, "insitu"), ("--two-way-patterns", two_way_patterns, None),
                     ("--a2a-cpu", a2a_cpu, "none"), ("--release-spread", release, "patterns")) if v != default)
     flags = "".join(f for f, on in ((" --compute-first", compute_first), (" --continuous-bucket", continuous_bucket),
-                                    (" --fit-a2a-phase", a2a_phase)) if on)
+                                    (" --fit-a2a-phase", a2a_phase), (" --two-way-rate", two_way_rate)) if on)
     base = f"python -m {PROG} --out {out}{opts}{flags}"
     return f"{base}  (this fit alone: {base} --only calibrate)"
 
@@ -581,7 +587,7 @@ def finish(args, log, out: Path, mdir: Path, vdir: Path) -> int:
     """Fit the profile from the measurements (+ the in-situ fit on the fit runs) and write the
     validation manifest; then print the validation."""
     from moesim.calibrate import calibrate, write_profile
-    from moesim.calibrate.insitu import fit_insitu
+    from moesim.calibrate.insitu import TWO_WAY_RATE_EXPONENT_GRID, fit_insitu
     prof_path = out / f"{args.name}.yaml"
     root = repo_root()
     patterns = [] if args.patterns == "none" else sorted(
@@ -599,6 +605,10 @@ def finish(args, log, out: Path, mdir: Path, vdir: Path) -> int:
     release = getattr(args, "release_spread", "patterns")
     two_way, two_way_patterns = getattr(args, "two_way", "insitu"), getattr(args, "two_way_patterns", None)
     held = None
+    two_way_rate = getattr(args, "two_way_rate", False)
+    if two_way_rate and (two_way != "insitu" or args.patterns == "none"):
+        raise SystemExit(f"{PROG}: --two-way-rate fits the two-way loss in situ on shared cores: it needs "
+                         f"--two-way insitu and --patterns tables")
     if two_way != "insitu":
         held = _two_way_from_sweep(cal, root, two_way_patterns or TWO_WAY_PATTERNS_DEFAULT[two_way], log, two_way)
     continuous = getattr(args, "continuous_bucket", False)
@@ -616,13 +626,14 @@ def finish(args, log, out: Path, mdir: Path, vdir: Path) -> int:
                          **a2a_cpu_fit_args(a2a_cpu),
                          **({} if release == "patterns" else {"step_release_spread": float(release)}),
                          **({"compute_first": True} if getattr(args, "compute_first", False) else {}),
-                         **({"a2a_phase": True} if getattr(args, "fit_a2a_phase", False) else {}))
+                         **({"a2a_phase": True} if getattr(args, "fit_a2a_phase", False) else {}),
+                         **({"rate_exponent_grid": TWO_WAY_RATE_EXPONENT_GRID} if two_way_rate else {}))
     if held is not None:
         cal.profile["calibration"]["two_way_from"] = held.record()
     cal.profile["provenance"]["command"] = fit_command(args.out, args.name, args.patterns, a2a_start, time_slice,
                                                        burst, nic_efficiency, two_way, two_way_patterns, a2a_cpu,
                                                        release, getattr(args, "compute_first", False), continuous,
-                                                       getattr(args, "fit_a2a_phase", False))
+                                                       getattr(args, "fit_a2a_phase", False), two_way_rate)
     if patterns:
         cal.profile["provenance"]["release_patterns"] = patterns
     write_profile(prof_path, cal.profile)

@@ -86,6 +86,9 @@ A2A_CPU_GRID_S = (0.0, 0.002, 0.004)
 # --a2a-cpu last-arriver: the candidates (alone s) among which the All-to-All CPU is chosen by the unshaped
 # fit runs' measured last-arriver time per call (moesim.calibrate.skew); then held while the rest is refitted
 A2A_CPU_LAST_ARRIVER_GRID_S = tuple(np.round(np.arange(0.0, 8.01e-3, 0.5e-3), 6))
+# exponent γ of a rate-dependent two-way loss, (rate / lowest fit rate) ** -γ on b and c: scanned at the
+# grid's best point (0: one loss at every rate; negative: a loss that grows with the rate)
+TWO_WAY_RATE_EXPONENT_GRID = (-0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
 
 
 def predicted_a2a(result) -> float:
@@ -118,6 +121,8 @@ class _Run:
         self.step_release_spread = None if step_release_spread is None else float(step_release_spread)
         #: a released rank's compute goes ahead of the All-to-All CPU of ranks still in a call (a slice)
         self.compute_first = bool(compute_first)
+        #: the tc rate (bytes/s) at which b and c hold when the two-way loss depends on the rate (0: it does not)
+        self.two_way_reference_rate = 0.0
 
     def measured_skew(self) -> float:
         """Median rank skew of the runs (s; :mod:`moesim.calibrate.skew`)."""
@@ -136,9 +141,11 @@ class _Run:
 
     def simulate_pool(self, profile_dict: dict, point: tuple, time_slice_s: float, pairwise_a2a: bool):
         """The simulated step on shared cores at ``point`` = (K, g, wait s, b, c, burst s, All-to-All CPU
-        s), a point of :func:`_fit_pool`."""
-        k, g, wait, b, c, burst, cpu = point
-        return self.simulate(profile_dict, wait, b, burst, c, cpu_pool=True, pool_cores=k, alone_factor=g,
+        s[, rate exponent γ of the two-way loss]), a point of :func:`_fit_pool`."""
+        k, g, wait, b, c, burst, cpu = point[:7]
+        gamma = float(point[7]) if len(point) > 7 else 0.0
+        return self.simulate(profile_dict, wait, b, burst, c, rate_exponent=gamma,
+                             cpu_pool=True, pool_cores=k, alone_factor=g,
                              time_slice_s=time_slice_s, pairwise_a2a=pairwise_a2a, a2a_cpu_s=cpu,
                              release_spread=self.step_release_spread, compute_first=self.compute_first)
 
@@ -148,15 +155,17 @@ class _Run:
         return self.simulate(profile_dict, wait, penalty, burst_s, peer, **options).step_time_s
 
     def simulate(self, profile_dict: dict, wait: float, penalty: float, burst_s: float = 0.0, peer: float = 0.0,
-                 **options):
-        """The simulated step (:class:`moesim.engine.SimResult`) with these in-situ parameters."""
+                 rate_exponent: float = 0.0, **options):
+        """The simulated step (:class:`moesim.engine.SimResult`) with these in-situ parameters
+        (``rate_exponent``: b and c scale by ``(rate / two_way_reference_rate) ** -rate_exponent``)."""
         from moesim.engine import SimOptions, simulate
         d = copy.deepcopy(profile_dict)
         d["network"]["receiver_wait_s"] = float(wait)
         links = {k: LinkParams.from_dict(v) for k, v in d.get("calibration", {}).get("links", {}).items()}
         if "nic" in links:
             links["nic"] = replace(links["nic"], two_way_penalty=float(penalty), peer_penalty=float(peer),
-                                   burst_s=float(burst_s))
+                                   burst_s=float(burst_s), two_way_rate_exponent=float(rate_exponent),
+                                   two_way_reference_rate=self.two_way_reference_rate if rate_exponent else 0.0)
         prof = parse_profile(d, Path("<in-situ>"))
         prof = replace(prof, network=replace(prof.network, link_efficiency={}))
         topo = effective_topology(self.topo, links) if links else self.topo
@@ -183,7 +192,8 @@ def _fit_pool(runs: list[_Run], prof: dict, grids: tuple, penalties_on: bool, pe
               refine: int, time_slice_s: float = 0.0, pairwise_a2a: bool = False,
               two_way: tuple[float, float] | None = None,
               a2a_cpu_grid: tuple = (0.0,),
-              last_arriver: dict | None = None, a2a_phase: bool = False) -> tuple[tuple, np.ndarray, int]:
+              last_arriver: dict | None = None, a2a_phase: bool = False,
+              rate_exponent_grid: tuple = (0.0,)) -> tuple[tuple, np.ndarray, int]:
     """Shared-core mode: grid over (K, g, wait, b, c, All-to-All CPU) at no burst (at the one burst
     when ``bursts`` offers only one: a burst fixed by measurement), then a coordinate search that
     halves its steps ``refine`` times (the burst among ``bursts``; the All-to-All CPU only when
@@ -191,8 +201,11 @@ def _fit_pool(runs: list[_Run], prof: dict, grids: tuple, penalties_on: bool, pe
     searched. ``last_arriver`` = {index into ``runs``: measured last-arriver time per call (s)}: each
     adds its squared relative error to the loss, beside the step errors. ``a2a_phase``: each run's
     All-to-All phase group (dispatch + combine) adds its squared relative error too, so the fit
-    must split the step between exchange and compute as measured. Returns the best (K, g, wait,
-    b, c, burst, a2a_cpu_s), its predicted steps and the number of evaluations."""
+    must split the step between exchange and compute as measured. ``rate_exponent_grid`` (more than
+    one value: the two-way loss depends on the rate): the exponent γ is scanned over it at the grid's
+    best point and then searched with the rest; b and c hold at the runs' ``two_way_reference_rate``.
+    Returns the best (K, g, wait, b, c, burst, a2a_cpu_s, γ), its predicted steps and the number of
+    evaluations."""
     from moesim.calibrate.skew import simulated_last_arriver
     cores_grid, alone_grid, wait_grid, penalty_grid, peer_grid = grids
     if two_way is not None:
@@ -217,13 +230,19 @@ def _fit_pool(runs: list[_Run], prof: dict, grids: tuple, penalties_on: bool, pe
         return cache[key][0]
 
     a2a_cpu_grid = tuple(float(v) for v in a2a_cpu_grid)
+    rate_exponent_grid = tuple(float(v) for v in rate_exponent_grid)
     grid = itertools.product(cores_grid, alone_grid, wait_grid, penalty_grid, peer_grid,
-                             (bursts[0],) if len(bursts) == 1 else (0.0,), a2a_cpu_grid)
+                             (bursts[0],) if len(bursts) == 1 else (0.0,), a2a_cpu_grid,
+                             (0.0 if 0.0 in rate_exponent_grid else rate_exponent_grid[0],))
     best = min(grid, key=loss)
+    if len(rate_exponent_grid) > 1:   # the rate exponent scanned at the grid's best point
+        best = min((best[:7] + (gamma,) for gamma in rate_exponent_grid), key=loss)
     cpu_step = 0.5 * float(np.diff(sorted(a2a_cpu_grid)).min()) if len(a2a_cpu_grid) > 1 else 0.0
-    # coordinates searched: K, g, wait, b, c, (burst: by its list below), All-to-All CPU
-    steps = [0.25, 0.075, 2.5e-3, 0.075 if penalties_on else 0.0, 0.1 if peers_on else 0.0, 0.0, cpu_step]
-    lower, upper = (0.25, 0.05, 0.0, 0.0, 0.0, 0.0, 0.0), (64.0, 1.0, 1.0, 5.0, 5.0, 1.0, 0.5)
+    gamma_step = 0.5 * float(np.diff(sorted(rate_exponent_grid)).min()) if len(rate_exponent_grid) > 1 else 0.0
+    # coordinates searched: K, g, wait, b, c, (burst: by its list below), All-to-All CPU, rate exponent
+    steps = [0.25, 0.075, 2.5e-3, 0.075 if penalties_on else 0.0, 0.1 if peers_on else 0.0, 0.0, cpu_step,
+             gamma_step]
+    lower, upper = (0.25, 0.05, 0.0, 0.0, 0.0, 0.0, 0.0, -2.0), (64.0, 1.0, 1.0, 5.0, 5.0, 1.0, 0.5, 4.0)
     for _ in range(refine):
         for i, h in enumerate(steps):
             for sign in ((-1, 1) if h > 0 else ()):
@@ -282,7 +301,7 @@ def _a2a_cpu_from_last_arriver(runs: list[_Run], prof: dict, best: tuple, time_s
     sims: dict = {}
 
     def at(cpu: float) -> list[float]:
-        sims[cpu] = list(_simulated_last_arrivers(runs, prof, best[:6] + (cpu,), time_slice_s, pairwise_a2a,
+        sims[cpu] = list(_simulated_last_arrivers(runs, prof, best[:6] + (cpu,) + best[7:], time_slice_s, pairwise_a2a,
                                                   idx).values())
         return sims[cpu]
     chosen, rms = pick_closest(grid, np.array([measured[i] for i in idx]), at)
@@ -312,7 +331,8 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
                refine: int = 3, time_slice_s: float | None = 0.0, pairwise_a2a: bool = False,
                slice_grid=SLICE_GRID_S, two_way: tuple[float, float] | None = None,
                a2a_cpu_grid: tuple = (0.0,), a2a_cpu_last_arriver_grid: tuple | None = None,
-               step_release_spread: float | None = None, compute_first: bool = False, a2a_phase: bool = False):
+               step_release_spread: float | None = None, compute_first: bool = False, a2a_phase: bool = False,
+               rate_exponent_grid: tuple = (0.0,)):
     """Fit ``receiver_wait_s``, the shaped-link two-way penalty b, its peer-host term c and the
     usable token-bucket burst of ``cal.profile`` on the step times of ``run_paths`` (multi-rank
     testbed runs: the fit configurations). c is fitted only when the shaped fit runs include both
@@ -342,7 +362,10 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
     ``compute_first`` (shared cores, time slices, with All-to-All CPU): a released rank's compute goes
     ahead of the All-to-All CPU of the ranks still in a call for its first slice
     (:class:`moesim.engine.cpupool.CorePool`). ``a2a_phase`` (shared cores): the fit runs' All-to-All
-    phase group times join their step times in the loss (:func:`_fit_pool`)."""
+    phase group times join their step times in the loss (:func:`_fit_pool`). ``rate_exponent_grid``
+    (shared cores, more than one value): the two-way loss depends on the rate, b and c holding at the
+    lowest shaped rate of the fit runs and scaling by ``(rate / that rate) ** -γ``, with γ scanned over
+    the grid and refined with the rest (the fit runs need two shaped rates to tell it)."""
     from moesim.validate.core import REAL_BACKEND_BUCKET_BYTES, RunSpec, group_repeats, load_run
     bucket = bucket_bytes or REAL_BACKEND_BUCKET_BYTES
     prof = cal.profile
@@ -365,10 +388,25 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
         raise MoesimError("compute first acts on shared cores: it needs the shared-core fit (patterns)")
     if a2a_phase and not patterns:
         raise MoesimError("fitting the All-to-All phase times is part of the shared-core fit (patterns)")
+    rate_exponent_grid = tuple(float(v) for v in rate_exponent_grid)
+    rate_dependent = len(rate_exponent_grid) > 1 or rate_exponent_grid[0] != 0.0
+    if rate_dependent and not patterns:
+        raise MoesimError("a two-way loss that depends on the rate is fitted on shared cores: it needs the "
+                          "shared-core fit (patterns)")
+    if rate_dependent and two_way is not None:
+        raise MoesimError("the two-way loss is either held as measured elsewhere (two_way) or fitted with a rate "
+                          "exponent, not both")
     runs = [_Run(g, bucket, step_release_spread, compute_first)
             for g in group_repeats([load_run(RunSpec(Path(p), role="fit")) for p in run_paths])]
     shaped_hosts = {r.hosts for r in runs if r.shaped}
     has_nic = bool(shaped_hosts) and "nic" in prof.get("calibration", {}).get("links", {})
+    shaped_rates = sorted({float(r.topo.graph.graph["tc_rate_bits"]) / 8.0 for r in runs if r.shaped})
+    if rate_dependent and len(shaped_rates) < 2:
+        raise MoesimError(f"a two-way loss that depends on the rate needs fit runs at two or more tc rates; "
+                          f"they have {len(shaped_rates)}")
+    reference_rate = shaped_rates[0] if rate_dependent else 0.0
+    for r in runs:
+        r.two_way_reference_rate = reference_rate
     penalties = tuple(penalty_grid) if has_nic else (0.0,)
     peers = tuple(peer_grid) if (has_nic and 2 in shaped_hosts and max(shaped_hosts) > 2) else (0.0,)
     if two_way is not None and has_nic:   # measured elsewhere (moesim.calibrate.twoway): held
@@ -388,7 +426,8 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
 
         def fit_at(q: float):
             return _fit_pool(runs, prof, grids, len(penalties) > 1, len(peers) > 1, bursts, refine, q, pairwise_a2a,
-                             two_way if has_nic else None, a2a_cpu_grid, a2a_phase=a2a_phase)
+                             two_way if has_nic else None, a2a_cpu_grid, a2a_phase=a2a_phase,
+                             rate_exponent_grid=rate_exponent_grid)
         skew = None
         if time_slice_s is None:   # the scheduler's slice from the measured rank skew, then refit at it
             time_slice_s, (best, pred, evaluations), skew = _slice_from_skew(runs, prof, fit_at, slice_grid,
@@ -402,11 +441,12 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
             a2a_cpu_grid = (cpu,)
             best, pred, more = _fit_pool(runs, prof, grids, len(penalties) > 1, len(peers) > 1, bursts, refine,
                                          float(time_slice_s), pairwise_a2a, two_way if has_nic else None,
-                                         a2a_cpu_grid, last_arriver=measured_last, a2a_phase=a2a_phase)
+                                         a2a_cpu_grid, last_arriver=measured_last, a2a_phase=a2a_phase,
+                                         rate_exponent_grid=rate_exponent_grid)
             evaluations += more
             last["simulated_s"] = _simulated_last_arrivers(runs, prof, best, float(time_slice_s), pairwise_a2a,
                                                            measured_last)
-        k_cores, alone, wait, penalty, peer, burst, a2a_cpu = best
+        k_cores, alone, wait, penalty, peer, burst, a2a_cpu, gamma = best
         pool = {"pool_cores": float(k_cores), "alone_factor": float(alone), "time_slice_s": float(time_slice_s),
                 "pairwise_a2a": bool(pairwise_a2a),
                 **({"a2a_cpu_s": float(a2a_cpu), "a2a_cpu_grid_s": list(a2a_cpu_last_arriver_grid or a2a_cpu_grid)}
@@ -431,7 +471,10 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
                            "member rank of an All-to-All then runs on the shared cores once its data has landed "
                            "(compute_first: a released rank's compute goes ahead of it for one slice); see "
                            "moesim.engine.cpupool, moesim.engine.netbridge"}
-        return _write_fit(cal, prof, runs, pred, wait, penalty, peer, burst, configured, has_nic, evaluations, pool)
+        two_way_rate = ({"exponent": float(gamma), "reference_rate": reference_rate,
+                         "grid": list(rate_exponent_grid)} if rate_dependent and has_nic else None)
+        return _write_fit(cal, prof, runs, pred, wait, penalty, peer, burst, configured, has_nic, evaluations, pool,
+                          two_way_rate)
     if has_nic:   # the fixed share: no staggered release either
         prof["calibration"]["links"]["nic"].pop("release_spread", None)
     cache: dict = {}
@@ -462,8 +505,10 @@ def _a2a_phase_record(runs: list[_Run], prof: dict, best: tuple, time_slice_s: f
 
 
 def _write_fit(cal, prof: dict, runs: list[_Run], pred: np.ndarray, wait: float, penalty: float, peer: float,
-               burst: float, configured: float, has_nic: bool, evaluations: int, pool: dict | None):
-    """Write the fitted parameters into ``cal.profile`` and record the fit."""
+               burst: float, configured: float, has_nic: bool, evaluations: int, pool: dict | None,
+               two_way_rate: dict | None = None):
+    """Write the fitted parameters into ``cal.profile`` and record the fit (``two_way_rate``: the rate
+    exponent γ and reference rate of a rate-dependent two-way loss, bytes/s)."""
     meas = np.array([r.measured for r in runs])
     prof["network"]["receiver_wait_s"] = float(wait)
     if has_nic:
@@ -473,6 +518,12 @@ def _write_fit(cal, prof: dict, runs: list[_Run], pred: np.ndarray, wait: float,
                 nic[key] = float(v)
             else:
                 nic.pop(key, None)
+        if two_way_rate is not None and two_way_rate["exponent"] != 0.0:
+            nic["two_way_rate_exponent"] = two_way_rate["exponent"]
+            nic["two_way_reference_rate"] = two_way_rate["reference_rate"]
+        else:
+            nic.pop("two_way_rate_exponent", None)
+            nic.pop("two_way_reference_rate", None)
     cal_sec = prof.setdefault("calibration", {})
     cal_sec["insitu"] = {
         "receiver_wait_s": float(wait), "nic_two_way_penalty": float(penalty), "nic_peer_penalty": float(peer),
@@ -486,6 +537,11 @@ def _write_fit(cal, prof: dict, runs: list[_Run], pred: np.ndarray, wait: float,
                "traffic (see moesim.calibrate.insitu)",
         "residuals": residual_summary(pred, meas),
     }
+    if two_way_rate is not None:
+        cal_sec["insitu"]["nic_two_way_rate"] = {
+            **two_way_rate, "meaning": "b and c hold at reference_rate (bytes/s, the lowest shaped rate of the fit "
+                                       "runs) and scale by (rate / reference_rate) ** -exponent; the exponent was "
+                                       "scanned over grid and refined with the rest"}
     if pool is not None:
         cal_sec["insitu"]["cpu_pool"] = {"pool_cores": pool["pool_cores"], "alone_factor": pool["alone_factor"],
                                          **({"a2a_cpu_s": pool["a2a_cpu_s"]} if "a2a_cpu_s" in pool else {})}

@@ -19,7 +19,9 @@ syscalls), paid once per flow. Optional, shaped links only (0 = off): ``two_way_
 link that carries a rank pair's traffic in both directions at once carries 1/(1+b) of its rate;
 ``peer_penalty`` c makes it 1/(1+b+c(k-1)) when those flows cross k peer hosts' shaped links),
 ``two_way_onset_s`` H (that loss sets in only after the link has carried such traffic for H
-seconds without a break), ``burst_s`` (tbf bucket: ``burst_s * rate`` bytes pass at once at a collective's start; see
+seconds without a break), ``two_way_rate_exponent`` γ with ``two_way_reference_rate`` R0 (bytes/s:
+b and c hold at the tc rate R0 and scale by ``(R / R0) ** -γ`` at rate R, for a loss that falls as the
+rate rises, as ``real_backend.patterns`` measures; γ = 0: one loss at every rate), ``burst_s`` (tbf bucket: ``burst_s * rate`` bytes pass at once at a collective's start; see
 :mod:`moesim.network.fluid`), ``burst_continuous`` (the buckets are accounted continuously, not per
 stage: the network's ``graph.graph["burst_accounting"] = "continuous"``) and ``release_spread`` s (an All-to-All across shaped links returns
 to its members over the last s of its duration, as ``real_backend.patterns`` measures; see
@@ -38,6 +40,7 @@ from typing import Mapping
 import networkx as nx
 import numpy as np
 
+from moesim.errors import MoesimError
 from moesim.network import FluidNetwork, NetworkParams
 from moesim.network import collectives as C
 from moesim.network.stages import Collective
@@ -61,6 +64,8 @@ class LinkParams:
     two_way_penalty: float = 0.0     # b: a link carrying two-way rank-pair traffic carries 1/(1+b) of it
     peer_penalty: float = 0.0        # c: ... 1/(1+b+c(k-1)) when those flows cross k peer hosts' links
     two_way_onset_s: float = 0.0     # H: ... only after H s of such traffic without a break (0: at once)
+    two_way_rate_exponent: float = 0.0   # γ: b and c scale by (rate / two_way_reference_rate) ** -γ
+    two_way_reference_rate: float = 0.0  # R0 (bytes/s): the tc rate at which b and c hold as written
     burst_s: float = 0.0             # token bucket: an idle shaped link passes burst_s * tc rate bytes at once
     burst_continuous: bool = False   # ... its bucket accounted continuously (not per stage; moesim.network.fluid)
     release_spread: float = 0.0      # an All-to-All over it releases its members over the last fraction of its time
@@ -69,6 +74,16 @@ class LinkParams:
         """Effective bytes/s for a link with tc rate ``nominal`` (bytes/s; None = unshaped)."""
         shaped = math.inf if nominal is None or self.efficiency is None else self.efficiency * nominal
         return min(shaped, self.max_bandwidth)
+
+    def two_way_scale(self, nominal: float | None) -> float:
+        """Factor on b and c for a link with tc rate ``nominal`` (bytes/s; None = unshaped): ``(nominal /
+        two_way_reference_rate) ** -two_way_rate_exponent``, 1 when the exponent is 0."""
+        if self.two_way_rate_exponent == 0.0 or nominal is None:
+            return 1.0
+        if not self.two_way_reference_rate > 0:
+            raise MoesimError("a two-way loss that depends on the rate (two_way_rate_exponent) needs a positive "
+                              "two_way_reference_rate (bytes/s)")
+        return float((nominal / self.two_way_reference_rate) ** (-self.two_way_rate_exponent))
 
     def to_dict(self) -> dict:
         out = {"max_bandwidth": None if math.isinf(self.max_bandwidth) else float(self.max_bandwidth),
@@ -81,6 +96,9 @@ class LinkParams:
             out["peer_penalty"] = float(self.peer_penalty)
         if self.two_way_onset_s > 0:
             out["two_way_onset_s"] = float(self.two_way_onset_s)
+        if self.two_way_rate_exponent != 0.0:
+            out["two_way_rate_exponent"] = float(self.two_way_rate_exponent)
+            out["two_way_reference_rate"] = float(self.two_way_reference_rate)
         if self.burst_s > 0:
             out["burst_s"] = float(self.burst_s)
         if self.burst_continuous:
@@ -97,6 +115,8 @@ class LinkParams:
                    two_way_penalty=float(d.get("two_way_penalty") or 0.0),
                    peer_penalty=float(d.get("peer_penalty") or 0.0),
                    two_way_onset_s=float(d.get("two_way_onset_s") or 0.0), burst_s=float(d.get("burst_s") or 0.0),
+                   two_way_rate_exponent=float(d.get("two_way_rate_exponent") or 0.0),
+                   two_way_reference_rate=float(d.get("two_way_reference_rate") or 0.0),
                    burst_continuous=d.get("burst_continuous") is True,
                    release_spread=float(d.get("release_spread") or 0.0))
 
@@ -152,6 +172,7 @@ def effective_topology(topology: Topology, links: Mapping[str, LinkParams],
     eff = dict(link_efficiency or {})
     burst: dict = {}
     burst_or_shaped: set = set()
+    shaped_rates: dict = {}   # class -> the tc rates (bytes/s) of its shaped links
     cpu_bound: set = set()
     for u, v, a in g.edges(data=True):
         cls = a.get("link_class")
@@ -160,6 +181,7 @@ def effective_topology(topology: Topology, links: Mapping[str, LinkParams],
             nominal = nominal_rate(topology, cls, float(a["bandwidth"]))
             if nominal is not None and lp.efficiency is not None:
                 burst_or_shaped.add(cls)
+                shaped_rates.setdefault(cls, set()).add(float(nominal))
             if lp.burst_s > 0 and nominal is not None and lp.efficiency is not None:
                 burst[cls] = max(burst.get(cls, 0.0), lp.burst_s * nominal)
             bw = lp.bandwidth(nominal)
@@ -171,10 +193,12 @@ def effective_topology(topology: Topology, links: Mapping[str, LinkParams],
         elif cls in eff:
             a["bandwidth"] = float(a["bandwidth"]) * eff[cls]
     # both token-bucket effects exist only on shaped (tc tbf) links
-    inc = {cls: float(links[cls].two_way_penalty) for cls in burst_or_shaped if links[cls].two_way_penalty > 0}
+    scale = {cls: _two_way_scale(cls, links[cls], shaped_rates[cls]) for cls in burst_or_shaped}
+    inc = {cls: float(links[cls].two_way_penalty) * scale[cls] for cls in burst_or_shaped
+           if links[cls].two_way_penalty > 0}
     if inc:
         g.graph["two_way_penalty"] = {**dict(g.graph.get("two_way_penalty") or {}), **inc}
-        peer = {cls: float(links[cls].peer_penalty) for cls in inc if links[cls].peer_penalty > 0}
+        peer = {cls: float(links[cls].peer_penalty) * scale[cls] for cls in inc if links[cls].peer_penalty > 0}
         if peer:
             g.graph["peer_penalty"] = {**dict(g.graph.get("peer_penalty") or {}), **peer}
         onset = {cls: float(links[cls].two_way_onset_s) for cls in inc if links[cls].two_way_onset_s > 0}
@@ -191,6 +215,17 @@ def effective_topology(topology: Topology, links: Mapping[str, LinkParams],
         g.graph["cpu_bound"] = {**dict(g.graph.get("cpu_bound") or {}), **{c: 1.0 for c in sorted(cpu_bound)}}
     g.graph["calibrated"] = True
     return Topology(g, source=topology.source + " (calibrated)")
+
+
+def _two_way_scale(cls: str, lp: LinkParams, rates: set) -> float:
+    """The factor on a class's b and c at its links' tc rate; the topology holds one b per class, so a
+    rate-dependent loss needs one rate per class."""
+    if lp.two_way_rate_exponent == 0.0:
+        return 1.0
+    if len(rates) > 1:
+        raise MoesimError(f"link class {cls!r}: a two-way loss that depends on the rate (two_way_rate_exponent) "
+                         f"needs one tc rate per class, the topology has {len(rates)}")
+    return lp.two_way_scale(next(iter(rates)))
 
 
 def apply_profile_network(topology: Topology, profile) -> Topology:
