@@ -88,7 +88,7 @@ A2A_CPU_GRID_S = (0.0, 0.002, 0.004)
 A2A_CPU_LAST_ARRIVER_GRID_S = tuple(np.round(np.arange(0.0, 8.01e-3, 0.5e-3), 6))
 # exponent γ of a rate-dependent two-way loss, (rate / lowest fit rate) ** -γ on b and c: scanned at the
 # grid's best point (0: one loss at every rate; negative: a loss that grows with the rate)
-TWO_WAY_RATE_EXPONENT_GRID = (-0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
+TWO_WAY_RATE_EXPONENT_GRID = (-0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0)
 
 
 def predicted_a2a(result) -> float:
