@@ -139,7 +139,12 @@ def test_insitu_fit_finds_a_known_rate_exponent(tmp_path):
                    paths, rate_exponent_grid=(0.0, 1.0))
 
 
-def test_the_campaign_records_the_rate_flag():
-    from moesim.calibrate.campaign import DEFAULT_PATTERNS, fit_command
+def test_the_campaign_records_the_rate_flag_and_refuses_it_without_the_in_situ_shared_core_fit(capsys):
+    from moesim.calibrate.campaign import DEFAULT_PATTERNS, fit_command, main
     assert "--two-way-rate" in fit_command("calibration/x", "x", DEFAULT_PATTERNS, two_way_rate=True)
     assert "--two-way-rate" not in fit_command("calibration/x", "x", DEFAULT_PATTERNS)
+    for extra in (["--patterns", "none"], ["--two-way", "trains"]):
+        with pytest.raises(SystemExit) as exc:
+            main(["--out", "/nonexistent/never-written", "--only", "calibrate", "--two-way-rate", *extra])
+        assert exc.value.code == 2
+        assert "--two-way-rate fits the two-way loss in situ" in capsys.readouterr().err

@@ -432,6 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     args.rates = [x for x in args.rates.split(",") if x]
     args.top_k = [int(x) for x in args.top_k.split(",") if x]
     args.fit_top_k = {int(x) for x in args.fit_top_k.split(",") if x}
+    if args.two_way_rate and (args.two_way != "insitu" or args.patterns == "none"):
+        ap.error("--two-way-rate fits the two-way loss in situ on shared cores: it needs --two-way insitu "
+                 "and --patterns tables")
     if args.time_slice != "skew":
         try:
             if not 0.0 <= float(args.time_slice) <= 1.0:
@@ -606,9 +609,6 @@ def finish(args, log, out: Path, mdir: Path, vdir: Path) -> int:
     two_way, two_way_patterns = getattr(args, "two_way", "insitu"), getattr(args, "two_way_patterns", None)
     held = None
     two_way_rate = getattr(args, "two_way_rate", False)
-    if two_way_rate and (two_way != "insitu" or args.patterns == "none"):
-        raise SystemExit(f"{PROG}: --two-way-rate fits the two-way loss in situ on shared cores: it needs "
-                         f"--two-way insitu and --patterns tables")
     if two_way != "insitu":
         held = _two_way_from_sweep(cal, root, two_way_patterns or TWO_WAY_PATTERNS_DEFAULT[two_way], log, two_way)
     continuous = getattr(args, "continuous_bucket", False)
