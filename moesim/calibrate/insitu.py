@@ -301,8 +301,8 @@ def _a2a_cpu_from_last_arriver(runs: list[_Run], prof: dict, best: tuple, time_s
     sims: dict = {}
 
     def at(cpu: float) -> list[float]:
-        sims[cpu] = list(_simulated_last_arrivers(runs, prof, best[:6] + (cpu,) + best[7:], time_slice_s, pairwise_a2a,
-                                                  idx).values())
+        point = best[:6] + (cpu,) + best[7:]
+        sims[cpu] = list(_simulated_last_arrivers(runs, prof, point, time_slice_s, pairwise_a2a, idx).values())
         return sims[cpu]
     chosen, rms = pick_closest(grid, np.array([measured[i] for i in idx]), at)
     record = {"measured_s": {runs[i].files[0]: float(measured[i]) for i in idx},
@@ -518,7 +518,7 @@ def _write_fit(cal, prof: dict, runs: list[_Run], pred: np.ndarray, wait: float,
                 nic[key] = float(v)
             else:
                 nic.pop(key, None)
-        if two_way_rate is not None and two_way_rate["exponent"] != 0.0:
+        if two_way_rate is not None and two_way_rate["exponent"] != 0.0 and (penalty > 0 or peer > 0):
             nic["two_way_rate_exponent"] = two_way_rate["exponent"]
             nic["two_way_reference_rate"] = two_way_rate["reference_rate"]
         else:

@@ -21,11 +21,12 @@ link that carries a rank pair's traffic in both directions at once carries 1/(1+
 ``two_way_onset_s`` H (that loss sets in only after the link has carried such traffic for H
 seconds without a break), ``two_way_rate_exponent`` γ with ``two_way_reference_rate`` R0 (bytes/s:
 b and c hold at the tc rate R0 and scale by ``(R / R0) ** -γ`` at rate R, for a loss that falls as the
-rate rises, as ``real_backend.patterns`` measures; γ = 0: one loss at every rate), ``burst_s`` (tbf bucket: ``burst_s * rate`` bytes pass at once at a collective's start; see
-:mod:`moesim.network.fluid`), ``burst_continuous`` (the buckets are accounted continuously, not per
-stage: the network's ``graph.graph["burst_accounting"] = "continuous"``) and ``release_spread`` s (an All-to-All across shaped links returns
-to its members over the last s of its duration, as ``real_backend.patterns`` measures; see
-:mod:`moesim.engine.netbridge`).
+rate rises, as ``real_backend.patterns`` measures; γ = 0: one loss at every rate), ``burst_s`` (tbf
+bucket: ``burst_s * rate`` bytes pass at once at a collective's start; see :mod:`moesim.network.fluid`),
+``burst_continuous`` (the buckets are accounted continuously, not per stage: the network's
+``graph.graph["burst_accounting"] = "continuous"``) and ``release_spread`` s (an All-to-All across
+shaped links returns to its members over the last s of its duration, as ``real_backend.patterns``
+measures; see :mod:`moesim.engine.netbridge`).
 
 Collective times for fitting are computed with the simulator's own network model
 (:mod:`moesim.network`): per stage, the fluid time with one link class at unit capacity (bytes on
@@ -224,7 +225,7 @@ def _two_way_scale(cls: str, lp: LinkParams, rates: set) -> float:
         return 1.0
     if len(rates) > 1:
         raise MoesimError(f"link class {cls!r}: a two-way loss that depends on the rate (two_way_rate_exponent) "
-                         f"needs one tc rate per class, the topology has {len(rates)}")
+                          f"needs one tc rate per class, the topology has {len(rates)}")
     return lp.two_way_scale(next(iter(rates)))
 
 
