@@ -338,8 +338,8 @@ def _run_one(hosts: int, rph: int, rate: str, structure: str, top_k: int, steps:
                 proc.wait(timeout=60)
         if proc.returncode != 0 or not out.is_file():
             log.seek(0)
-            tail = log.read().decode(errors="replace").strip().splitlines()[-3:]
-            raise ProbeError(f"{out.name}: the testbed run failed (exit {proc.returncode}): {' | '.join(tail)}")
+            tail = [ln for ln in log.read().decode(errors="replace").splitlines() if ln.strip()][-12:]
+            raise TestbedRunFailed(f"{out.name}: the testbed run failed (exit {proc.returncode}): {' | '.join(tail)}")
     df, meta = read_table(out)
     window = meta.get("measured_window_unix")
     if not window or None in window:
@@ -354,6 +354,24 @@ def _run_one(hosts: int, rph: int, rate: str, structure: str, top_k: int, steps:
     return res
 
 
+class TestbedRunFailed(ProbeError):
+    """A testbed launch failed (its hosts' torchrun exited non-zero); another try may succeed."""
+
+
+def with_tries(launch, tries: int, log) -> dict:
+    """``launch()`` up to ``tries`` times while it raises :class:`TestbedRunFailed` (a testbed run can fail
+    for reasons outside the probe, as ``moesim.calibrate.campaign`` retries its runs too); each failed
+    try is logged with its cause, and the last one is raised."""
+    for attempt in range(1, tries + 1):
+        try:
+            return launch()
+        except TestbedRunFailed as exc:
+            if attempt == tries:
+                raise TestbedRunFailed(f"{exc} (try {attempt} of {tries})") from None
+            log(f"{PROG}: try {attempt} of {tries} failed: {exc}")
+    raise ValueError(f"tries must be >= 1, got {tries}")
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog=f"python -m {PROG}", description=__doc__.split("\n")[0])
     ap.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
@@ -364,6 +382,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--max-load", type=float, default=1.0,
                     help="wait until the 1-minute load is below this before the first run (default 1.0)")
     ap.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine (tests)")
+    ap.add_argument("--tries", type=int, default=2,
+                    help="launches of a testbed run before its failure stops the probe (default 2)")
     what = ap.add_mutually_exclusive_group(required=True)
     what.add_argument("--out", help="output JSON (written atomically)")
     what.add_argument("--show", metavar="PROBE.json",
@@ -384,8 +404,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if bad or not structures or not configs:
             raise ProbeError(f"--structures must name cdac and/or dcca (got {args.structures!r}) and "
                              f"--configs at least one configuration")
-        if args.steps < 5 or not 0 < args.period <= 0.1:
-            raise ProbeError("--steps must be >= 5 and --period in (0, 0.1] s")
+        if args.steps < 5 or not 0 < args.period <= 0.1 or args.tries < 1:
+            raise ProbeError("--steps must be >= 5, --period in (0, 0.1] s and --tries >= 1")
         if os.geteuid() != 0:
             raise ProbeError("the testbed needs root (network namespaces and tc)")
         from moesim.calibrate.profile_io import machine_info
@@ -395,7 +415,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 for s in structures:
                     if not args.no_wait:
                         wait_quiet(args.max_load, 600, lambda m: print(m, file=sys.stderr))
-                    r = _run_one(hosts, rph, rate, s, k, args.steps, args.period, Path(tmp))
+                    r = with_tries(lambda: _run_one(hosts, rph, rate, s, k, args.steps, args.period, Path(tmp)),
+                                   args.tries, lambda m: print(m, file=sys.stderr))
                     runs.append(r)
                     print(f"{PROG}: {r['testbed']} {rate} {s} k{k}: step {1e3 * r['step_s']:.0f} ms, "
                           f"core share {r['schedstat']['core_share']:.2f} (fair {r['fair_core_share']:.2f}), "

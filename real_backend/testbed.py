@@ -183,6 +183,7 @@ class Testbed:
         self.procs: list[subprocess.Popen] = []
         self.output: list[list[str]] = [[] for _ in range(hosts)]
         self._threads: list[threading.Thread] = []
+        self.first_failed: Optional[int] = None   # the host whose torchrun failed first (wait)
         self.torn_down = False
 
     # ---- network -------------------------------------------------------------------------------
@@ -262,6 +263,7 @@ class Testbed:
             now = time.monotonic()
             if first_fail is None and any(c not in (None, 0) for c in codes):
                 first_fail = now
+                self.first_failed = next(i for i, c in enumerate(codes) if c not in (None, 0))
             if first_fail is not None and now - first_fail > grace:
                 self.log(f"{PROG}: a host failed; stopping the others")
                 break
@@ -273,6 +275,20 @@ class Testbed:
         for t in self._threads:
             t.join(timeout=2)
         return [p.poll() for p in self.procs]
+
+    def last_lines(self, host: int, n: int = 8) -> list[str]:
+        """Up to ``n`` lines saying why host ``host`` failed: the last non-blank lines its ranks printed
+        before torchrun's own failure report, then that report's ``exitcode`` line(s)."""
+        lines = [ln.rstrip() for ln in self.output[host] if ln.strip()
+                 and "hostname of the client socket cannot be retrieved" not in ln]
+        report = next((k for k, ln in enumerate(lines) if "ChildFailedError" in ln), None)
+        if report is None:
+            return lines[-n:]
+        # torchrun's report starts with its own traceback, which ends in ChildFailedError
+        start = max((k for k in range(report) if lines[k].startswith("Traceback")), default=report)
+        codes = [ln.strip() for ln in lines[report:] if ln.strip().startswith("exitcode")][: n // 2]
+        own = lines[:start][-(n - len(codes)):] if n > len(codes) else []
+        return own + codes
 
     def _stop_procs(self) -> None:
         for p in self.procs:
@@ -424,6 +440,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             for i, c in bad:
                 first, last = i * tb.rph, (i + 1) * tb.rph - 1
                 log(f"{PROG}: host {i} (ranks {first}..{last}) exited with status {c}")
+            culprit = tb.first_failed if tb.first_failed is not None else bad[0][0]
+            # the cause, last: callers that keep only the tail of this output (schedprobe, campaign) see it
+            log(f"{PROG}: host {culprit} failed first; its last lines:")
+            for line in tb.last_lines(culprit):
+                log(f"{PROG}:   [h{culprit}] {line}")
             code = 1
         else:
             from moesim.io import write_json_atomic

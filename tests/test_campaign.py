@@ -270,3 +270,16 @@ def test_campaign_release_spread_option(capsys):
     cmd = campaign.fit_command("c", "cpu-testbed", campaign.DEFAULT_PATTERNS, release="0.772")
     assert cmd.startswith("python -m moesim.calibrate.campaign --out c --release-spread 0.772")
     assert "--release-spread" not in campaign.fit_command("c", "cpu-testbed", campaign.DEFAULT_PATTERNS)
+
+
+def test_failure_tail_keeps_the_testbeds_cause_else_the_last_lines():
+    tb = ("real_backend.testbed: host 0 (ranks 0..0) exited with status -9\n\n"
+          "real_backend.testbed: host 1 (ranks 1..1) exited with status 1\n"
+          "real_backend.testbed: host 1 failed first; its last lines:\n"
+          "real_backend.testbed:   [h1] real_backend.run: rank 1 failed: RuntimeError: boom\n"
+          "real_backend.testbed:   [h1] exitcode  : 1 (pid: 7)\n")
+    tail = campaign.failure_tail(tb)
+    assert tail.startswith("real_backend.testbed: host 1 failed first") and "RuntimeError: boom" in tail
+    assert "status -9" not in tail and tail.count(" | ") == 2
+    assert campaign.failure_tail("a\nb\n\nc\nd\n") == "b | c | d"
+    assert campaign.failure_tail("") == ""

@@ -182,6 +182,35 @@ def test_bad_configuration_exits_2_and_writes_nothing(tmp_path):
     assert not out.exists()
 
 
+def test_a_failed_testbed_run_is_tried_again_and_its_cause_logged():
+    from real_backend.schedprobe import ProbeError, TestbedRunFailed, with_tries
+    calls, logged = [], []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) == 1:
+            raise TestbedRunFailed("x.csv: the testbed run failed (exit 1): host 1 failed first | boom")
+        return {"ok": True}
+    assert with_tries(flaky, 2, logged.append) == {"ok": True} and len(calls) == 2
+    assert len(logged) == 1 and "try 1 of 2 failed" in logged[0] and "boom" in logged[0]
+
+    def always():
+        calls.append(1)
+        raise TestbedRunFailed("x.csv: the testbed run failed (exit 1): boom")
+    calls.clear()
+    with pytest.raises(TestbedRunFailed, match=r"boom \(try 3 of 3\)"):
+        with_tries(always, 3, logged.append)
+    assert len(calls) == 3
+
+    def broken():      # the probe's own errors (not a failed launch) are not tried again
+        calls.append(1)
+        raise ProbeError("the measured window is too short")
+    calls.clear()
+    with pytest.raises(ProbeError, match="too short"):
+        with_tries(broken, 3, logged.append)
+    assert len(calls) == 1
+
+
 HAVE_NET = os.geteuid() == 0 and shutil.which("ip") is not None and shutil.which("tc") is not None
 
 
@@ -204,7 +233,7 @@ def test_probe_on_a_real_testbed(tmp_path):
     # the schedstat window lies inside the 8 measured steps, between two of the probe's coarse samples
     # (every 0.2 s), so it is up to 0.4 s shorter than the steps (steps vary by up to ~20 %)
     assert 8 * 0.8 - 0.4 / run["step_s"] <= sched["steps_in_window"] <= 8 * 1.2
-    assert 0 < run["machine"]["idle"] < 1 and run["step_s"] > 0
+    assert 0 <= run["machine"]["idle"] < 1 and run["step_s"] > 0   # 0: other work kept every core busy
     # per rank, the main thread blocks in most of a step's collectives (10 All-to-All calls and the
     # gradient all-reduce), which gloo's worker threads run: they are put on a core many times more
     threads = run["threads"]

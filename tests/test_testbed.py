@@ -193,6 +193,10 @@ def test_failing_rank_on_testbed_exits_nonzero_and_tears_down(tmp_path):
     assert r.returncode != 0
     assert time.monotonic() - t0 < 90
     assert "host 1 (ranks 1..1) exited with status" in r.stderr, r.stderr[-3000:]
+    # the cause comes last, for callers that keep only the tail: the crashed host's own lines (torchrun
+    # names the rank's exit code, 86)
+    cause = r.stderr.rsplit("host 1 failed first; its last lines:", 1)
+    assert len(cause) == 2 and "86" in cause[1] and cause[1].count("[h1]") >= 2, r.stderr[-3000:]
     assert not out.exists() and not Path(str(out.with_suffix("")) + ".topology.json").exists()
     # the counters of a failed run are kept (was the network to blame?), with the hosts' exit codes
     codes = json.loads(stats.read_text())["testbed"]["exit_codes"]

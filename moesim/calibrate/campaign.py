@@ -116,6 +116,14 @@ def cpu_busy(window_s: float = 3.0) -> float:
 _STARTED = {"quiet": False}
 
 
+def failure_tail(output: str, n: int = 3) -> str:
+    """What a failed run's output says of the cause, on one line: from the testbed's "host H failed
+    first" line on when there is one (the crashed host's own last lines), else the last ``n`` lines."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    mark = max((k for k, ln in enumerate(lines) if "failed first; its last lines:" in ln), default=None)
+    return " | ".join(lines[mark:] if mark is not None else lines[-n:])
+
+
 def wait_quiet(max_load: float, timeout_s: float, log, max_busy: float = 0.15) -> list[float]:
     """Wait until nothing else runs: before the first measurement the 1-minute load must be below
     ``max_load``; between measurements (when our own previous run still lifts the load average)
@@ -177,7 +185,7 @@ class Runner:
                 self.log(f"  {', '.join(o.name for o in outs)}: {wall:.0f} s (load before {la[0]:.2f})")
                 return rec
             self.log(f"  {out.name}: attempt {attempt} failed (exit {res.returncode}): "
-                     f"{(res.stderr or res.stdout).strip().splitlines()[-1:] or ''}")
+                     f"{failure_tail(res.stderr or res.stdout)}")
             for p in (*outs, *topologies):
                 if p.exists():
                     p.unlink()
