@@ -442,7 +442,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 log(f"{PROG}: host {i} (ranks {first}..{last}) exited with status {c}")
             culprit = tb.first_failed if tb.first_failed is not None else bad[0][0]
             # the cause, last: callers that keep only the tail of this output (schedprobe, campaign) see it
-            log(f"{PROG}: host {culprit} failed first; its last lines:")
+            how = "failed first" if tb.first_failed is not None else "was stopped at the deadline"
+            log(f"{PROG}: host {culprit} {how}; its last lines:")
             for line in tb.last_lines(culprit):
                 log(f"{PROG}:   [h{culprit}] {line}")
             code = 1

@@ -118,9 +118,11 @@ _STARTED = {"quiet": False}
 
 def failure_tail(output: str, n: int = 3) -> str:
     """What a failed run's output says of the cause, on one line: from the testbed's "host H failed
-    first" line on when there is one (the crashed host's own last lines), else the last ``n`` lines."""
+    first; its last lines:" line on when there is one (that host's own last lines), else the last
+    ``n`` lines."""
     lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
-    mark = max((k for k, ln in enumerate(lines) if "failed first; its last lines:" in ln), default=None)
+    mark = max((k for k, ln in enumerate(lines) if "real_backend.testbed: host" in ln and "; its last lines:" in ln),
+               default=None)
     return " | ".join(lines[mark:] if mark is not None else lines[-n:])
 
 
