@@ -44,7 +44,7 @@ from typing import Optional
 
 import numpy as np
 
-from moesim.calibrate.campaign import model_args, proc_stat_cpu, repo_root, wait_quiet
+from moesim.calibrate.campaign import failure_tail, model_args, proc_stat_cpu, repo_root, wait_quiet
 from moesim.errors import MoesimError
 from moesim.io import write_json_atomic
 
@@ -338,8 +338,8 @@ def _run_one(hosts: int, rph: int, rate: str, structure: str, top_k: int, steps:
                 proc.wait(timeout=60)
         if proc.returncode != 0 or not out.is_file():
             log.seek(0)
-            tail = [ln for ln in log.read().decode(errors="replace").splitlines() if ln.strip()][-12:]
-            raise TestbedRunFailed(f"{out.name}: the testbed run failed (exit {proc.returncode}): {' | '.join(tail)}")
+            cause = failure_tail(log.read().decode(errors="replace"))
+            raise TestbedRunFailed(f"{out.name}: the testbed run failed (exit {proc.returncode}): {cause}")
     df, meta = read_table(out)
     window = meta.get("measured_window_unix")
     if not window or None in window:
