@@ -52,6 +52,8 @@ from real_backend.watchdog import pid_alive as _pid_alive
 PROG = "real_backend.testbed"
 NS_PREFIX = "rbtb-"
 MASTER_PORT = 29500
+# a warning gloo prints for every connection inside a namespace without a resolvable hostname: not shown
+GLOO_NOISE = "hostname of the client socket cannot be retrieved"
 MODULES = {"run": "real_backend.run", "microbench": "real_backend.microbench", "patterns": "real_backend.patterns"}
 DEFAULT_LOOPBACK_BW = 2e9  # bytes/s per rank, nominal, of the stack and loopback links (as emulated_testbed)
 
@@ -225,7 +227,7 @@ class Testbed:
     def _pump(self, i: int, stream) -> None:
         for line in iter(stream.readline, ""):
             self.output[i].append(line)
-            if self.echo and "hostname of the client socket cannot be retrieved" not in line:
+            if self.echo and GLOO_NOISE not in line:
                 sys.stdout.write(f"[h{i}] {line}")
                 sys.stdout.flush()
         stream.close()
@@ -279,8 +281,7 @@ class Testbed:
     def last_lines(self, host: int, n: int = 8) -> list[str]:
         """Up to ``n`` lines saying why host ``host`` failed: the last non-blank lines its ranks printed
         before torchrun's own failure report, then that report's ``exitcode`` line(s)."""
-        lines = [ln.rstrip() for ln in self.output[host] if ln.strip()
-                 and "hostname of the client socket cannot be retrieved" not in ln]
+        lines = [ln.rstrip() for ln in self.output[host] if ln.strip() and GLOO_NOISE not in ln]
         report = next((k for k, ln in enumerate(lines) if "ChildFailedError" in ln), None)
         if report is None:
             return lines[-n:]
