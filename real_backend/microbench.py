@@ -253,4 +253,5 @@ def _summary(rows: list[dict], out: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from real_backend.parallel import exit_process
+    exit_process(main())

@@ -140,6 +140,22 @@ def finish_process_group(prog: str) -> None:
         print(f"{prog}: warning: process group teardown: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
+def exit_process(rc: Optional[int]) -> None:
+    """End a rank process with exit status ``rc`` (None: 0) once its work is written, without the
+    interpreter's teardown: destroying torch's and gloo's C++ threads at exit can abort a finished
+    rank (``terminate called without an active exception``, SIGABRT), which the launcher then
+    reports as a failed run. Flushes stdout and stderr first; every result file is already closed
+    (written atomically). A process not started by a launcher (no ``RANK`` in its environment) exits
+    normally, so its exit handlers (the single-process store's file) run."""
+    import sys
+    rc = 0 if rc is None else int(rc)
+    if "RANK" not in os.environ:
+        sys.exit(rc)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
+
+
 def gather_rows_to_rank0(rows: list, progress, watchdog) -> Optional[list]:
     """Every rank's result rows, concatenated on rank 0 (None on the others); the watchdog stops
     once the gather has returned."""

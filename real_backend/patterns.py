@@ -241,4 +241,5 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from real_backend.parallel import exit_process
+    exit_process(main())

@@ -36,8 +36,9 @@ RUN_COLUMNS = ("step", "rank", "phase", "direction", "seconds", "count", "bytes"
 
 #: Columns of ``real_backend.run --timeline`` tables: every timed interval of the measured steps, per
 #: rank in the order it was taken (``seq``), start and end in ``time.perf_counter`` seconds (one clock
-#: for all the processes of one machine).
-TIMELINE_COLUMNS = ("structure", "step", "rank", "seq", "phase", "direction", "start_s", "end_s")
+#: for all the processes of one machine), and the CPU seconds the rank's main thread spent in it
+#: (``cpu_s``, ``time.thread_time``; empty where unknown; tables before it lack the column).
+TIMELINE_COLUMNS = ("structure", "step", "rank", "seq", "phase", "direction", "start_s", "end_s", "cpu_s")
 
 #: Columns of ``real_backend.microbench`` tables (one row per measurement repetition and rank).
 MICROBENCH_COLUMNS = ("kind", "group", "group_size", "m", "n", "k", "size_bytes", "dtype", "rank", "rep",

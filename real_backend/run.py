@@ -24,7 +24,9 @@ its metadata names the other).
 ``--timeline FILE`` also writes every timed interval of the measured steps, per rank and in order,
 with its start and end on ``time.perf_counter`` (``results.TIMELINE_COLUMNS``; CPU runs only). The
 ranks of one machine (the on-one-machine testbed) share that clock, so the table shows when each
-rank entered and left each collective call (``moesim.calibrate.arrivals``).
+rank entered and left each collective call (``moesim.calibrate.arrivals``). ``cpu_s`` is the CPU
+time the rank's main thread spent in the interval (``time.thread_time``; where the step's CPU goes,
+``moesim.calibrate.phasecpu``).
 """
 from __future__ import annotations
 
@@ -190,7 +192,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             progress.step = it
             progress.touch("step", "none")
             rec.reset()
-            t0 = rec.stamp()
+            c0, t0 = rec.cpu_stamp(), rec.stamp()
             if train:
                 opt.zero_grad(set_to_none=True)
                 for ids, tgt in data.micro:
@@ -208,6 +210,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 with torch.no_grad(), autocast():
                     model(data.ids, past=getattr(data, "past", None))
             t1 = rec.stamp()
+            c1 = rec.cpu_stamp()
             summary = rec.summary()
             if it < args.warmup:
                 continue
@@ -219,9 +222,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             rows.append({"step": step, "rank": rank, "phase": "step", "direction": "none",
                          "seconds": rec._seconds(t0, t1), "count": 1, "bytes": 0, "bytes_remote": None})
             if args.timeline is not None:
-                spans = [("step", "none", t0, t1)] + list(rec.intervals)
+                spans = [("step", "none", t0, t1, rec.cpu_between(c0, c1))] + list(rec.intervals)
                 run.timeline.extend({"step": step, "rank": rank, "seq": i, "phase": ph, "direction": d,
-                                     "start_s": a, "end_s": b} for i, (ph, d, a, b) in enumerate(spans))
+                                     "start_s": a, "end_s": b, "cpu_s": cpu}
+                                    for i, (ph, d, a, b, cpu) in enumerate(spans))
         window[1] = time.time()
         tagged = [dict(r, _run=i) for i, run in enumerate(runs) for r in run.rows]
         tagged += [dict(r, _run=i, _timeline=True, structure=run.cfg.moe.structure)
@@ -323,4 +327,5 @@ def _print_summary(rows: list[dict], cfg: Config, world: int, out: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from real_backend.parallel import exit_process
+    exit_process(main())

@@ -10,7 +10,11 @@ reverse creation order, so with the layers' forward ordering each interval holds
 backward (see the MoE layer's comments).
 
 Stamps are ``time.perf_counter()`` on CPU (ops are synchronous there, so host time is the op
-time) and CUDA events on GPU (resolved after the step, one synchronisation per step).
+time) and CUDA events on GPU (resolved after the step, one synchronisation per step). On CPU each
+interval also carries the CPU time its recording thread spent in it (``time.thread_time()``, s: the
+rank's main thread, which runs the forward, the backward of CPU tensors and the collective calls;
+gloo's own threads are not in it), or None where it cannot be read (GPU, or a backward marker fired
+on another thread).
 """
 from __future__ import annotations
 
@@ -82,10 +86,25 @@ class Recorder:
         return time.perf_counter()
 
     def reset(self) -> None:
-        self.intervals: list[tuple[str, str, Any, Any]] = []
+        #: (phase, direction, start stamp, end stamp, CPU s of the recording thread or None)
+        self.intervals: list[tuple[str, str, Any, Any, Optional[float]]] = []
         self.comm: list[tuple[str, str, int, Optional[int]]] = []
         self._bwd_last = None
+        self._bwd_cpu: Optional[float] = None
         self._lock = threading.Lock()
+        self._thread = threading.get_ident()
+
+    def cpu_stamp(self) -> Optional[float]:
+        """CPU seconds of the calling thread so far (``time.thread_time``) when it is the recording
+        thread of a CPU run; None otherwise (GPU stamps are not host time)."""
+        if self.cuda or threading.get_ident() != self._thread:
+            return None
+        return time.thread_time()
+
+    @staticmethod
+    def cpu_between(a: Optional[float], b: Optional[float]) -> Optional[float]:
+        """CPU seconds between two :meth:`cpu_stamp` values (None if either is None)."""
+        return None if a is None or b is None else b - a
 
     # ---- forward / generic intervals -----------------------------------------------------------
     @contextlib.contextmanager
@@ -96,9 +115,10 @@ class Recorder:
         if not self.enabled:
             yield
             return
-        t0 = self.stamp()
+        c0, t0 = self.cpu_stamp(), self.stamp()
         yield
-        self.intervals.append((phase, direction, t0, self.stamp()))
+        t1 = self.stamp()
+        self.intervals.append((phase, direction, t0, t1, self.cpu_between(c0, self.cpu_stamp())))
 
     def fwd(self, phase: str):
         return self.interval(phase, "fwd")
@@ -113,7 +133,7 @@ class Recorder:
     def bwd_begin(self) -> None:
         self.progress.touch("lm_head", "bwd")
         if self.enabled:
-            self._bwd_last = self.stamp()
+            self._bwd_cpu, self._bwd_last = self.cpu_stamp(), self.stamp()
 
     def bwd_event(self, phase: str) -> None:
         self.progress.touch(phase, "bwd")
@@ -121,15 +141,15 @@ class Recorder:
             self.fail_hook(phase, "bwd")
         if not self.enabled or self._bwd_last is None:
             return
-        t = self.stamp()
+        t, c = self.stamp(), self.cpu_stamp()
         with self._lock:
-            self.intervals.append((phase, "bwd", self._bwd_last, t))
-            self._bwd_last = t
+            self.intervals.append((phase, "bwd", self._bwd_last, t, self.cpu_between(self._bwd_cpu, c)))
+            self._bwd_last, self._bwd_cpu = t, c
 
     def bwd_end(self, phase: str = "embedding") -> None:
         """Call after ``backward()`` returns: the remaining time (embedding gradient) goes to ``phase``."""
         self.bwd_event(phase)
-        self._bwd_last = None
+        self._bwd_last = self._bwd_cpu = None
 
     # ---- bytes ---------------------------------------------------------------------------------
     def add_bytes(self, phase: str, direction: str, nbytes: int, remote: Optional[int] = None) -> None:
@@ -148,7 +168,7 @@ class Recorder:
             torch.cuda.synchronize(self.device)
         out: dict[tuple[str, str], dict] = defaultdict(
             lambda: {"seconds": 0.0, "count": 0, "bytes": 0, "bytes_remote": None})
-        for phase, direction, a, b in self.intervals:
+        for phase, direction, a, b, _cpu in self.intervals:
             rec = out[(phase, direction)]
             rec["seconds"] += self._seconds(a, b)
             rec["count"] += 1

@@ -376,6 +376,46 @@ def test_insitu_fit_recovers_a_known_all_to_all_cpu(tmp_path):
     assert none["calibration"]["insitu"]["residuals"]["max_error"] > 1e-3
 
 
+def test_pool_held_at_the_machines_cores_and_the_measured_core_share(tmp_path):
+    """Fit runs that are the simulator's own at K = 2 (the testbed's cores) and g = the profile's
+    contention core share, with 3 ms of receiver wait: the fit holding the pool at those measured
+    values keeps them through its coordinate search, fits the wait (to its half-step) and records what
+    it held; the fitted pool moves off them; bad input is refused."""
+    import copy
+
+    from moesim.calibrate.core import Calibration
+    from moesim.calibrate.insitu import fit_insitu
+    patterns, base, _ = _a2a_cpu_truth()
+    share = base["calibration"]["contention"]["core_share"]
+    assert 0.5 < share < 0.7                                   # the committed avx512-1r microbenchmarks: 0.586
+
+    def truth(run):
+        return run.step(base, 0.003, 0.1, 0.0, 0.0, cpu_pool=True, pool_cores=2.0, alone_factor=share,
+                        time_slice_s=0.03, pairwise_a2a=True)
+    paths = _synthetic_runs(tmp_path, ("4x1-150mbit-cdac-k4.csv", "4x1-none-dcca-k4.csv"), truth)
+
+    def fit(profile=base, **kw):
+        cal = Calibration(profile=copy.deepcopy(profile), compute=None, contention=None, network=None)
+        kw.setdefault("patterns", patterns)
+        return fit_insitu(cal, paths, refine=1, burst_fractions=(0.0,), time_slice_s=0.03, pairwise_a2a=True,
+                          pool_grids=((1.5, 2.5), (0.9,), (0.0, 0.005), (0.1,), (0.0,)), **kw).profile
+    prof = fit(pool_held="measured")
+    pool = prof["calibration"]["cpu_pool"]
+    assert (pool["pool_cores"], pool["alone_factor"]) == (2.0, share)
+    assert set(pool["held"]) == {"pool_cores", "alone_factor"}
+    assert prof["network"]["receiver_wait_s"] == pytest.approx(0.0025)   # 0.005 refined by one half-step
+    fitted = fit()
+    assert fitted["calibration"]["cpu_pool"]["pool_cores"] != 2.0 and "held" not in fitted["calibration"]["cpu_pool"]
+    no_share = copy.deepcopy(base)
+    del no_share["calibration"]["contention"]["core_share"]
+    with pytest.raises(MoesimError, match="calibration.contention.core_share"):
+        fit(no_share, pool_held="measured")
+    with pytest.raises(MoesimError, match="needs the shared-core fit"):
+        fit(pool_held="measured", patterns=None)
+    with pytest.raises(MoesimError, match="'measured' or None"):
+        fit(pool_held="guessed")
+
+
 def test_all_to_all_cpu_set_by_the_last_arriver(tmp_path):
     """Fit runs that are the simulator's own with 2 ms of CPU per All-to-All call (together start,
     (K, g) = (2.0, 0.8)), steps and per-call times alike (every rank's call lasts the simulated
@@ -506,3 +546,15 @@ def test_all_to_all_phase_joins_the_shared_core_loss(tmp_path):
     cal = Calibration(profile=copy.deepcopy(base), compute=None, contention=None, network=None)
     with pytest.raises(MoesimError, match="shared-core fit"):
         fit_insitu(cal, exact, a2a_phase=True)
+
+
+def test_campaign_holds_the_pool_measured_and_records_it():
+    """``--pool measured`` reaches the command that re-creates a profile, and the parser refuses
+    anything but fit or measured; the default (fit) is left out of the command."""
+    from moesim.calibrate.campaign import fit_command, main
+    cmd = fit_command("calibration/x", "cpu-testbed-x", "calibration/patterns/release-*.csv", pool="measured")
+    assert " --pool measured" in cmd
+    assert "--pool" not in fit_command("calibration/x", "cpu-testbed-x", "calibration/patterns/release-*.csv")
+    with pytest.raises(SystemExit) as exc:
+        main(["--out", "x", "--only", "calibrate", "--pool", "guessed"])
+    assert exc.value.code == 2

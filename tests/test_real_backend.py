@@ -136,6 +136,30 @@ def test_moe_single_process_matches_reference(structure, cf):
         assert torch.allclose(p.grad, params[n].grad, rtol=0, atol=TOL), n
 
 
+def test_recorder_books_the_threads_cpu_per_interval():
+    """Busy work in an interval is CPU of the recording thread; sleeping, or another thread's work, is not."""
+    import threading
+    rec = Recorder("cpu")
+    with rec.interval("experts", "fwd"):
+        t_end = time.perf_counter() + 0.05
+        while time.perf_counter() < t_end:
+            pass
+    with rec.interval("dispatch", "fwd"):
+        worker = threading.Thread(target=lambda: sum(i * i for i in range(300_000)))
+        worker.start()
+        time.sleep(0.05)
+        worker.join()
+    (_, _, a0, b0, busy), (_, _, a1, b1, idle) = rec.intervals
+    assert 0.3 * (b0 - a0) < busy <= (b0 - a0) + 1e-3         # all of it on an idle core; less on a busy machine
+    assert idle < 5e-3 and (b1 - a1) >= 0.05                  # the sleep and the worker's CPU are not this thread's
+    # off the recording thread (a hook on another thread) or on a GPU stamp: unknown, not 0
+    box = []
+    t = threading.Thread(target=lambda: box.append(rec.cpu_stamp()))
+    t.start()
+    t.join()
+    assert box == [None] and Recorder.cpu_between(None, 1.0) is None
+
+
 def test_backward_phase_times_add_up_to_backward_wall_time():
     cfg = load_config(SMALL, ["parallel.ep=1", "moe.structure=dcca", "moe.shared_experts=1",
                               "model.hidden=64", "model.vocab=512"])
@@ -155,6 +179,9 @@ def test_backward_phase_times_add_up_to_backward_wall_time():
                         "combine", "ascend", "lm_head"}
     assert all(v["count"] == (1 if p in ("embedding", "lm_head") else cfg.model.layers) for p, v in bwd.items())
     assert abs(sum(v["seconds"] for v in bwd.values()) - wall) < 0.05 * wall + 1e-3
+    # every interval carries the main thread's CPU in it, the backward ones too (CPU autograd runs on
+    # the calling thread), never more than its wall time
+    assert all(cpu is not None and 0 <= cpu <= (b - a) + 1e-3 for _, _, a, b, cpu in rec.intervals)
     fwd = {p for (p, d) in summ if d == "fwd"}
     assert fwd == set(bwd)
     assert set(p for p, _ in summ) <= set(PHASES)
@@ -331,6 +358,10 @@ def _check_timeline(path: Path, tables: dict) -> None:
         assert (np.diff(inner.start_s.to_numpy()) >= 0).all()
     steps = tl[tl.phase == "step"].set_index(["structure", "step", "rank"])
     assert (steps.loc["cdac"].end_s <= steps.loc["dcca"].start_s).all()
+    # the main thread's CPU: within each interval's wall time, and the step's holds its phases'
+    assert (tl.cpu_s >= 0).all() and (tl.cpu_s <= tl.end_s - tl.start_s + 2e-3).all()
+    inner_cpu = tl[tl.phase != "step"].groupby(["structure", "step", "rank"]).cpu_s.sum()
+    assert (inner_cpu <= steps.cpu_s + 1e-6).all()
     # an All-to-All releases no rank before every rank has entered it: one clock across processes
     a2a = tl[tl.phase.isin(["dispatch", "combine"])].sort_values("seq").copy()
     a2a["k"] = a2a.groupby(["structure", "step", "rank", "phase", "direction"]).cumcount()
@@ -440,3 +471,20 @@ def test_failing_rank_bounded_exit_named_no_output_no_leftovers(tmp_path, mode):
     while _procs_mentioning(str(out)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _procs_mentioning(str(out)) == []
+
+
+@pytest.mark.parametrize("launched", [True, False])
+def test_exit_process_skips_teardown_only_under_a_launcher(tmp_path, launched):
+    """Under torchrun (RANK set) a rank leaves with its status and its printed lines but without the
+    interpreter's teardown (no exit handlers); started by hand it exits normally."""
+    marker = tmp_path / "atexit-ran"
+    code = ("import atexit, pathlib, sys; from real_backend.parallel import exit_process; "
+            f"atexit.register(lambda: pathlib.Path({str(marker)!r}).write_text('x')); "
+            "print('tables written', end=''); sys.stderr.write('warn'); exit_process(3)")
+    env = {k: v for k, v in os.environ.items() if k != "RANK"}
+    if launched:
+        env["RANK"] = "0"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert r.returncode == 3 and r.stdout == "tables written" and r.stderr.endswith("warn")
+    assert marker.exists() is not launched

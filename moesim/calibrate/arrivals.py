@@ -157,20 +157,25 @@ def simulated_timeline(result, structure: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def campaign_config(measured: pd.DataFrame, structure: str, path: str | Path) -> str:
+    """The campaign configuration name (``HxR-RATE-STRUCTURE-kK``) of a loaded timeline's ``structure``."""
+    meta = measured.attrs.get("meta") or {}
+    tb, top_k = meta.get("testbed") or {}, (meta.get("config") or {}).get("moe", {}).get("top_k")
+    if not tb or top_k is None:
+        raise InputFileError(path, "its metadata names no testbed or top-k (a testbed run's timeline is needed)")
+    rate = "none" if not tb.get("rate_bits") else f"{tb['rate_bits'] / 1e6:g}mbit"
+    return f"{tb['hosts']}x{tb['ranks_per_host']}-{rate}-{structure}-k{top_k}"
+
+
 def model_timeline(timeline: str | Path, campaign: str | Path) -> pd.DataFrame:
     """For each structure of a ``--timeline`` table, the same configuration simulated with a campaign's
     profile (its measured runs of that configuration: topology and traffic), as a timeline table."""
     from moesim.calibrate.configsim import CampaignSimulator
     measured = load_timeline(timeline)
-    meta = measured.attrs["meta"]
-    tb, top_k = meta.get("testbed") or {}, (meta.get("config") or {}).get("moe", {}).get("top_k")
-    if not tb or top_k is None:
-        raise InputFileError(timeline, "its metadata names no testbed or top-k (a testbed run's timeline is needed)")
-    rate = "none" if not tb.get("rate_bits") else f"{tb['rate_bits'] / 1e6:g}mbit"
     sim = CampaignSimulator(campaign)
     parts = []
     for structure in sorted(measured["structure"].unique()):
-        config = f"{tb['hosts']}x{tb['ranks_per_host']}-{rate}-{structure}-k{top_k}"
+        config = campaign_config(measured, structure, timeline)
         res = sim.simulate(config)
         if res is None:
             raise MoesimError(f"{campaign}: the campaign has no run of {config}")

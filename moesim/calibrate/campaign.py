@@ -395,6 +395,11 @@ def main(argv: list[str] | None = None) -> int:
                          "the fit runs' lowest tc rate and scale by (rate / that rate) ** -gamma, gamma fitted in "
                          "situ with the rest (moesim.calibrate.insitu.TWO_WAY_RATE_EXPONENT_GRID); off: one loss "
                          "at every rate")
+    ap.add_argument("--pool", choices=("fit", "measured"), default="fit",
+                    help="shared-core model: the pool's effective cores and alone factor fitted in situ with the "
+                         "rest (fit, default), or held at what was measured (measured: the machine's cores, and "
+                         "the contention microbenchmarks' core share, so that an op's alone work is its "
+                         "single-process time; moesim.calibrate.phasecpu measures it in steps)")
     ap.add_argument("--fit-a2a-phase", action="store_true",
                     help="shared-core model: the in-situ fit's loss takes each fit run's All-to-All phase time "
                          "(dispatch + combine) beside its step time, so the fit splits the step between exchange "
@@ -563,14 +568,15 @@ def fit_command(out: str, name: str, patterns: str, a2a_start: str = "pairwise",
                 burst: str = "whole", nic_efficiency: str = NIC_EFFICIENCY_DEFAULT, two_way: str = "insitu",
                 two_way_patterns: str | None = None, a2a_cpu: str = "none", release: str = "patterns",
                 compute_first: bool = False, continuous_bucket: bool = False, a2a_phase: bool = False,
-                two_way_rate: bool = False) -> str:
+                two_way_rate: bool = False, pool: str = "fit") -> str:
     """The command that re-creates a campaign profile (options at their defaults left out)."""
     opts = "".join(f" {k} {shlex.quote(v)}" for k, v, default in
                    (("--name", name, "cpu-testbed"), ("--patterns", patterns, DEFAULT_PATTERNS),
                     ("--a2a-start", a2a_start, "pairwise"), ("--time-slice", time_slice, "skew"),
                     ("--burst", burst, "whole"), ("--nic-efficiency", nic_efficiency, NIC_EFFICIENCY_DEFAULT),
                     ("--two-way", two_way, "insitu"), ("--two-way-patterns", two_way_patterns, None),
-                    ("--a2a-cpu", a2a_cpu, "none"), ("--release-spread", release, "patterns")) if v != default)
+                    ("--a2a-cpu", a2a_cpu, "none"), ("--release-spread", release, "patterns"),
+                    ("--pool", pool, "fit")) if v != default)
     flags = "".join(f for f, on in ((" --compute-first", compute_first), (" --continuous-bucket", continuous_bucket),
                                     (" --fit-a2a-phase", a2a_phase), (" --two-way-rate", two_way_rate)) if on)
     base = f"python -m {PROG} --out {out}{opts}{flags}"
@@ -637,13 +643,15 @@ def finish(args, log, out: Path, mdir: Path, vdir: Path) -> int:
                          **({} if release == "patterns" else {"step_release_spread": float(release)}),
                          **({"compute_first": True} if getattr(args, "compute_first", False) else {}),
                          **({"a2a_phase": True} if getattr(args, "fit_a2a_phase", False) else {}),
-                         **({"rate_exponent_grid": TWO_WAY_RATE_EXPONENT_GRID} if two_way_rate else {}))
+                         **({"rate_exponent_grid": TWO_WAY_RATE_EXPONENT_GRID} if two_way_rate else {}),
+                         **({"pool_held": "measured"} if getattr(args, "pool", "fit") == "measured" else {}))
     if held is not None:
         cal.profile["calibration"]["two_way_from"] = held.record()
     cal.profile["provenance"]["command"] = fit_command(args.out, args.name, args.patterns, a2a_start, time_slice,
                                                        burst, nic_efficiency, two_way, two_way_patterns, a2a_cpu,
                                                        release, getattr(args, "compute_first", False), continuous,
-                                                       getattr(args, "fit_a2a_phase", False), two_way_rate)
+                                                       getattr(args, "fit_a2a_phase", False), two_way_rate,
+                                                       getattr(args, "pool", "fit"))
     if patterns:
         cal.profile["provenance"]["release_patterns"] = patterns
     write_profile(prof_path, cal.profile)

@@ -240,8 +240,9 @@ def _fit_pool(runs: list[_Run], prof: dict, grids: tuple, penalties_on: bool, pe
     cpu_step = 0.5 * float(np.diff(sorted(a2a_cpu_grid)).min()) if len(a2a_cpu_grid) > 1 else 0.0
     gamma_step = 0.5 * float(np.diff(sorted(rate_exponent_grid)).min()) if len(rate_exponent_grid) > 1 else 0.0
     # coordinates searched: K, g, wait, b, c, (burst: by its list below), All-to-All CPU, rate exponent
-    steps = [0.25, 0.075, 2.5e-3, 0.075 if penalties_on else 0.0, 0.1 if peers_on else 0.0, 0.0, cpu_step,
-             gamma_step]
+    # a one-value grid of cores or alone factor holds it (measured elsewhere, see fit_insitu's pool_held)
+    steps = [0.25 if len(cores_grid) > 1 else 0.0, 0.075 if len(alone_grid) > 1 else 0.0, 2.5e-3,
+             0.075 if penalties_on else 0.0, 0.1 if peers_on else 0.0, 0.0, cpu_step, gamma_step]
     lower, upper = (0.25, 0.05, 0.0, 0.0, 0.0, 0.0, 0.0, -2.0), (64.0, 1.0, 1.0, 5.0, 5.0, 1.0, 0.5, 4.0)
     for _ in range(refine):
         for i, h in enumerate(steps):
@@ -332,7 +333,7 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
                slice_grid=SLICE_GRID_S, two_way: tuple[float, float] | None = None,
                a2a_cpu_grid: tuple = (0.0,), a2a_cpu_last_arriver_grid: tuple | None = None,
                step_release_spread: float | None = None, compute_first: bool = False, a2a_phase: bool = False,
-               rate_exponent_grid: tuple = (0.0,)):
+               rate_exponent_grid: tuple = (0.0,), pool_held: str | None = None):
     """Fit ``receiver_wait_s``, the shaped-link two-way penalty b, its peer-host term c and the
     usable token-bucket burst of ``cal.profile`` on the step times of ``run_paths`` (multi-rank
     testbed runs: the fit configurations). c is fitted only when the shaped fit runs include both
@@ -365,7 +366,12 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
     phase group times join their step times in the loss (:func:`_fit_pool`). ``rate_exponent_grid``
     (shared cores, more than one value): the two-way loss depends on the rate, b and c holding at the
     lowest shaped rate of the fit runs and scaling by ``(rate / that rate) ** -γ``, with γ scanned over
-    the grid and refined with the rest (the fit runs need two shaped rates to tell it)."""
+    the grid and refined with the rest (the fit runs need two shaped rates to tell it). ``pool_held``
+    = ``"measured"`` (shared cores): the pool is not fitted but held at what was measured, the effective
+    cores K at the machine's cores (the fit runs' ``shared_cpu_cores``) and the alone factor g at the
+    contention microbenchmarks' core share (``calibration.contention.core_share``: an op's alone work
+    is then its single-process time, which the priced seconds divide by that share); the rest is
+    fitted as before."""
     from moesim.validate.core import REAL_BACKEND_BUCKET_BYTES, RunSpec, group_repeats, load_run
     bucket = bucket_bytes or REAL_BACKEND_BUCKET_BYTES
     prof = cal.profile
@@ -386,6 +392,10 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
         raise MoesimError("the step release spread acts on shared cores: it needs the shared-core fit (patterns)")
     if compute_first and not patterns:
         raise MoesimError("compute first acts on shared cores: it needs the shared-core fit (patterns)")
+    if pool_held not in (None, "measured"):
+        raise MoesimError(f"pool_held must be 'measured' or None, got {pool_held!r}")
+    if pool_held is not None and not patterns:
+        raise MoesimError("holding the pool at measured values needs the shared-core fit (patterns)")
     if a2a_phase and not patterns:
         raise MoesimError("fitting the All-to-All phase times is part of the shared-core fit (patterns)")
     rate_exponent_grid = tuple(float(v) for v in rate_exponent_grid)
@@ -423,6 +433,9 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
         if has_nic:
             prof["calibration"]["links"]["nic"]["release_spread"] = spread.spread
         grids = pool_grids or (POOL_CORES_GRID, ALONE_GRID, POOL_WAIT_GRID_S, POOL_PENALTY_GRID, POOL_PEER_GRID)
+        held_pool = _measured_pool(runs, prof) if pool_held == "measured" else None
+        if held_pool is not None:
+            grids = ((held_pool["pool_cores"],), (held_pool["alone_factor"],)) + tuple(grids[2:])
 
         def fit_at(q: float):
             return _fit_pool(runs, prof, grids, len(penalties) > 1, len(peers) > 1, bursts, refine, q, pairwise_a2a,
@@ -452,6 +465,7 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
                 **({"a2a_cpu_s": float(a2a_cpu), "a2a_cpu_grid_s": list(a2a_cpu_last_arriver_grid or a2a_cpu_grid)}
                    if len(a2a_cpu_grid) > 1 or a2a_cpu_grid[0] > 0 or last else {}),
                 **({"a2a_last_arriver": last} if last else {}),
+                **({"held": held_pool["record"]} if held_pool else {}),
                 **({"rank_skew": skew} if skew else {}),
                 "release_spread": spread.spread,
                 **({"step_release_spread": float(step_release_spread)} if step_release_spread is not None else {}),
@@ -493,6 +507,24 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
     _, (wait, penalty, peer), burst = min(results, key=lambda x: x[0])
     pred = cache[_key((wait, penalty, peer), burst)][1]
     return _write_fit(cal, prof, runs, pred, wait, penalty, peer, burst, configured, has_nic, len(cache), None)
+
+
+def _measured_pool(runs: list[_Run], prof: dict) -> dict:
+    """The pool held at measured values: K = the machine's cores (every fit run's ``shared_cpu_cores``),
+    g = the contention microbenchmarks' core share (``calibration.contention.core_share``)."""
+    cores = {float(r.topo.graph.graph.get("shared_cpu_cores") or 0) for r in runs}
+    if len(cores) != 1 or not min(cores) > 0:
+        raise MoesimError(f"a pool held at the machine's cores needs fit runs on one machine that record its cores "
+                          f"(shared_cpu_cores); they record {sorted(cores)}")
+    share = (prof.get("calibration", {}).get("contention") or {}).get("core_share")
+    if not isinstance(share, (int, float)) or not 0.0 < float(share) <= 1.0:
+        raise MoesimError("a pool held at the measured core share needs the profile's calibration.contention."
+                          f"core_share in (0, 1] (GEMM microbenchmarks at 1 and at all ranks), got {share!r}")
+    k, g = cores.pop(), float(share)
+    return {"pool_cores": k, "alone_factor": g,
+            "record": {"pool_cores": "the machine's cores (the fit runs' shared_cpu_cores)",
+                       "alone_factor": "calibration.contention.core_share (an op's alone work = its "
+                                       "single-process time)"}}
 
 
 def _a2a_phase_record(runs: list[_Run], prof: dict, best: tuple, time_slice_s: float, pairwise_a2a: bool) -> dict:
