@@ -412,8 +412,54 @@ def test_pool_held_at_the_machines_cores_and_the_measured_core_share(tmp_path):
         fit(no_share, pool_held="measured")
     with pytest.raises(MoesimError, match="needs the shared-core fit"):
         fit(pool_held="measured", patterns=None)
-    with pytest.raises(MoesimError, match="'measured' or None"):
+    with pytest.raises(MoesimError, match="'measured', 'compute-phases' or None"):
         fit(pool_held="guessed")
+
+
+def test_alone_factor_set_by_the_fit_runs_compute_phases(tmp_path):
+    """Fit runs that are the simulator's own at K = 2 and g = 0.7, their phase rows too (each rank's
+    compute phases scaled to the simulated ones): with the cores held at the machine's, the compute
+    phases pick g = 0.7 out of the fine grid, the refit with it held reproduces the steps, and the
+    profile records the observable; the grid's first fit alone (g over 0.6 / 0.9) cannot reach it."""
+    import copy
+
+    import pandas as pd
+
+    from moesim.calibrate.core import Calibration
+    from moesim.calibrate.insitu import _Run, fit_insitu, predicted_compute
+    from moesim.phases import COMM_PHASES
+    from moesim.validate.core import RunSpec, load_run
+    patterns, base, _ = _a2a_cpu_truth()
+
+    def sim(run):
+        return run.simulate(base, 0.005, 0.1, 0.0, 0.0, cpu_pool=True, pool_cores=2.0, alone_factor=0.7,
+                            time_slice_s=0.03, pairwise_a2a=True)
+    names = ("4x1-150mbit-cdac-k4.csv", "4x1-none-dcca-k4.csv", "2x2-400mbit-cdac-k4.csv")
+    paths = _synthetic_runs(tmp_path, names, lambda run: sim(run).step_time_s)
+    for path in paths:             # the compute phase rows scaled to the simulated compute phases
+        run = _Run([load_run(RunSpec(path))], 64 * 2**20)
+        df = pd.read_csv(path, skiprows=2)
+        comp = ~df["phase"].isin(COMM_PHASES + ("step",))
+        df.loc[comp, "seconds"] *= predicted_compute(sim(run)) / run.measured_compute
+        path.write_text("".join(path.read_text().splitlines(keepends=True)[:2]) + df.to_csv(index=False))
+
+    def fit(**kw):
+        cal = Calibration(profile=copy.deepcopy(base), compute=None, contention=None, network=None)
+        return fit_insitu(cal, paths, patterns=patterns, refine=0, burst_fractions=(0.0,), time_slice_s=0.03,
+                          pairwise_a2a=True, pool_grids=((1.5, 2.5), (0.6, 0.9), (0.005,), (0.1,), (0.0,)),
+                          **kw).profile
+    prof = fit(pool_held="compute-phases")
+    pool = prof["calibration"]["cpu_pool"]
+    assert (pool["pool_cores"], pool["alone_factor"]) == (2.0, 0.7)
+    rec = pool["alone_from_compute_phases"]
+    assert set(rec["measured_s"]) == set(names)
+    assert min(rec["rms_relative_by_alone_factor"].values()) == rec["rms_relative_by_alone_factor"]["0.7"]
+    for name in names:
+        assert rec["simulated_s"][name] == pytest.approx(rec["measured_s"][name], rel=1e-6)
+    assert prof["calibration"]["insitu"]["residuals"]["max_error"] < 1e-9
+    assert fit()["calibration"]["cpu_pool"]["alone_factor"] in (0.6, 0.9)
+    with pytest.raises(MoesimError, match="not both"):
+        fit(pool_held="compute-phases", a2a_cpu_last_arriver_grid=(0.0, 0.001))
 
 
 def test_all_to_all_cpu_set_by_the_last_arriver(tmp_path):
@@ -554,6 +600,7 @@ def test_campaign_holds_the_pool_measured_and_records_it():
     from moesim.calibrate.campaign import fit_command, main
     cmd = fit_command("calibration/x", "cpu-testbed-x", "calibration/patterns/release-*.csv", pool="measured")
     assert " --pool measured" in cmd
+    assert " --pool compute-phases" in fit_command("x", "y", "calibration/patterns/release-*.csv", pool="compute-phases")
     assert "--pool" not in fit_command("calibration/x", "cpu-testbed-x", "calibration/patterns/release-*.csv")
     with pytest.raises(SystemExit) as exc:
         main(["--out", "x", "--only", "calibrate", "--pool", "guessed"])

@@ -395,11 +395,13 @@ def main(argv: list[str] | None = None) -> int:
                          "the fit runs' lowest tc rate and scale by (rate / that rate) ** -gamma, gamma fitted in "
                          "situ with the rest (moesim.calibrate.insitu.TWO_WAY_RATE_EXPONENT_GRID); off: one loss "
                          "at every rate")
-    ap.add_argument("--pool", choices=("fit", "measured"), default="fit",
+    ap.add_argument("--pool", choices=("fit", "measured", "compute-phases"), default="fit",
                     help="shared-core model: the pool's effective cores and alone factor fitted in situ with the "
                          "rest (fit, default), or held at what was measured (measured: the machine's cores, and "
                          "the contention microbenchmarks' core share, so that an op's alone work is its "
-                         "single-process time; moesim.calibrate.phasecpu measures it in steps)")
+                         "single-process time; moesim.calibrate.phasecpu measures it in steps), or the machine's "
+                         "cores with the alone factor set by the fit runs' compute phase times, then held while "
+                         "the rest is refitted (compute-phases)")
     ap.add_argument("--fit-a2a-phase", action="store_true",
                     help="shared-core model: the in-situ fit's loss takes each fit run's All-to-All phase time "
                          "(dispatch + combine) beside its step time, so the fit splits the step between exchange "
@@ -644,7 +646,7 @@ def finish(args, log, out: Path, mdir: Path, vdir: Path) -> int:
                          **({"compute_first": True} if getattr(args, "compute_first", False) else {}),
                          **({"a2a_phase": True} if getattr(args, "fit_a2a_phase", False) else {}),
                          **({"rate_exponent_grid": TWO_WAY_RATE_EXPONENT_GRID} if two_way_rate else {}),
-                         **({"pool_held": "measured"} if getattr(args, "pool", "fit") == "measured" else {}))
+                         **({"pool_held": args.pool} if getattr(args, "pool", "fit") != "fit" else {}))
     if held is not None:
         cal.profile["calibration"]["two_way_from"] = held.record()
     cal.profile["provenance"]["command"] = fit_command(args.out, args.name, args.patterns, a2a_start, time_slice,

@@ -65,6 +65,7 @@ from moesim.calibrate.fit import residual_summary
 from moesim.calibrate.netmodel import TESTBED_TBF_BURST_S, LinkParams, effective_topology
 from moesim.cost.profile import parse_profile
 from moesim.errors import MoesimError
+from moesim.phases import COMM_PHASES
 
 WAIT_GRID_S = tuple(np.arange(0.0, 15.01e-3, 2.5e-3))   # coarse grid, then refined
 PENALTY_GRID = (0.0, 0.1, 0.2, 0.35, 0.5, 0.7)
@@ -76,6 +77,8 @@ ALONE_GRID = (0.6, 0.75, 0.9)
 POOL_WAIT_GRID_S = (0.0, 5e-3, 10e-3, 15e-3)
 POOL_PENALTY_GRID = (0.0, 0.15, 0.3, 0.45)
 POOL_PEER_GRID = (0.0, 0.2)
+#: candidate alone factors when the fit runs' compute phases set it (pool_held="compute-phases")
+ALONE_FROM_PHASES_GRID = tuple(np.round(np.arange(0.3, 1.0001, 0.025), 3))
 # the pool's scheduler (shared-core mode): time slices chosen by the measured rank skew
 # (moesim.calibrate.skew), starting from SLICE_START_S; 0 = processor sharing, 4 ms = this kernel's tick
 SLICE_GRID_S = (0.0, 0.004, 0.01, 0.02, 0.03, 0.05)
@@ -89,6 +92,12 @@ A2A_CPU_LAST_ARRIVER_GRID_S = tuple(np.round(np.arange(0.0, 8.01e-3, 0.5e-3), 6)
 # exponent γ of a rate-dependent two-way loss, (rate / lowest fit rate) ** -γ on b and c: scanned at the
 # grid's best point (0: one loss at every rate; negative: a loss that grows with the rate)
 TWO_WAY_RATE_EXPONENT_GRID = (-0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0)
+
+
+def predicted_compute(result) -> float:
+    """The compute phases' seconds in a simulated step (critical rank; every phase but the
+    communication ones, whose waits they exclude), as validation compares them."""
+    return float(sum(v for p, v in result.breakdown_s.items() if p not in COMM_PHASES))
 
 
 def predicted_a2a(result) -> float:
@@ -111,6 +120,8 @@ class _Run:
         self.measured, phases = measured_config(runs)[:2]
         #: the All-to-All phase group's seconds per step (dispatch + combine, forward and backward)
         self.measured_a2a = float(sum(phases.get(p, 0.0) for p in A2A_PHASES))
+        #: the compute phases' seconds per step (every phase but the communication ones)
+        self.measured_compute = float(sum(v for p, v in phases.items() if p not in COMM_PHASES))
         self.cfg = first.cfg
         self.hosts = int(first.tb["hosts"])
         self.topo, _ = topology_for(first.spec, first.table)
@@ -371,7 +382,11 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
     cores K at the machine's cores (the fit runs' ``shared_cpu_cores``) and the alone factor g at the
     contention microbenchmarks' core share (``calibration.contention.core_share``: an op's alone work
     is then its single-process time, which the priced seconds divide by that share); the rest is
-    fitted as before."""
+    fitted as before. ``pool_held="compute-phases"``: K held at the machine's cores as well, and g
+    set by an observable of its own, the fit runs' compute phases (every phase but the communication
+    ones): the fit runs first with g fitted, g is then the candidate of ``ALONE_FROM_PHASES_GRID``
+    whose simulated compute phases come closest to the measured ones
+    (:func:`_alone_from_compute_phases`), and the rest is refitted on the step times with it held."""
     from moesim.validate.core import REAL_BACKEND_BUCKET_BYTES, RunSpec, group_repeats, load_run
     bucket = bucket_bytes or REAL_BACKEND_BUCKET_BYTES
     prof = cal.profile
@@ -392,8 +407,11 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
         raise MoesimError("the step release spread acts on shared cores: it needs the shared-core fit (patterns)")
     if compute_first and not patterns:
         raise MoesimError("compute first acts on shared cores: it needs the shared-core fit (patterns)")
-    if pool_held not in (None, "measured"):
-        raise MoesimError(f"pool_held must be 'measured' or None, got {pool_held!r}")
+    if pool_held not in (None, "measured", "compute-phases"):
+        raise MoesimError(f"pool_held must be 'measured', 'compute-phases' or None, got {pool_held!r}")
+    if pool_held == "compute-phases" and a2a_cpu_last_arriver_grid is not None:
+        raise MoesimError("the alone factor set by the compute phases and the All-to-All CPU set by the last "
+                          "arriver are separate refits: use one, not both")
     if pool_held is not None and not patterns:
         raise MoesimError("holding the pool at measured values needs the shared-core fit (patterns)")
     if a2a_phase and not patterns:
@@ -433,9 +451,10 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
         if has_nic:
             prof["calibration"]["links"]["nic"]["release_spread"] = spread.spread
         grids = pool_grids or (POOL_CORES_GRID, ALONE_GRID, POOL_WAIT_GRID_S, POOL_PENALTY_GRID, POOL_PEER_GRID)
-        held_pool = _measured_pool(runs, prof) if pool_held == "measured" else None
+        held_pool = _measured_pool(runs, prof, alone=pool_held == "measured") if pool_held else None
         if held_pool is not None:
-            grids = ((held_pool["pool_cores"],), (held_pool["alone_factor"],)) + tuple(grids[2:])
+            grids = ((held_pool["pool_cores"],),
+                     (held_pool["alone_factor"],) if pool_held == "measured" else grids[1]) + tuple(grids[2:])
 
         def fit_at(q: float):
             return _fit_pool(runs, prof, grids, len(penalties) > 1, len(peers) > 1, bursts, refine, q, pairwise_a2a,
@@ -459,6 +478,18 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
             evaluations += more
             last["simulated_s"] = _simulated_last_arrivers(runs, prof, best, float(time_slice_s), pairwise_a2a,
                                                            measured_last)
+        from_phases = None
+        if pool_held == "compute-phases":   # the alone factor from the compute phases, then the rest refitted
+            alone, from_phases = _alone_from_compute_phases(runs, prof, best, float(time_slice_s), pairwise_a2a,
+                                                            ALONE_FROM_PHASES_GRID)
+            grids = (grids[0], (alone,)) + tuple(grids[2:])
+            best, pred, more = _fit_pool(runs, prof, grids, len(penalties) > 1, len(peers) > 1, bursts, refine,
+                                         float(time_slice_s), pairwise_a2a, two_way if has_nic else None,
+                                         a2a_cpu_grid, a2a_phase=a2a_phase, rate_exponent_grid=rate_exponent_grid)
+            evaluations += more
+            from_phases["simulated_s"] = {r.files[0]: predicted_compute(r.simulate_pool(prof, best, float(time_slice_s),
+                                                                                        pairwise_a2a))
+                                          for r in runs}
         k_cores, alone, wait, penalty, peer, burst, a2a_cpu, gamma = best
         pool = {"pool_cores": float(k_cores), "alone_factor": float(alone), "time_slice_s": float(time_slice_s),
                 "pairwise_a2a": bool(pairwise_a2a),
@@ -466,6 +497,7 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
                    if len(a2a_cpu_grid) > 1 or a2a_cpu_grid[0] > 0 or last else {}),
                 **({"a2a_last_arriver": last} if last else {}),
                 **({"held": held_pool["record"]} if held_pool else {}),
+                **({"alone_from_compute_phases": from_phases} if from_phases else {}),
                 **({"rank_skew": skew} if skew else {}),
                 "release_spread": spread.spread,
                 **({"step_release_spread": float(step_release_spread)} if step_release_spread is not None else {}),
@@ -509,13 +541,19 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
     return _write_fit(cal, prof, runs, pred, wait, penalty, peer, burst, configured, has_nic, len(cache), None)
 
 
-def _measured_pool(runs: list[_Run], prof: dict) -> dict:
+def _measured_pool(runs: list[_Run], prof: dict, alone: bool = True) -> dict:
     """The pool held at measured values: K = the machine's cores (every fit run's ``shared_cpu_cores``),
-    g = the contention microbenchmarks' core share (``calibration.contention.core_share``)."""
+    and (``alone``) g = the contention microbenchmarks' core share (``calibration.contention.core_share``);
+    else g is left to :func:`_alone_from_compute_phases`."""
     cores = {float(r.topo.graph.graph.get("shared_cpu_cores") or 0) for r in runs}
     if len(cores) != 1 or not min(cores) > 0:
         raise MoesimError(f"a pool held at the machine's cores needs fit runs on one machine that record its cores "
                           f"(shared_cpu_cores); they record {sorted(cores)}")
+    if not alone:
+        k = cores.pop()
+        return {"pool_cores": k, "alone_factor": None,
+                "record": {"pool_cores": "the machine's cores (the fit runs' shared_cpu_cores)",
+                           "alone_factor": "set by the fit runs' compute phases (alone_from_compute_phases)"}}
     share = (prof.get("calibration", {}).get("contention") or {}).get("core_share")
     if not isinstance(share, (int, float)) or not 0.0 < float(share) <= 1.0:
         raise MoesimError("a pool held at the measured core share needs the profile's calibration.contention."
@@ -525,6 +563,36 @@ def _measured_pool(runs: list[_Run], prof: dict) -> dict:
             "record": {"pool_cores": "the machine's cores (the fit runs' shared_cpu_cores)",
                        "alone_factor": "calibration.contention.core_share (an op's alone work = its "
                                        "single-process time)"}}
+
+
+def _alone_from_compute_phases(runs: list[_Run], prof: dict, best: tuple, time_slice_s: float, pairwise_a2a: bool,
+                               grid) -> tuple[float, dict]:
+    """The alone factor g among ``grid`` whose simulated compute phases per step (every phase but the
+    communication ones, :func:`predicted_compute`), with the other parameters of ``best``, come closest
+    in root mean square relative error to the ones every fit run measured. Returns (g, the record for the
+    profile)."""
+    from moesim.calibrate.skew import pick_closest
+    measured = np.array([r.measured_compute for r in runs])
+    if not (measured > 0).all():
+        bad = next(r.files[0] for r, m in zip(runs, measured) if not m > 0)
+        raise MoesimError(f"{bad}: no compute phase times to set the alone factor by (a run table with phase rows "
+                          f"is needed)")
+    sims: dict = {}
+
+    def at(g: float) -> np.ndarray:
+        point = (best[0], g) + tuple(best[2:])
+        sims[g] = [predicted_compute(r.simulate_pool(prof, point, time_slice_s, pairwise_a2a)) for r in runs]
+        return np.asarray(sims[g]) / measured           # relative: every run weighs alike
+    chosen, rms = pick_closest(grid, np.ones(len(runs)), at)
+    record = {"measured_s": {r.files[0]: float(m) for r, m in zip(runs, measured)},
+              "simulated_before_refit_s": {r.files[0]: float(v) for r, v in zip(runs, sims[chosen])},
+              "rms_relative_by_alone_factor": {f"{q:g}": v for q, v in rms.items()},
+              "meaning": "the compute phases per step (every phase but dispatch, combine, the gradient all-reduce "
+                         "and tensor-parallel communication; mean over ranks, median over steps), on every fit run; "
+                         "the alone factor is the candidate whose simulated compute phases, with the parameters "
+                         "fitted first (cores held at the machine's), come closest in root mean square relative "
+                         "error; it is then held while the rest is refitted on the step times"}
+    return chosen, record
 
 
 def _a2a_phase_record(runs: list[_Run], prof: dict, best: tuple, time_slice_s: float, pairwise_a2a: bool) -> dict:
