@@ -40,12 +40,15 @@ CAMPAIGNS = [(CAMPAIGN, ROOT / "calibration" / "measurements", {"4x1 400Mbit k2"
              (ROOT / "calibration" / "avx512" / "validation", ROOT / "calibration" / "avx512" / "measurements",
               set(), 0.10),
              (ROOT / "calibration" / "avx512-replication" / "validation",
-              ROOT / "calibration" / "avx512-replication" / "measurements", set(), 0.10)]
+              ROOT / "calibration" / "avx512-replication" / "measurements", set(), 0.10),
+             (ROOT / "calibration" / "avx512-paired-replication" / "validation",
+              ROOT / "calibration" / "avx512-paired-replication" / "measurements", set(), 0.10)]
 RUN_COLUMNS = ("step", "rank", "phase", "direction", "seconds", "count", "bytes", "bytes_remote", "run_id", "host",
                "backend", "world_size", "structure", "mode", "ep", "dp")
 
 
-@pytest.fixture(scope="module", params=CAMPAIGNS, ids=["default", "avx2-sequential", "avx512-1r", "avx2", "avx2-replication", "avx2-5r", "avx512", "avx512-replication"])
+@pytest.fixture(scope="module", params=CAMPAIGNS, ids=["default", "avx2-sequential", "avx512-1r", "avx2", "avx2-replication", "avx2-5r", "avx512", "avx512-replication",
+                     "avx512-paired-replication"])
 def committed(request):
     vdir, mdir, missed, worst = request.param
     return validate([vdir]), vdir, mdir, (missed, worst)
@@ -73,7 +76,7 @@ def test_committed_campaign_meets_targets(committed):
     # 1.6x slower than round 1: per-round speedups 1.59, 1.29, 1.38); on the single-run AVX-512
     # campaign 4x1 150 Mbit/s top-8 (10.9 %, under-predicted); on the AVX2 replication two top-2
     # pairs (10.4 % and 11.5 %), among them 2x2 400 Mbit/s top-2, whose rounds drifted (per-round
-    # speedups 0.99, 0.89, 1.00). The four other campaigns meet the target on every pair. Any new
+    # speedups 0.99, 0.89, 1.00). The five other campaigns meet the target on every pair. Any new
     # miss fails here.
     missed = {p["label"] for p in held_pairs if p["error"] > 0.10}
     assert missed <= allowed_misses, missed
@@ -184,14 +187,15 @@ def test_round_spread_closed_form_and_on_committed_campaigns(committed):
     assert got["median_sd_of_mean"] == pytest.approx((first / 2 ** 0.5) / 2)
     assert round_spread(pairs[2:]) is None
     # the committed campaigns (calibration/README.md "What remains"): single-round has none; the others move by a
-    # median 2.5-6 % from round to round, 1.3-2.6 % for their 3- or 5-round estimates
+    # median 1.9-6 % from round to round (the paired AVX-512 replication 1.9 %, the rest 2.5 % or more),
+    # 1.1-2.6 % for their 3- or 5-round estimates
     rep = committed[0]
     spread = rep["speedup_round_spread"]
     if committed[1].parent.name == "avx512-1r":
         assert spread is None
     else:
         assert spread["pairs"] == 12 and spread["rounds"] in (3, 5)
-        assert 0.025 <= spread["median_sd"] <= 0.06 and 0.013 <= spread["median_sd_of_mean"] <= 0.026
+        assert 0.018 <= spread["median_sd"] <= 0.06 and 0.010 <= spread["median_sd_of_mean"] <= 0.026
 
 
 def test_goodput_floor_closed_form():
