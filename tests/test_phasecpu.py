@@ -102,3 +102,8 @@ def test_timeline_without_steps_or_testbed_is_refused(tmp_path):
     no_testbed = _write(tmp_path / "b.csv", _rows(), meta={"kind": "timeline"})
     with pytest.raises(InputFileError, match="names no testbed"):
         report([no_testbed], CAMPAIGN)
+    # a run of another model than the campaign's: its work would not be this timeline's
+    other = dict(META, config={"moe": {"top_k": 2, "experts": 8}, "model": {"vocab": 2048}})
+    with pytest.raises(InputFileError, match=r"not the campaign's model .*moe.experts = 8 \(the campaign's: 16\)"):
+        report([_write(tmp_path / "c.csv", _rows(), meta=other)], CAMPAIGN)
+    assert main([str(tmp_path / "c.csv")]) == 0            # without a campaign there is nothing to compare

@@ -100,6 +100,19 @@ def model_alone_work(result) -> dict[str, float]:
     return totals
 
 
+def check_same_model(df: pd.DataFrame, cfg, path: str | Path, config: str) -> None:
+    """Refuse a timeline whose run used another model than the campaign's runs of ``config`` (the
+    metadata's config against ``cfg``: model, MoE, parallel layout and batch; structure and seed
+    aside): the model's work would be another model's."""
+    meta_cfg = (df.attrs.get("meta") or {}).get("config") or {}
+    want = cfg.to_dict()
+    diffs = [f"{sec}.{k} = {v!r} (the campaign's: {want[sec][k]!r})"
+             for sec in ("model", "moe", "parallel", "run") for k, v in (meta_cfg.get(sec) or {}).items()
+             if k not in ("structure", "seed") and k in (want.get(sec) or {}) and want[sec][k] != v]
+    if diffs:
+        raise InputFileError(path, f"its run is not the campaign's model for {config}: " + "; ".join(diffs[:4]))
+
+
 def report(paths: list, campaign: str | Path | None = None) -> pd.DataFrame:
     """:func:`phase_cpu` of each timeline, labelled by its configuration, with the model's alone work
     beside (``model_s``, NaN without a campaign)."""
@@ -121,6 +134,7 @@ def report(paths: list, campaign: str | Path | None = None) -> pd.DataFrame:
             res = sim.simulate(config)
             if res is None:
                 raise MoesimError(f"{campaign}: the campaign has no run of {config}")
+            check_same_model(df, res.cfg, path, config)
             work = model_alone_work(res)
             rows = table["structure"] == structure
             table.loc[rows, "model_s"] = table.loc[rows, "phase"].map(
