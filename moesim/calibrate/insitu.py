@@ -251,7 +251,7 @@ def _fit_pool(runs: list[_Run], prof: dict, grids: tuple, penalties_on: bool, pe
     cpu_step = 0.5 * float(np.diff(sorted(a2a_cpu_grid)).min()) if len(a2a_cpu_grid) > 1 else 0.0
     gamma_step = 0.5 * float(np.diff(sorted(rate_exponent_grid)).min()) if len(rate_exponent_grid) > 1 else 0.0
     # coordinates searched: K, g, wait, b, c, (burst: by its list below), All-to-All CPU, rate exponent
-    # a one-value grid of cores or alone factor holds it (measured elsewhere, see fit_insitu's pool_held)
+    # a one-value grid of cores or alone factor holds it (measured elsewhere: fit_insitu's pool_held)
     steps = [0.25 if len(cores_grid) > 1 else 0.0, 0.075 if len(alone_grid) > 1 else 0.0, 2.5e-3,
              0.075 if penalties_on else 0.0, 0.1 if peers_on else 0.0, 0.0, cpu_step, gamma_step]
     lower, upper = (0.25, 0.05, 0.0, 0.0, 0.0, 0.0, 0.0, -2.0), (64.0, 1.0, 1.0, 5.0, 5.0, 1.0, 0.5, 4.0)
@@ -451,10 +451,14 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
         if has_nic:
             prof["calibration"]["links"]["nic"]["release_spread"] = spread.spread
         grids = pool_grids or (POOL_CORES_GRID, ALONE_GRID, POOL_WAIT_GRID_S, POOL_PENALTY_GRID, POOL_PEER_GRID)
-        held_pool = _measured_pool(runs, prof, alone=pool_held == "measured") if pool_held else None
-        if held_pool is not None:
-            grids = ((held_pool["pool_cores"],),
-                     (held_pool["alone_factor"],) if pool_held == "measured" else grids[1]) + tuple(grids[2:])
+        held = None
+        if pool_held:   # the cores held at the machine's; the alone factor at the core share, or set below
+            at_share = pool_held == "measured"
+            grids = ((_machine_cores(runs),), (_core_share(prof),) if at_share else grids[1]) + tuple(grids[2:])
+            held = {"pool_cores": "the machine's cores (the fit runs' shared_cpu_cores)",
+                    "alone_factor": "calibration.contention.core_share (an op's alone work = its single-process "
+                                    "time)" if at_share else
+                                    "set by the fit runs' compute phases (alone_from_compute_phases)"}
 
         def fit_at(q: float):
             return _fit_pool(runs, prof, grids, len(penalties) > 1, len(peers) > 1, bursts, refine, q, pairwise_a2a,
@@ -496,7 +500,7 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
                 **({"a2a_cpu_s": float(a2a_cpu), "a2a_cpu_grid_s": list(a2a_cpu_last_arriver_grid or a2a_cpu_grid)}
                    if len(a2a_cpu_grid) > 1 or a2a_cpu_grid[0] > 0 or last else {}),
                 **({"a2a_last_arriver": last} if last else {}),
-                **({"held": held_pool["record"]} if held_pool else {}),
+                **({"held": held} if held else {}),
                 **({"alone_from_compute_phases": from_phases} if from_phases else {}),
                 **({"rank_skew": skew} if skew else {}),
                 "release_spread": spread.spread,
@@ -541,28 +545,22 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
     return _write_fit(cal, prof, runs, pred, wait, penalty, peer, burst, configured, has_nic, len(cache), None)
 
 
-def _measured_pool(runs: list[_Run], prof: dict, alone: bool = True) -> dict:
-    """The pool held at measured values: K = the machine's cores (every fit run's ``shared_cpu_cores``),
-    and (``alone``) g = the contention microbenchmarks' core share (``calibration.contention.core_share``);
-    else g is left to :func:`_alone_from_compute_phases`."""
+def _machine_cores(runs: list[_Run]) -> float:
+    """The cores of the machine every fit run shared (their ``shared_cpu_cores``)."""
     cores = {float(r.topo.graph.graph.get("shared_cpu_cores") or 0) for r in runs}
     if len(cores) != 1 or not min(cores) > 0:
         raise MoesimError(f"a pool held at the machine's cores needs fit runs on one machine that record its cores "
                           f"(shared_cpu_cores); they record {sorted(cores)}")
-    if not alone:
-        k = cores.pop()
-        return {"pool_cores": k, "alone_factor": None,
-                "record": {"pool_cores": "the machine's cores (the fit runs' shared_cpu_cores)",
-                           "alone_factor": "set by the fit runs' compute phases (alone_from_compute_phases)"}}
+    return cores.pop()
+
+
+def _core_share(prof: dict) -> float:
+    """The contention microbenchmarks' core share of the profile (``calibration.contention.core_share``)."""
     share = (prof.get("calibration", {}).get("contention") or {}).get("core_share")
     if not isinstance(share, (int, float)) or not 0.0 < float(share) <= 1.0:
         raise MoesimError("a pool held at the measured core share needs the profile's calibration.contention."
                           f"core_share in (0, 1] (GEMM microbenchmarks at 1 and at all ranks), got {share!r}")
-    k, g = cores.pop(), float(share)
-    return {"pool_cores": k, "alone_factor": g,
-            "record": {"pool_cores": "the machine's cores (the fit runs' shared_cpu_cores)",
-                       "alone_factor": "calibration.contention.core_share (an op's alone work = its "
-                                       "single-process time)"}}
+    return float(share)
 
 
 def _alone_from_compute_phases(runs: list[_Run], prof: dict, best: tuple, time_slice_s: float, pairwise_a2a: bool,
