@@ -458,8 +458,47 @@ def test_alone_factor_set_by_the_fit_runs_compute_phases(tmp_path):
         assert rec["simulated_s"][name] == pytest.approx(rec["measured_s"][name], rel=1e-6)
     assert prof["calibration"]["insitu"]["residuals"]["max_error"] < 1e-9
     assert fit()["calibration"]["cpu_pool"]["alone_factor"] in (0.6, 0.9)
-    with pytest.raises(MoesimError, match="not both"):
-        fit(pool_held="compute-phases", a2a_cpu_last_arriver_grid=(0.0, 0.001))
+
+
+def test_alone_factor_from_compute_phases_then_all_to_all_cpu_from_the_last_arriver(tmp_path):
+    """The two observables chained (model Y): fit runs that are the simulator's own at K = 2, g = 0.8
+    and 2 ms of CPU per All-to-All call, with their compute phases and per-call times (the simulated
+    last arriver) as well as their steps. The compute phases pick g, the unshaped run's last arriver
+    then picks the CPU with g held, and the refit with both held reproduces the runs; both records are
+    kept, the compute phases simulated at the final parameters."""
+    import copy
+
+    import pandas as pd
+
+    from moesim.calibrate.core import Calibration
+    from moesim.calibrate.insitu import _Run, fit_insitu, predicted_compute
+    from moesim.calibrate.skew import simulated_last_arriver
+    from moesim.phases import COMM_PHASES
+    from moesim.validate.core import RunSpec, load_run
+    patterns, base, truth = _a2a_cpu_truth()
+    names = ("4x1-150mbit-cdac-k4.csv", "4x1-150mbit-dcca-k4.csv", "4x1-none-dcca-k4.csv")
+    paths = _synthetic_runs(tmp_path, names, lambda run: truth(run).step_time_s,
+                            per_call=lambda run: simulated_last_arriver(truth(run)))
+    for path in paths:             # the compute phase rows scaled to the simulated compute phases
+        run = _Run([load_run(RunSpec(path))], 64 * 2**20)
+        df = pd.read_csv(path, skiprows=2)
+        comp = ~df["phase"].isin(COMM_PHASES + ("step",))
+        df.loc[comp, "seconds"] *= predicted_compute(truth(run)) / run.measured_compute
+        path.write_text("".join(path.read_text().splitlines(keepends=True)[:2]) + df.to_csv(index=False))
+    cal = Calibration(profile=copy.deepcopy(base), compute=None, contention=None, network=None)
+    prof = fit_insitu(cal, paths, patterns=patterns, refine=0, burst_fractions=(0.0,), time_slice_s=0.03,
+                      pool_grids=((1.5, 2.5), (0.6, 0.9), (0.005,), (0.1,), (0.0,)), pool_held="compute-phases",
+                      a2a_cpu_last_arriver_grid=(0.0, 0.001, 0.002, 0.003, 0.004)).profile
+    pool = prof["calibration"]["cpu_pool"]
+    assert (pool["pool_cores"], pool["alone_factor"], pool["a2a_cpu_s"]) == (2.0, 0.8, 0.002)
+    phases, last = pool["alone_from_compute_phases"], pool["a2a_last_arriver"]
+    assert phases["alternations"] >= 1   # at the first fit's CPU (none) the phases ask for g = 0.85
+    assert min(last["rms_by_a2a_cpu_s"].values()) == last["rms_by_a2a_cpu_s"]["0.002"]
+    for name in names:
+        assert phases["simulated_s"][name] == pytest.approx(phases["measured_s"][name], rel=1e-6)
+    assert last["simulated_s"]["4x1-none-dcca-k4.csv"] == pytest.approx(last["measured_s"]["4x1-none-dcca-k4.csv"],
+                                                                        rel=1e-9)
+    assert prof["calibration"]["insitu"]["residuals"]["max_error"] < 1e-9
 
 
 def test_all_to_all_cpu_set_by_the_last_arriver(tmp_path):

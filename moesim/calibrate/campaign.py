@@ -401,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
                          "the contention microbenchmarks' core share, so that an op's alone work is its "
                          "single-process time; moesim.calibrate.phasecpu measures it in steps), or the machine's "
                          "cores with the alone factor set by the fit runs' compute phase times, then held while "
-                         "the rest is refitted (compute-phases)")
+                         "the rest is refitted (compute-phases; with --a2a-cpu last-arriver the two are set in "
+                         "turn until the alone factor holds, then the rest is refitted)")
     ap.add_argument("--fit-a2a-phase", action="store_true",
                     help="shared-core model: the in-situ fit's loss takes each fit run's All-to-All phase time "
                          "(dispatch + combine) beside its step time, so the fit splits the step between exchange "

@@ -79,6 +79,9 @@ POOL_PENALTY_GRID = (0.0, 0.15, 0.3, 0.45)
 POOL_PEER_GRID = (0.0, 0.2)
 #: candidate alone factors when the fit runs' compute phases set it (pool_held="compute-phases")
 ALONE_FROM_PHASES_GRID = tuple(np.round(np.arange(0.3, 1.0001, 0.025), 3))
+#: with both observables (compute phases and last arriver), at most this many times the alone factor is
+#: set again after the All-to-All CPU moved (each one's simulated match depends on the other)
+MAX_ALTERNATIONS = 4
 # the pool's scheduler (shared-core mode): time slices chosen by the measured rank skew
 # (moesim.calibrate.skew), starting from SLICE_START_S; 0 = processor sharing, 4 ms = this kernel's tick
 SLICE_GRID_S = (0.0, 0.004, 0.01, 0.02, 0.03, 0.05)
@@ -386,7 +389,10 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
     set by an observable of its own, the fit runs' compute phases (every phase but the communication
     ones): the fit runs first with g fitted, g is then the candidate of ``ALONE_FROM_PHASES_GRID``
     whose simulated compute phases come closest to the measured ones
-    (:func:`_alone_from_compute_phases`), and the rest is refitted on the step times with it held."""
+    (:func:`_alone_from_compute_phases`), and the rest is refitted on the step times with it held. With
+    ``a2a_cpu_last_arriver_grid`` as well, g and the All-to-All CPU are set in turn from the first fit's
+    point, g by the compute phases and the CPU by the last arriver, until g no longer moves (at most
+    ``MAX_ALTERNATIONS`` times again), and the rest is refitted once with both held."""
     from moesim.validate.core import REAL_BACKEND_BUCKET_BYTES, RunSpec, group_repeats, load_run
     bucket = bucket_bytes or REAL_BACKEND_BUCKET_BYTES
     prof = cal.profile
@@ -409,9 +415,6 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
         raise MoesimError("compute first acts on shared cores: it needs the shared-core fit (patterns)")
     if pool_held not in (None, "measured", "compute-phases"):
         raise MoesimError(f"pool_held must be 'measured', 'compute-phases' or None, got {pool_held!r}")
-    if pool_held == "compute-phases" and a2a_cpu_last_arriver_grid is not None:
-        raise MoesimError("the alone factor set by the compute phases and the All-to-All CPU set by the last "
-                          "arriver are separate refits: use one, not both")
     if pool_held is not None and not patterns:
         raise MoesimError("holding the pool at measured values needs the shared-core fit (patterns)")
     if a2a_phase and not patterns:
@@ -470,27 +473,38 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
                                                                             pairwise_a2a)
         else:
             best, pred, evaluations = fit_at(float(time_slice_s))
-        last = None
-        if a2a_cpu_last_arriver_grid is not None:   # the CPU from the last arriver, then the rest refitted
-            cpu, measured_last, last = _a2a_cpu_from_last_arriver(runs, prof, best, float(time_slice_s),
-                                                                  pairwise_a2a, a2a_cpu_last_arriver_grid)
-            a2a_cpu_grid = (cpu,)
-            best, pred, more = _fit_pool(runs, prof, grids, len(penalties) > 1, len(peers) > 1, bursts, refine,
-                                         float(time_slice_s), pairwise_a2a, two_way if has_nic else None,
-                                         a2a_cpu_grid, last_arriver=measured_last, a2a_phase=a2a_phase,
-                                         rate_exponent_grid=rate_exponent_grid)
-            evaluations += more
-            last["simulated_s"] = _simulated_last_arrivers(runs, prof, best, float(time_slice_s), pairwise_a2a,
-                                                           measured_last)
-        from_phases = None
-        if pool_held == "compute-phases":   # the alone factor from the compute phases, then the rest refitted
+        from_phases, last, alternations = None, None, 0
+        if pool_held == "compute-phases":   # the alone factor from the compute phases
             alone, from_phases = _alone_from_compute_phases(runs, prof, best, float(time_slice_s), pairwise_a2a,
                                                             ALONE_FROM_PHASES_GRID)
-            grids = (grids[0], (alone,)) + tuple(grids[2:])
+            best = best[:1] + (alone,) + best[2:]
+        if a2a_cpu_last_arriver_grid is not None:   # the All-to-All CPU from the last arriver
+            while True:   # with both observables, in turn until neither moves (each shifts the other's match)
+                cpu, measured_last, last = _a2a_cpu_from_last_arriver(runs, prof, best, float(time_slice_s),
+                                                                      pairwise_a2a, a2a_cpu_last_arriver_grid)
+                best = best[:6] + (cpu,) + best[7:]
+                if from_phases is None or alternations >= MAX_ALTERNATIONS:
+                    break
+                alternations += 1
+                alone, from_phases = _alone_from_compute_phases(runs, prof, best, float(time_slice_s),
+                                                                pairwise_a2a, ALONE_FROM_PHASES_GRID)
+                if alone == best[1]:
+                    break
+                best = best[:1] + (alone,) + best[2:]
+            a2a_cpu_grid = (best[6],)
+        if from_phases is not None:
+            grids = (grids[0], (best[1],)) + tuple(grids[2:])
+            from_phases["alternations"] = alternations
+        if from_phases is not None or last is not None:   # the rest refitted with them held
             best, pred, more = _fit_pool(runs, prof, grids, len(penalties) > 1, len(peers) > 1, bursts, refine,
                                          float(time_slice_s), pairwise_a2a, two_way if has_nic else None,
-                                         a2a_cpu_grid, a2a_phase=a2a_phase, rate_exponent_grid=rate_exponent_grid)
+                                         a2a_cpu_grid, last_arriver=measured_last if last else None,
+                                         a2a_phase=a2a_phase, rate_exponent_grid=rate_exponent_grid)
             evaluations += more
+        if last is not None:
+            last["simulated_s"] = _simulated_last_arrivers(runs, prof, best, float(time_slice_s), pairwise_a2a,
+                                                           measured_last)
+        if from_phases:   # the compute phases at the final parameters
             from_phases["simulated_s"] = {r.files[0]: predicted_compute(r.simulate_pool(prof, best, float(time_slice_s),
                                                                                         pairwise_a2a))
                                           for r in runs}
