@@ -498,9 +498,39 @@ def test_all_to_all_cpu_closed_form():
             simulate(cfg, topo, prof, SimOptions(a2a_cpu_s=bad, **opts))
 
 
+def test_all_to_all_cpu_beside_the_transfer_closed_form():
+    """Ranks in step as above, with the All-to-All CPU beside the transfer (a2a_cpu_overlap): each call
+    starts its members' CPU (4 x a2a_cpu_s of alone work on K effective cores) with its transfer and
+    returns when both are done, so a call of transfer time T takes max(T, 4 a2a_cpu_s / K), and the
+    step grows by the sum over calls of max(0, 4 a2a_cpu_s / K - T): on shaped links the CPU of the
+    long calls is hidden and only the short ones pay. After the data (the default) it always adds."""
+    prof = find_profile(AVX2)
+    topo = Topology(netmodel.testbed_graph(4, 1, 150e6, cores=2), source="<t>")
+    cfg = _campaign_cfg("cdac", top_k=2)
+    k_cores, kappa = 1.6, 0.004
+    opts = dict(cpu_pool=True, pool_cores=k_cores, alone_factor=0.7, release_spread=0.0, time_slice_s=0.0,
+                pairwise_a2a=False)
+    base = simulate(cfg, topo, prof, SimOptions(**opts))
+    beside = simulate(cfg, topo, prof, SimOptions(a2a_cpu_s=kappa, a2a_cpu_overlap=True, **opts))
+    after = simulate(cfg, topo, prof, SimOptions(a2a_cpu_s=kappa, **opts))
+    a2a = [c for c in base.program.collectives.values() if c.op == "all_to_all"]
+    spans = {sp.name: sp.end - sp.start for sp in base.collective_spans}
+    transfer = np.array([spans[c.name] for c in a2a])
+    cpu = 4 * kappa / k_cores
+    assert len(transfer) == 10 and (transfer > cpu).any() and (transfer < cpu).any()   # both kinds of call
+    assert beside.step_time_s - base.step_time_s == pytest.approx(np.maximum(0.0, cpu - transfer).sum(), rel=1e-6)
+    assert after.step_time_s - base.step_time_s == pytest.approx(len(transfer) * cpu, rel=1e-6)
+    # the profile's flag is the default; off the pool, or with no All-to-All CPU, it does nothing
+    fitted = dataclasses.replace(prof, device=dataclasses.replace(prof.device, a2a_cpu_s=kappa, a2a_cpu_overlap=True))
+    assert simulate(cfg, topo, fitted, SimOptions(**opts)).step_time_s == pytest.approx(beside.step_time_s, rel=1e-12)
+    assert simulate(cfg, topo, prof, SimOptions(a2a_cpu_overlap=True, **opts)).step_time_s == pytest.approx(
+        base.step_time_s, rel=1e-12)
+
+
 @pytest.mark.parametrize("field, default, good, bads", [
     ("a2a_cpu_s", 0.0, 0.0025, (-0.001, 2.0, "fast")),
     ("compute_first", False, True, ("yes", 1)),          # moesim.engine.cpupool: compute first
+    ("a2a_cpu_overlap", False, True, ("on", 0)),         # moesim.engine.simulator: CPU beside the transfer
 ])
 def test_profile_reads_a_cpu_pool_field_and_names_a_bad_one(tmp_path, field, default, good, bads):
     import yaml

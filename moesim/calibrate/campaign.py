@@ -385,6 +385,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="shared-core model: with time slices, a rank that returns from a collective computes "
                          "ahead of the All-to-All CPU (--a2a-cpu) of the ranks still in a call for its first "
                          "slice (the kernel runs a thread that slept first; moesim.engine.cpupool)")
+    ap.add_argument("--a2a-cpu-overlap", action="store_true",
+                    help="shared-core model: a rank's All-to-All CPU (--a2a-cpu) runs beside the call's transfer "
+                         "from the rank's arrival, and the call returns when both are done (gloo's threads take "
+                         "the data as it comes; the kernel moves it while they wait for a core); off: after "
+                         "its data has landed (moesim.engine.simulator)")
     ap.add_argument("--continuous-bucket", action="store_true",
                     help="shaped links' token buckets accounted continuously (each fills at its rate less what "
                          "its flows send, and stage runs take what it holds when they start), not per stage: "
@@ -571,7 +576,7 @@ def fit_command(out: str, name: str, patterns: str, a2a_start: str = "pairwise",
                 burst: str = "whole", nic_efficiency: str = NIC_EFFICIENCY_DEFAULT, two_way: str = "insitu",
                 two_way_patterns: str | None = None, a2a_cpu: str = "none", release: str = "patterns",
                 compute_first: bool = False, continuous_bucket: bool = False, a2a_phase: bool = False,
-                two_way_rate: bool = False, pool: str = "fit") -> str:
+                two_way_rate: bool = False, pool: str = "fit", a2a_cpu_overlap: bool = False) -> str:
     """The command that re-creates a campaign profile (options at their defaults left out)."""
     opts = "".join(f" {k} {shlex.quote(v)}" for k, v, default in
                    (("--name", name, "cpu-testbed"), ("--patterns", patterns, DEFAULT_PATTERNS),
@@ -581,7 +586,8 @@ def fit_command(out: str, name: str, patterns: str, a2a_start: str = "pairwise",
                     ("--a2a-cpu", a2a_cpu, "none"), ("--release-spread", release, "patterns"),
                     ("--pool", pool, "fit")) if v != default)
     flags = "".join(f for f, on in ((" --compute-first", compute_first), (" --continuous-bucket", continuous_bucket),
-                                    (" --fit-a2a-phase", a2a_phase), (" --two-way-rate", two_way_rate)) if on)
+                                    (" --fit-a2a-phase", a2a_phase), (" --two-way-rate", two_way_rate),
+                                    (" --a2a-cpu-overlap", a2a_cpu_overlap)) if on)
     base = f"python -m {PROG} --out {out}{opts}{flags}"
     return f"{base}  (this fit alone: {base} --only calibrate)"
 
@@ -645,6 +651,7 @@ def finish(args, log, out: Path, mdir: Path, vdir: Path) -> int:
                          **a2a_cpu_fit_args(a2a_cpu),
                          **({} if release == "patterns" else {"step_release_spread": float(release)}),
                          **({"compute_first": True} if getattr(args, "compute_first", False) else {}),
+                         **({"a2a_cpu_overlap": True} if getattr(args, "a2a_cpu_overlap", False) else {}),
                          **({"a2a_phase": True} if getattr(args, "fit_a2a_phase", False) else {}),
                          **({"rate_exponent_grid": TWO_WAY_RATE_EXPONENT_GRID} if two_way_rate else {}),
                          **({"pool_held": args.pool} if getattr(args, "pool", "fit") != "fit" else {}))
@@ -654,7 +661,8 @@ def finish(args, log, out: Path, mdir: Path, vdir: Path) -> int:
                                                        burst, nic_efficiency, two_way, two_way_patterns, a2a_cpu,
                                                        release, getattr(args, "compute_first", False), continuous,
                                                        getattr(args, "fit_a2a_phase", False), two_way_rate,
-                                                       getattr(args, "pool", "fit"))
+                                                       getattr(args, "pool", "fit"),
+                                                       getattr(args, "a2a_cpu_overlap", False))
     if patterns:
         cal.profile["provenance"]["release_patterns"] = patterns
     write_profile(prof_path, cal.profile)

@@ -115,7 +115,7 @@ class _Run:
     (median over the runs), topology, measured traffic (mean over the runs)."""
 
     def __init__(self, runs: list, bucket_bytes: float, step_release_spread: float | None = None,
-                 compute_first: bool = False):
+                 compute_first: bool = False, a2a_cpu_overlap: bool = False):
         from moesim.validate.a2acost import A2A_PHASES
         from moesim.validate.core import mean_copies, measured_config, topology_for
         first = runs[0]
@@ -135,6 +135,8 @@ class _Run:
         self.step_release_spread = None if step_release_spread is None else float(step_release_spread)
         #: a released rank's compute goes ahead of the All-to-All CPU of ranks still in a call (a slice)
         self.compute_first = bool(compute_first)
+        #: a rank's All-to-All CPU runs beside the call's transfer from its arrival (else after its data)
+        self.a2a_cpu_overlap = bool(a2a_cpu_overlap)
         #: the tc rate (bytes/s) at which b and c hold when the two-way loss depends on the rate (0: it does not)
         self.two_way_reference_rate = 0.0
 
@@ -161,7 +163,8 @@ class _Run:
         return self.simulate(profile_dict, wait, b, burst, c, rate_exponent=gamma,
                              cpu_pool=True, pool_cores=k, alone_factor=g,
                              time_slice_s=time_slice_s, pairwise_a2a=pairwise_a2a, a2a_cpu_s=cpu,
-                             release_spread=self.step_release_spread, compute_first=self.compute_first)
+                             release_spread=self.step_release_spread, compute_first=self.compute_first,
+                             a2a_cpu_overlap=self.a2a_cpu_overlap)
 
     def step(self, profile_dict: dict, wait: float, penalty: float, burst_s: float = 0.0, peer: float = 0.0,
              **options) -> float:
@@ -347,7 +350,7 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
                slice_grid=SLICE_GRID_S, two_way: tuple[float, float] | None = None,
                a2a_cpu_grid: tuple = (0.0,), a2a_cpu_last_arriver_grid: tuple | None = None,
                step_release_spread: float | None = None, compute_first: bool = False, a2a_phase: bool = False,
-               rate_exponent_grid: tuple = (0.0,), pool_held: str | None = None):
+               rate_exponent_grid: tuple = (0.0,), pool_held: str | None = None, a2a_cpu_overlap: bool = False):
     """Fit ``receiver_wait_s``, the shaped-link two-way penalty b, its peer-host term c and the
     usable token-bucket burst of ``cal.profile`` on the step times of ``run_paths`` (multi-rank
     testbed runs: the fit configurations). c is fitted only when the shaped fit runs include both
@@ -392,7 +395,9 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
     (:func:`_alone_from_compute_phases`), and the rest is refitted on the step times with it held. With
     ``a2a_cpu_last_arriver_grid`` as well, g and the All-to-All CPU are set in turn from the first fit's
     point, g by the compute phases and the CPU by the last arriver, until g no longer moves (at most
-    ``MAX_ALTERNATIONS`` times again), and the rest is refitted once with both held."""
+    ``MAX_ALTERNATIONS`` times again), and the rest is refitted once with both held. ``a2a_cpu_overlap``
+    (shared cores, with All-to-All CPU): a rank's All-to-All CPU runs beside the call's transfer from
+    its arrival, and the call returns when both are done (:class:`moesim.engine.SimOptions`)."""
     from moesim.validate.core import REAL_BACKEND_BUCKET_BYTES, RunSpec, group_repeats, load_run
     bucket = bucket_bytes or REAL_BACKEND_BUCKET_BYTES
     prof = cal.profile
@@ -411,6 +416,12 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
                           f"got {step_release_spread!r}")
     if step_release_spread is not None and not patterns:
         raise MoesimError("the step release spread acts on shared cores: it needs the shared-core fit (patterns)")
+    if a2a_cpu_overlap and not patterns:
+        raise MoesimError("the All-to-All CPU beside the transfer acts on shared cores: it needs the shared-core fit "
+                          "(patterns)")
+    if a2a_cpu_overlap and a2a_cpu_last_arriver_grid is None and max(float(v) for v in a2a_cpu_grid) <= 0:
+        raise MoesimError("the All-to-All CPU beside the transfer needs an All-to-All CPU (a2a_cpu_grid or "
+                          "a2a_cpu_last_arriver_grid); there is none")
     if compute_first and not patterns:
         raise MoesimError("compute first acts on shared cores: it needs the shared-core fit (patterns)")
     if pool_held not in (None, "measured", "compute-phases"):
@@ -427,7 +438,7 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
     if rate_dependent and two_way is not None:
         raise MoesimError("the two-way loss is either held as measured elsewhere (two_way) or fitted with a rate "
                           "exponent, not both")
-    runs = [_Run(g, bucket, step_release_spread, compute_first)
+    runs = [_Run(g, bucket, step_release_spread, compute_first, a2a_cpu_overlap)
             for g in group_repeats([load_run(RunSpec(Path(p), role="fit")) for p in run_paths])]
     shaped_hosts = {r.hosts for r in runs if r.shaped}
     has_nic = bool(shaped_hosts) and "nic" in prof.get("calibration", {}).get("links", {})
@@ -520,6 +531,7 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
                 "release_spread": spread.spread,
                 **({"step_release_spread": float(step_release_spread)} if step_release_spread is not None else {}),
                 **({"compute_first": True} if compute_first else {}),
+                **({"a2a_cpu_overlap": True} if a2a_cpu_overlap else {}),
                 **({"fit_a2a_phase": _a2a_phase_record(runs, prof, best, float(time_slice_s), pairwise_a2a)}
                    if a2a_phase else {}),
                 "release_measured": spread.to_dict()["per_file"], "release_repetitions": spread.rows,
@@ -533,7 +545,8 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
                            "across hosts, over that fraction, measured in steps by moesim.calibrate.arrivals); "
                            "a2a_cpu_s (when fitted): the alone CPU work each "
                            "member rank of an All-to-All then runs on the shared cores once its data has landed "
-                           "(compute_first: a released rank's compute goes ahead of it for one slice); see "
+                           "(a2a_cpu_overlap: from its arrival, beside the transfer; the call returns when both "
+                           "are done) (compute_first: a released rank's compute goes ahead of it for one slice); see "
                            "moesim.engine.cpupool, moesim.engine.netbridge"}
         two_way_rate = ({"exponent": float(gamma), "reference_rate": reference_rate,
                          "grid": list(rate_exponent_grid)} if rate_dependent and has_nic else None)

@@ -62,6 +62,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="what-if: with time slices, a released rank's compute goes ahead of the All-to-All CPU "
                         "(--a2a-cpu) of the ranks still in a call for its first slice (on), or queues behind it "
                         "(off), whatever the profile says; indicative only, as --a2a-start")
+    p.add_argument("--a2a-cpu-overlap", choices=("on", "off"),
+                   help="what-if: a rank's All-to-All CPU runs beside the call's transfer from its arrival (on) "
+                        "or after its data has landed (off), whatever the profile says; indicative only, as "
+                        "--a2a-start")
     p.add_argument("--continuous-bucket", choices=("on", "off"),
                    help="what-if: shaped links' token buckets accounted continuously (on) or per stage (off), "
                         "whatever the profile says (moesim.network.fluid); indicative only, as --a2a-start")
@@ -80,6 +84,8 @@ def _engine(args: argparse.Namespace) -> dict:
         out["release_spread"] = args.release_spread
     if args.compute_first is not None:
         out["compute_first"] = args.compute_first == "on"
+    if args.a2a_cpu_overlap is not None:
+        out["a2a_cpu_overlap"] = args.a2a_cpu_overlap == "on"
     if args.continuous_bucket is not None:
         out["continuous_bucket"] = args.continuous_bucket == "on"
     return out

@@ -54,6 +54,9 @@ class DeviceProfile:
     #: with time slices, a rank's compute goes ahead of the All-to-All CPU of ranks still in a call for
     #: its first slice (``calibration.cpu_pool.compute_first``; :class:`moesim.engine.cpupool.CorePool`)
     compute_first: bool = False
+    #: the All-to-All CPU (``a2a_cpu_s``) runs beside the call's transfer from the rank's arrival, and the
+    #: call returns when both are done (``calibration.cpu_pool.a2a_cpu_overlap``); off: after its data landed
+    a2a_cpu_overlap: bool = False
 
 
 @dataclass(frozen=True)
@@ -144,7 +147,7 @@ def _contention(path: Path, data: Mapping) -> dict:
         if pool.get("time_slice_s") is not None:
             out["time_slice_s"] = _num(path, "calibration.cpu_pool.time_slice_s", pool["time_slice_s"],
                                        allow_zero=True, at_most=1.0)
-        for flag in ("pairwise_a2a", "compute_first"):
+        for flag in ("pairwise_a2a", "compute_first", "a2a_cpu_overlap"):
             if pool.get(flag) is not None:
                 if not isinstance(pool[flag], bool):
                     raise InputFileError(path, f"field 'calibration.cpu_pool.{flag}' must be true or false, "

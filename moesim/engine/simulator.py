@@ -8,7 +8,8 @@ Where ranks share one machine's cores (:class:`SimOptions` ``cpu_pool``), every 
 process, runs of compute ops share the cores (:mod:`moesim.engine.cpupool`), All-to-All members
 over shaped links are released staggered (:mod:`moesim.engine.netbridge`), and a profile's
 ``a2a_cpu_s`` is CPU work each released member runs in the pool before its All-to-All returns (booked
-to the All-to-All's wait span); with ``compute_first`` the compute of released ranks goes ahead of it
+to the All-to-All's wait span; with ``a2a_cpu_overlap`` it runs from the rank's arrival, beside the
+transfer, and the call returns when both are done); with ``compute_first`` the compute of released ranks goes ahead of it
 for a slice (:class:`moesim.engine.cpupool.CorePool`).
 
 Simplifications (documented in README): a collective completes for all its members at once (when
@@ -59,7 +60,10 @@ class SimOptions:
     (default: processor sharing, together), as ``a2a_cpu_s`` does (s of alone CPU work each member
     rank of an All-to-All runs in the pool once its data has landed, before it returns; default 0), and
     ``compute_first`` does (with time slices, a rank's compute goes ahead of that All-to-All work for its
-    first slice; default off). ``continuous_bucket`` overrides how the profile's shaped links account
+    first slice; default off), and ``a2a_cpu_overlap`` does (that All-to-All CPU runs from the rank's
+    arrival at the call, beside its transfer, and the rank returns when both its data has landed and
+    the CPU is done: gloo's threads take the data as it comes, and the kernel moves it while they wait
+    for a core; default off: after the data). ``continuous_bucket`` overrides how the profile's shaped links account
     their token buckets (True: continuously, False: per stage; :mod:`moesim.network.fluid`)."""
 
     a2a_algorithm: str = "direct"
@@ -74,6 +78,7 @@ class SimOptions:
     a2a_cpu_s: Optional[float] = None
     compute_first: Optional[bool] = None
     continuous_bucket: Optional[bool] = None
+    a2a_cpu_overlap: Optional[bool] = None
 
 
 def _resolve_profiles(topology, profile) -> tuple[dict, np.ndarray, Profile]:
@@ -117,6 +122,7 @@ class Simulation:
         self.program: Program = build_program(cfg, options.bucket_bytes, options.a2a_copies)
         self.classes: RankClasses = price_program(self.program, self.models, self.device_of_rank)
         self.time_slice_s, self.pairwise, self.a2a_cpu_s, self.compute_first = 0.0, False, 0.0, False
+        self.a2a_cpu_overlap = False
         use_pool = options.cpu_pool if options.cpu_pool is not None else bool(self.profile.device.pool_cores)
         self.pool = pool_of(self.topology, self.profile.device) if use_pool else None
         if options.cpu_pool and self.pool is None:
@@ -135,6 +141,8 @@ class Simulation:
             self.a2a_cpu_s = float(self.profile.device.a2a_cpu_s if options.a2a_cpu_s is None else options.a2a_cpu_s)
             self.compute_first = bool(self.profile.device.compute_first if options.compute_first is None
                                       else options.compute_first)
+            self.a2a_cpu_overlap = bool(self.profile.device.a2a_cpu_overlap if options.a2a_cpu_overlap is None
+                                        else options.a2a_cpu_overlap)
             if not (0.0 <= self.a2a_cpu_s < 1.0):
                 raise MoesimError(f"a2a_cpu_s must lie in [0, 1) s, got {self.a2a_cpu_s!r}")
             spread = options.release_spread
@@ -191,6 +199,8 @@ class Simulation:
         pairwise = pool is not None and self.pairwise
         a2a_cpu = self.a2a_cpu_s if pool is not None else 0.0
         a2a_members: dict[int, frozenset] = {}
+        overlap = a2a_cpu > 0 and self.a2a_cpu_overlap
+        cpu_jobs: dict[tuple, simpy.Event] = {}   # overlap: (cid, class) -> its All-to-All CPU job
 
         def a2a_cpu_of(cid: int, rank: int) -> float:
             """Alone CPU seconds ``rank`` spends in All-to-All ``cid`` after its data has landed."""
@@ -254,6 +264,10 @@ class Simulation:
                             sp = out[k]
                             out[k] = sp._replace(start=t0 + (sp.start - t0) * scale, end=t0 + (sp.end - t0) * scale)
                 elif isinstance(it, Launch):
+                    if overlap:   # the call's CPU runs beside its transfer, from the rank's arrival
+                        work = a2a_cpu_of(it.cid, int(classes.members[c][0]))
+                        if work > 0:
+                            cpu_jobs[(it.cid, c)] = pool.run(work, exchange=True)
                     arrive(it.cid, c)
                     i += 1
                 else:  # Wait
@@ -261,7 +275,10 @@ class Simulation:
                     t0 = env.now
                     if not ev.processed:
                         yield ev
-                    if a2a_cpu > 0:
+                    job = cpu_jobs.pop((it.cid, c), None)
+                    if job is not None and not job.processed:
+                        yield job
+                    if a2a_cpu > 0 and not overlap:
                         work = a2a_cpu_of(it.cid, int(classes.members[c][0]))
                         if work > 0:
                             yield pool.run(work, exchange=True)

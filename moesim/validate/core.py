@@ -195,7 +195,7 @@ def measured_config(runs: list) -> tuple[float, dict, list[float], int]:
 
 #: engine settings ``validate(engine=...)`` may override (what-ifs on the profile's fitted parameters)
 ENGINE_WHAT_IF = {"pairwise_a2a": bool, "time_slice_s": float, "a2a_cpu_s": float, "release_spread": float,
-                  "compute_first": bool, "continuous_bucket": bool}
+                  "compute_first": bool, "continuous_bucket": bool, "a2a_cpu_overlap": bool}
 
 
 def check_engine(engine: dict | None) -> dict:
