@@ -501,6 +501,46 @@ def test_alone_factor_from_compute_phases_then_all_to_all_cpu_from_the_last_arri
     assert prof["calibration"]["insitu"]["residuals"]["max_error"] < 1e-9
 
 
+def test_insitu_fit_with_the_all_to_all_cpu_beside_the_transfer(tmp_path):
+    """Fit runs that are the simulator's own with 2 ms of All-to-All CPU beside the transfer (K = 2,
+    g = 0.8): the fit with the CPU there recovers the pool with no residual and records the choice;
+    the same fit with the CPU after the data cannot reproduce them; the option reaches the command
+    that re-creates a profile, and is refused without the shared-core fit or without any CPU."""
+    import copy
+
+    from moesim.calibrate.campaign import DEFAULT_PATTERNS, fit_command
+    from moesim.calibrate.core import Calibration
+    from moesim.calibrate.insitu import fit_insitu
+    patterns, base, _ = _a2a_cpu_truth()
+
+    def truth(run):
+        return run.simulate(base, 0.005, 0.1, 0.0, 0.0, cpu_pool=True, pool_cores=2.0, alone_factor=0.8,
+                            time_slice_s=0.03, pairwise_a2a=True, a2a_cpu_s=0.002, a2a_cpu_overlap=True)
+    paths = _synthetic_runs(tmp_path, ("4x1-150mbit-cdac-k4.csv", "4x1-400mbit-dcca-k4.csv", "4x1-none-dcca-k4.csv"),
+                            lambda run: truth(run).step_time_s)
+
+    def fit(**kw):
+        cal = Calibration(profile=copy.deepcopy(base), compute=None, contention=None, network=None)
+        return fit_insitu(cal, paths, patterns=patterns, refine=0, burst_fractions=(0.0,), time_slice_s=0.03,
+                          pairwise_a2a=True, pool_grids=((1.5, 2.0, 2.5), (0.7, 0.8, 0.9), (0.005,), (0.1,), (0.0,)),
+                          a2a_cpu_grid=(0.002,), **kw).profile
+    prof = fit(a2a_cpu_overlap=True)
+    pool = prof["calibration"]["cpu_pool"]
+    assert (pool["pool_cores"], pool["alone_factor"], pool["a2a_cpu_s"]) == (2.0, 0.8, 0.002)
+    assert pool["a2a_cpu_overlap"] is True
+    assert prof["calibration"]["insitu"]["residuals"]["max_error"] < 1e-9
+    after = fit()
+    assert "a2a_cpu_overlap" not in after["calibration"]["cpu_pool"]
+    assert after["calibration"]["insitu"]["residuals"]["max_error"] > 1e-3
+    assert " --a2a-cpu-overlap" in fit_command("x", "y", DEFAULT_PATTERNS, a2a_cpu="0.002", a2a_cpu_overlap=True)
+    assert "overlap" not in fit_command("x", "y", DEFAULT_PATTERNS, a2a_cpu="0.002")
+    cal = Calibration(profile=copy.deepcopy(base), compute=None, contention=None, network=None)
+    with pytest.raises(MoesimError, match="shared-core fit"):
+        fit_insitu(cal, paths, a2a_cpu_grid=(0.002,), a2a_cpu_overlap=True)
+    with pytest.raises(MoesimError, match="needs an All-to-All CPU"):
+        fit_insitu(cal, paths, patterns=patterns, a2a_cpu_overlap=True)
+
+
 def test_all_to_all_cpu_set_by_the_last_arriver(tmp_path):
     """Fit runs that are the simulator's own with 2 ms of CPU per All-to-All call (together start,
     (K, g) = (2.0, 0.8)), steps and per-call times alike (every rank's call lasts the simulated

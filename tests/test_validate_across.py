@@ -79,6 +79,7 @@ def test_engine_what_if_is_checked():
         with pytest.raises(MoesimError, match=r"release_spread must lie in \[0, 1\), got"):
             check_engine({"release_spread": bad})
     assert check_engine({"release_spread": "0.772"}) == {"release_spread": 0.772}
+    assert check_engine({"a2a_cpu_overlap": 1}) == {"a2a_cpu_overlap": True}
 
 
 def test_engine_what_if_simulates_with_the_override():
