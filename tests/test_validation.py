@@ -54,6 +54,24 @@ def committed(request):
     return validate([vdir]), vdir, mdir, (missed, worst)
 
 
+def test_committed_campaign_speedup_split(committed):
+    """Every pair of every committed campaign carries its step difference split by phase group
+    (moesim.validate.speedupsplit): the parts add up to the step difference on both sides, and the
+    All-to-All part is the rows' dispatch and combine difference."""
+    rep = committed[0]
+    split = {s["label"]: s for s in rep["speedup_split"]}
+    assert set(split) == {p["label"] for p in rep["pairs"]}
+    rows = {r["file"]: r for r in rep["rows"]}
+    for p in rep["pairs"]:
+        s, c, x = split[p["label"]], rows[p["cdac_file"]], rows[p["dcca_file"]]
+        for side in ("measured_s", "predicted_s"):
+            parts = sum(v[side] for k, v in s.items() if isinstance(v, dict) and k != "step")
+            assert parts == pytest.approx(s["step"][side], abs=1e-9)
+            a2a = sum(c["phases"][ph][side] - x["phases"][ph][side] for ph in ("dispatch", "combine"))
+            assert s["all_to_all"][side] == pytest.approx(a2a, abs=1e-12)
+        assert s["predicted_speedup"] == pytest.approx(p["predicted_speedup"])
+
+
 def test_committed_campaign_meets_targets(committed):
     rep, vdir, _, (allowed_misses, worst) = committed
     manifest = json.loads((vdir / "manifest.json").read_text())

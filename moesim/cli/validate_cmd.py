@@ -40,6 +40,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="print every configuration's rank skew, measured and predicted: how far apart the ranks "
                         "are in an All-to-All (mean minus min over ranks of the time per call), and its last-arriver "
                         "time (min over ranks of the time per call; moesim.calibrate.skew)")
+    p.add_argument("--speedup-split", action="store_true",
+                   help="print, per DCCA-over-CDAC pair, the step difference CDAC - DCCA split by phase group "
+                        "(All-to-All, all-reduce, compute, time outside the phases), measured and predicted, with "
+                        "the speedup error each group alone would cause (moesim.validate.speedupsplit; JSON "
+                        "speedup_split)")
     p.add_argument("--measured-phases", metavar="PHASE[,PHASE...]",
                    help="what-if: the speedups the model would predict with these phases predicted exactly "
                         "(their measured times in both structures' steps), e.g. grad_allreduce; indicative only, "
@@ -112,6 +117,27 @@ def _print_call_times(rows: list[dict]) -> None:
             for side in ("measured", "predicted"):
                 cells.append(fmt_seconds(float(np.median([r[key][side][stat] for r in rows if key in r]))))
         print(f"{key:18s} " + " ".join(f"{c:>9s}" for c in cells))
+
+
+def _print_speedup_split(split: list[dict]) -> None:
+    """Per pair, CDAC - DCCA per step by phase group, measured/predicted, and the speedup error each
+    group alone would cause (:mod:`moesim.validate.speedupsplit`)."""
+    from moesim.validate.speedupsplit import GROUPS
+    groups = [g for g in list(GROUPS) + ["outside"] if any(g in s for s in split)]
+    names = {"all_to_all": "All-to-All", "grad_allreduce": "all-reduce", "other_comm": "other comm",
+             "compute": "compute", "outside": "outside phases"}
+    print("CDAC - DCCA per step, measured/predicted (ms), with the speedup error each group alone would cause "
+          "(the rest of both steps as measured)")
+    print(f"{'pair':24s} {'role':8s} {'step':>11s} " + " ".join(f"{names[g]:>21s}" for g in groups))
+    for s in split:
+        cells = []
+        for g in groups:
+            v = s.get(g)
+            alone = v and v["speedup_error_alone"]
+            cells.append("-" if v is None else f"{1e3 * v['measured_s']:+.0f}/{1e3 * v['predicted_s']:+.0f} "
+                         + ("(-)" if alone is None else f"({100 * alone:+.1f}%)"))
+        step = f"{1e3 * s['step']['measured_s']:+.0f}/{1e3 * s['step']['predicted_s']:+.0f}"
+        print(f"{s['label']:24s} {s['role']:8s} {step:>11s} " + " ".join(f"{c:>21s}" for c in cells))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -196,6 +222,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{'median':34s} " + " ".join(f"{fmt_seconds(float(np.median([r[o][k] for r in skews]))):>10s}"
                                             for o, k in keys))
         _print_call_times([r["call_times"] for r in skews if r.get("call_times")])
+    if args.speedup_split and rep.get("speedup_split"):
+        _print_speedup_split(rep["speedup_split"])
     if "counterfactual" in rep:
         cf = rep["counterfactual"]
         s = cf["heldout"]
@@ -221,7 +249,7 @@ def _run_across(args: argparse.Namespace, dirs: list) -> int:
     from moesim.validate import REAL_BACKEND_BUCKET_BYTES
     from moesim.validate.across import validate_across
     unused = [f"--{n.replace('_', '-')}" for n in ("profile", "topology", "plot", "measured_phases", "phases",
-                                                   "skew") if getattr(args, n)]
+                                                   "skew", "speedup_split") if getattr(args, n)]
     if unused:
         raise MoesimError(f"{', '.join(unused)}: not available when several campaigns are judged together "
                           "(each brings its own profile and topologies; judge one campaign for those; --a2a-cost "

@@ -29,6 +29,7 @@ from moesim.calibrate.tables import Table, read_table, testbed_of
 from moesim.config import load_config
 from moesim.errors import InputFileError, MoesimError
 from moesim.validate.a2acost import a2a_cost, goodput_floor, overlap_fit, remote_bytes_per_step
+from moesim.validate.speedupsplit import speedup_split
 from moesim.validate.traffic import measured_dispatch_copies
 from moesim.workload.ops import PHASES
 
@@ -365,7 +366,7 @@ def summarise(rows: list, prof, camp: Campaign) -> dict:
         "speedup_max_error": max((p["error"] for p in held_pairs), default=None),
         "speedup_round_spread": round_spread(held_pairs),
         "pairs": pairs, "rows": rows, "a2a_cost": a2a_cost(rows), "a2a_goodput_floor": goodput_floor(rows),
-        "a2a_overlap": overlap_fit(rows),
+        "a2a_overlap": overlap_fit(rows), "speedup_split": speedup_split({"rows": rows, "pairs": pairs}),
         "profile": {"name": prof.name, "status": prof.status, "path": prof.path},
     }
     targets = camp.manifest.get("targets") if camp.manifest else None
