@@ -148,3 +148,50 @@ def test_the_campaign_records_the_rate_flag_and_refuses_it_without_the_in_situ_s
             main(["--out", "/nonexistent/never-written", "--only", "calibrate", "--two-way-rate", *extra])
         assert exc.value.code == 2
         assert "--two-way-rate fits the two-way loss in situ" in capsys.readouterr().err
+
+
+def test_a_least_rate_exponent_bounds_the_fit(tmp_path):
+    """Fit runs whose loss grows with the rate (γ = -0.5 at b = 0.3): the fit with no bound finds it;
+    bounded at 0 (``rate_exponent_min``) it stops at 0 and records the bound, and it still finds a
+    γ = 1 above the bound exactly. The bound needs a grid and must leave two of its values; the
+    campaign takes it as ``--two-way-rate-min`` only with ``--two-way-rate``."""
+    from moesim.calibrate.campaign import DEFAULT_PATTERNS, fit_command, main
+    from moesim.calibrate.core import Calibration
+    from moesim.calibrate.insitu import fit_insitu
+    from moesim.calibrate.release import release_spread
+    from test_insitu_effects import OLD_DEFAULT, _fixed_share, _synthetic_runs
+    patterns = sorted((ROOT / "calibration" / "patterns").glob("release-*.csv"))
+    base = _fixed_share(yaml.safe_load((OLD_DEFAULT / "cpu-testbed-avx512-1r.yaml").read_text()))
+    base["calibration"]["links"]["nic"]["release_spread"] = release_spread(patterns).spread
+
+    def runs(gamma, where):
+        def truth(run):
+            run.two_way_reference_rate = R150
+            return run.step(base, 0.005, 0.3, 0.0, 0.0, rate_exponent=gamma, cpu_pool=True, pool_cores=2.0,
+                            alone_factor=0.8, time_slice_s=0.0, pairwise_a2a=True)
+        where.mkdir()
+        return _synthetic_runs(where, ("4x1-150mbit-cdac-k8.csv", "4x1-400mbit-cdac-k8.csv"), truth)
+
+    def fit(paths, grid=(-0.5, 0.0, 0.5, 1.0), **kw):
+        cal = Calibration(profile=copy.deepcopy(base), compute=None, contention=None, network=None)
+        return fit_insitu(cal, paths, patterns=patterns, refine=1, burst_fractions=(0.0,), time_slice_s=0.0,
+                          pairwise_a2a=True, pool_grids=((2.0,), (0.8,), (0.005,), (0.3,), (0.0,)),
+                          rate_exponent_grid=grid, **kw).profile
+    growing = runs(-0.5, tmp_path / "growing")
+    assert fit(growing)["calibration"]["links"]["nic"]["two_way_rate_exponent"] == -0.5
+    bounded = fit(growing, rate_exponent_min=0.0)
+    assert bounded["calibration"]["links"]["nic"].get("two_way_rate_exponent", 0.0) == 0.0   # 0: not written
+    rec = bounded["calibration"]["insitu"]["nic_two_way_rate"]
+    assert rec["exponent"] == 0.0 and rec["min"] == 0.0 and min(rec["grid"]) == 0.0
+    assert bounded["calibration"]["insitu"]["residuals"]["max_error"] > 1e-3
+    falling = fit(runs(1.0, tmp_path / "falling"), rate_exponent_min=0.0)
+    assert falling["calibration"]["links"]["nic"]["two_way_rate_exponent"] == 1.0
+    with pytest.raises(MoesimError, match="leaves 1 value"):
+        fit(growing, rate_exponent_min=1.0)
+    with pytest.raises(MoesimError, match="needs a rate exponent grid"):
+        fit(growing, grid=(0.0,), rate_exponent_min=0.0)
+    assert " --two-way-rate-min 0" in fit_command("x", "y", DEFAULT_PATTERNS, two_way_rate=True, two_way_rate_min=0.0)
+    assert "rate-min" not in fit_command("x", "y", DEFAULT_PATTERNS, two_way_rate=True)
+    with pytest.raises(SystemExit) as exc:
+        main(["--out", "/nonexistent/never-written", "--only", "calibrate", "--two-way-rate-min", "0"])
+    assert exc.value.code == 2

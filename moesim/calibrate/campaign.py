@@ -400,6 +400,10 @@ def main(argv: list[str] | None = None) -> int:
                          "the fit runs' lowest tc rate and scale by (rate / that rate) ** -gamma, gamma fitted in "
                          "situ with the rest (moesim.calibrate.insitu.TWO_WAY_RATE_EXPONENT_GRID); off: one loss "
                          "at every rate")
+    ap.add_argument("--two-way-rate-min", type=float, metavar="GAMMA",
+                    help="with --two-way-rate: the least rate exponent the fit may take (e.g. 0: a loss that "
+                         "does not grow with the rate, as the rate sweeps of real_backend.patterns measure); "
+                         "default: the search's own bound, -2")
     ap.add_argument("--pool", choices=("fit", "measured", "compute-phases"), default="fit",
                     help="shared-core model: the pool's effective cores and alone factor fitted in situ with the "
                          "rest (fit, default), or held at what was measured (measured: the machine's cores, and "
@@ -455,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     args.rates = [x for x in args.rates.split(",") if x]
     args.top_k = [int(x) for x in args.top_k.split(",") if x]
     args.fit_top_k = {int(x) for x in args.fit_top_k.split(",") if x}
+    if args.two_way_rate_min is not None and not args.two_way_rate:
+        ap.error("--two-way-rate-min bounds the rate exponent of --two-way-rate: give both")
     if args.two_way_rate and (args.two_way != "insitu" or args.patterns == "none"):
         ap.error("--two-way-rate fits the two-way loss in situ on shared cores: it needs --two-way insitu "
                  "and --patterns tables")
@@ -576,7 +582,8 @@ def fit_command(out: str, name: str, patterns: str, a2a_start: str = "pairwise",
                 burst: str = "whole", nic_efficiency: str = NIC_EFFICIENCY_DEFAULT, two_way: str = "insitu",
                 two_way_patterns: str | None = None, a2a_cpu: str = "none", release: str = "patterns",
                 compute_first: bool = False, continuous_bucket: bool = False, a2a_phase: bool = False,
-                two_way_rate: bool = False, pool: str = "fit", a2a_cpu_overlap: bool = False) -> str:
+                two_way_rate: bool = False, pool: str = "fit", a2a_cpu_overlap: bool = False,
+                two_way_rate_min: float | None = None) -> str:
     """The command that re-creates a campaign profile (options at their defaults left out)."""
     opts = "".join(f" {k} {shlex.quote(v)}" for k, v, default in
                    (("--name", name, "cpu-testbed"), ("--patterns", patterns, DEFAULT_PATTERNS),
@@ -584,7 +591,9 @@ def fit_command(out: str, name: str, patterns: str, a2a_start: str = "pairwise",
                     ("--burst", burst, "whole"), ("--nic-efficiency", nic_efficiency, NIC_EFFICIENCY_DEFAULT),
                     ("--two-way", two_way, "insitu"), ("--two-way-patterns", two_way_patterns, None),
                     ("--a2a-cpu", a2a_cpu, "none"), ("--release-spread", release, "patterns"),
-                    ("--pool", pool, "fit")) if v != default)
+                    ("--pool", pool, "fit"),
+                    ("--two-way-rate-min", None if two_way_rate_min is None else f"{two_way_rate_min:g}", None))
+                   if v != default)
     flags = "".join(f for f, on in ((" --compute-first", compute_first), (" --continuous-bucket", continuous_bucket),
                                     (" --fit-a2a-phase", a2a_phase), (" --two-way-rate", two_way_rate),
                                     (" --a2a-cpu-overlap", a2a_cpu_overlap)) if on)
@@ -654,6 +663,8 @@ def finish(args, log, out: Path, mdir: Path, vdir: Path) -> int:
                          **({"a2a_cpu_overlap": True} if getattr(args, "a2a_cpu_overlap", False) else {}),
                          **({"a2a_phase": True} if getattr(args, "fit_a2a_phase", False) else {}),
                          **({"rate_exponent_grid": TWO_WAY_RATE_EXPONENT_GRID} if two_way_rate else {}),
+                         **({"rate_exponent_min": args.two_way_rate_min}
+                            if getattr(args, "two_way_rate_min", None) is not None else {}),
                          **({"pool_held": args.pool} if getattr(args, "pool", "fit") != "fit" else {}))
     if held is not None:
         cal.profile["calibration"]["two_way_from"] = held.record()
@@ -662,7 +673,8 @@ def finish(args, log, out: Path, mdir: Path, vdir: Path) -> int:
                                                        release, getattr(args, "compute_first", False), continuous,
                                                        getattr(args, "fit_a2a_phase", False), two_way_rate,
                                                        getattr(args, "pool", "fit"),
-                                                       getattr(args, "a2a_cpu_overlap", False))
+                                                       getattr(args, "a2a_cpu_overlap", False),
+                                                       getattr(args, "two_way_rate_min", None))
     if patterns:
         cal.profile["provenance"]["release_patterns"] = patterns
     write_profile(prof_path, cal.profile)

@@ -95,6 +95,8 @@ A2A_CPU_LAST_ARRIVER_GRID_S = tuple(np.round(np.arange(0.0, 8.01e-3, 0.5e-3), 6)
 # exponent γ of a rate-dependent two-way loss, (rate / lowest fit rate) ** -γ on b and c: scanned at the
 # grid's best point (0: one loss at every rate; negative: a loss that grows with the rate)
 TWO_WAY_RATE_EXPONENT_GRID = (-0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0)
+#: the least rate exponent the coordinate search may reach (unless fit_insitu's rate_exponent_min says)
+RATE_EXPONENT_LOWER = -2.0
 
 
 def predicted_compute(result) -> float:
@@ -210,7 +212,8 @@ def _fit_pool(runs: list[_Run], prof: dict, grids: tuple, penalties_on: bool, pe
               two_way: tuple[float, float] | None = None,
               a2a_cpu_grid: tuple = (0.0,),
               last_arriver: dict | None = None, a2a_phase: bool = False,
-              rate_exponent_grid: tuple = (0.0,)) -> tuple[tuple, np.ndarray, int]:
+              rate_exponent_grid: tuple = (0.0,),
+              rate_exponent_min: float = RATE_EXPONENT_LOWER) -> tuple[tuple, np.ndarray, int]:
     """Shared-core mode: grid over (K, g, wait, b, c, All-to-All CPU) at no burst (at the one burst
     when ``bursts`` offers only one: a burst fixed by measurement), then a coordinate search that
     halves its steps ``refine`` times (the burst among ``bursts``; the All-to-All CPU only when
@@ -220,7 +223,8 @@ def _fit_pool(runs: list[_Run], prof: dict, grids: tuple, penalties_on: bool, pe
     All-to-All phase group (dispatch + combine) adds its squared relative error too, so the fit
     must split the step between exchange and compute as measured. ``rate_exponent_grid`` (more than
     one value: the two-way loss depends on the rate): the exponent γ is scanned over it at the grid's
-    best point and then searched with the rest; b and c hold at the runs' ``two_way_reference_rate``.
+    best point and then searched with the rest, never below ``rate_exponent_min``; b and c hold at the
+    runs' ``two_way_reference_rate``.
     Returns the best (K, g, wait, b, c, burst, a2a_cpu_s, γ), its predicted steps and the number of
     evaluations."""
     from moesim.calibrate.skew import simulated_last_arriver
@@ -260,7 +264,8 @@ def _fit_pool(runs: list[_Run], prof: dict, grids: tuple, penalties_on: bool, pe
     # a one-value grid of cores or alone factor holds it (measured elsewhere: fit_insitu's pool_held)
     steps = [0.25 if len(cores_grid) > 1 else 0.0, 0.075 if len(alone_grid) > 1 else 0.0, 2.5e-3,
              0.075 if penalties_on else 0.0, 0.1 if peers_on else 0.0, 0.0, cpu_step, gamma_step]
-    lower, upper = (0.25, 0.05, 0.0, 0.0, 0.0, 0.0, 0.0, -2.0), (64.0, 1.0, 1.0, 5.0, 5.0, 1.0, 0.5, 4.0)
+    lower = (0.25, 0.05, 0.0, 0.0, 0.0, 0.0, 0.0, float(rate_exponent_min))
+    upper = (64.0, 1.0, 1.0, 5.0, 5.0, 1.0, 0.5, 4.0)
     for _ in range(refine):
         for i, h in enumerate(steps):
             for sign in ((-1, 1) if h > 0 else ()):
@@ -350,7 +355,8 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
                slice_grid=SLICE_GRID_S, two_way: tuple[float, float] | None = None,
                a2a_cpu_grid: tuple = (0.0,), a2a_cpu_last_arriver_grid: tuple | None = None,
                step_release_spread: float | None = None, compute_first: bool = False, a2a_phase: bool = False,
-               rate_exponent_grid: tuple = (0.0,), pool_held: str | None = None, a2a_cpu_overlap: bool = False):
+               rate_exponent_grid: tuple = (0.0,), pool_held: str | None = None, a2a_cpu_overlap: bool = False,
+               rate_exponent_min: float | None = None):
     """Fit ``receiver_wait_s``, the shaped-link two-way penalty b, its peer-host term c and the
     usable token-bucket burst of ``cal.profile`` on the step times of ``run_paths`` (multi-rank
     testbed runs: the fit configurations). c is fitted only when the shaped fit runs include both
@@ -397,7 +403,9 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
     point, g by the compute phases and the CPU by the last arriver, until g no longer moves (at most
     ``MAX_ALTERNATIONS`` times again), and the rest is refitted once with both held. ``a2a_cpu_overlap``
     (shared cores, with All-to-All CPU): a rank's All-to-All CPU runs beside the call's transfer from
-    its arrival, and the call returns when both are done (:class:`moesim.engine.SimOptions`)."""
+    its arrival, and the call returns when both are done (:class:`moesim.engine.SimOptions`).
+    ``rate_exponent_min`` (with a rate exponent grid): γ is never below it, the grid's values below it
+    dropped (e.g. 0: a loss that does not grow with the rate, as the rate sweeps measure)."""
     from moesim.validate.core import REAL_BACKEND_BUCKET_BYTES, RunSpec, group_repeats, load_run
     bucket = bucket_bytes or REAL_BACKEND_BUCKET_BYTES
     prof = cal.profile
@@ -432,6 +440,15 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
         raise MoesimError("fitting the All-to-All phase times is part of the shared-core fit (patterns)")
     rate_exponent_grid = tuple(float(v) for v in rate_exponent_grid)
     rate_dependent = len(rate_exponent_grid) > 1 or rate_exponent_grid[0] != 0.0
+    if rate_exponent_min is not None:
+        if not rate_dependent:
+            raise MoesimError("a least rate exponent bounds a two-way loss that depends on the rate: it needs a rate "
+                              "exponent grid")
+        kept = tuple(v for v in rate_exponent_grid if v >= float(rate_exponent_min))
+        if len(kept) < 2:
+            raise MoesimError(f"rate_exponent_min {rate_exponent_min!r} leaves {len(kept)} value(s) of the rate "
+                              f"exponent grid {list(rate_exponent_grid)}; two or more are needed")
+        rate_exponent_grid = kept
     if rate_dependent and not patterns:
         raise MoesimError("a two-way loss that depends on the rate is fitted on shared cores: it needs the "
                           "shared-core fit (patterns)")
@@ -477,7 +494,8 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
         def fit_at(q: float):
             return _fit_pool(runs, prof, grids, len(penalties) > 1, len(peers) > 1, bursts, refine, q, pairwise_a2a,
                              two_way if has_nic else None, a2a_cpu_grid, a2a_phase=a2a_phase,
-                             rate_exponent_grid=rate_exponent_grid)
+                             rate_exponent_grid=rate_exponent_grid,
+                             **({} if rate_exponent_min is None else {"rate_exponent_min": float(rate_exponent_min)}))
         skew = None
         if time_slice_s is None:   # the scheduler's slice from the measured rank skew, then refit at it
             time_slice_s, (best, pred, evaluations), skew = _slice_from_skew(runs, prof, fit_at, slice_grid,
@@ -510,7 +528,8 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
             best, pred, more = _fit_pool(runs, prof, grids, len(penalties) > 1, len(peers) > 1, bursts, refine,
                                          float(time_slice_s), pairwise_a2a, two_way if has_nic else None,
                                          a2a_cpu_grid, last_arriver=measured_last if last else None,
-                                         a2a_phase=a2a_phase, rate_exponent_grid=rate_exponent_grid)
+                                         a2a_phase=a2a_phase, rate_exponent_grid=rate_exponent_grid,
+                             **({} if rate_exponent_min is None else {"rate_exponent_min": float(rate_exponent_min)}))
             evaluations += more
         if last is not None:
             last["simulated_s"] = _simulated_last_arrivers(runs, prof, best, float(time_slice_s), pairwise_a2a,
@@ -549,7 +568,9 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
                            "are done) (compute_first: a released rank's compute goes ahead of it for one slice); see "
                            "moesim.engine.cpupool, moesim.engine.netbridge"}
         two_way_rate = ({"exponent": float(gamma), "reference_rate": reference_rate,
-                         "grid": list(rate_exponent_grid)} if rate_dependent and has_nic else None)
+                         "grid": list(rate_exponent_grid),
+                         **({} if rate_exponent_min is None else {"min": float(rate_exponent_min)})}
+                        if rate_dependent and has_nic else None)
         return _write_fit(cal, prof, runs, pred, wait, penalty, peer, burst, configured, has_nic, evaluations, pool,
                           two_way_rate)
     if has_nic:   # the fixed share: no staggered release either
