@@ -200,6 +200,23 @@ def _synthetic_runs(tmp_path, names, truth, per_call=None) -> list:
     return paths
 
 
+def _with_simulated_compute_phases(paths: list, sim) -> list:
+    """``paths`` with each run's compute phase rows scaled so that they sum to the compute phases of
+    ``sim(run)`` (a simulated step), as measured ones would."""
+    import pandas as pd
+
+    from moesim.calibrate.insitu import _Run, predicted_compute
+    from moesim.phases import COMM_PHASES
+    from moesim.validate.core import RunSpec, load_run
+    for path in paths:
+        run = _Run([load_run(RunSpec(path))], 64 * 2**20)
+        df = pd.read_csv(path, skiprows=2)
+        comp = ~df["phase"].isin(COMM_PHASES + ("step",))
+        df.loc[comp, "seconds"] *= predicted_compute(sim(run)) / run.measured_compute
+        path.write_text("".join(path.read_text().splitlines(keepends=True)[:2]) + df.to_csv(index=False))
+    return paths
+
+
 def _a2a_cpu_truth():
     """The release patterns, the committed avx512-1r profile without its pool, and the simulation of a
     run at known shared-core parameters: 2 ms of CPU per All-to-All call, together start, (K, g) =
@@ -423,25 +440,15 @@ def test_alone_factor_set_by_the_fit_runs_compute_phases(tmp_path):
     profile records the observable; the grid's first fit alone (g over 0.6 / 0.9) cannot reach it."""
     import copy
 
-    import pandas as pd
-
     from moesim.calibrate.core import Calibration
-    from moesim.calibrate.insitu import _Run, fit_insitu, predicted_compute
-    from moesim.phases import COMM_PHASES
-    from moesim.validate.core import RunSpec, load_run
+    from moesim.calibrate.insitu import fit_insitu
     patterns, base, _ = _a2a_cpu_truth()
 
     def sim(run):
         return run.simulate(base, 0.005, 0.1, 0.0, 0.0, cpu_pool=True, pool_cores=2.0, alone_factor=0.7,
                             time_slice_s=0.03, pairwise_a2a=True)
     names = ("4x1-150mbit-cdac-k4.csv", "4x1-none-dcca-k4.csv", "2x2-400mbit-cdac-k4.csv")
-    paths = _synthetic_runs(tmp_path, names, lambda run: sim(run).step_time_s)
-    for path in paths:             # the compute phase rows scaled to the simulated compute phases
-        run = _Run([load_run(RunSpec(path))], 64 * 2**20)
-        df = pd.read_csv(path, skiprows=2)
-        comp = ~df["phase"].isin(COMM_PHASES + ("step",))
-        df.loc[comp, "seconds"] *= predicted_compute(sim(run)) / run.measured_compute
-        path.write_text("".join(path.read_text().splitlines(keepends=True)[:2]) + df.to_csv(index=False))
+    paths = _with_simulated_compute_phases(_synthetic_runs(tmp_path, names, lambda run: sim(run).step_time_s), sim)
 
     def fit(**kw):
         cal = Calibration(profile=copy.deepcopy(base), compute=None, contention=None, network=None)
@@ -468,23 +475,14 @@ def test_alone_factor_from_compute_phases_then_all_to_all_cpu_from_the_last_arri
     kept, the compute phases simulated at the final parameters."""
     import copy
 
-    import pandas as pd
-
     from moesim.calibrate.core import Calibration
-    from moesim.calibrate.insitu import _Run, fit_insitu, predicted_compute
+    from moesim.calibrate.insitu import fit_insitu
     from moesim.calibrate.skew import simulated_last_arriver
-    from moesim.phases import COMM_PHASES
-    from moesim.validate.core import RunSpec, load_run
     patterns, base, truth = _a2a_cpu_truth()
     names = ("4x1-150mbit-cdac-k4.csv", "4x1-150mbit-dcca-k4.csv", "4x1-none-dcca-k4.csv")
-    paths = _synthetic_runs(tmp_path, names, lambda run: truth(run).step_time_s,
-                            per_call=lambda run: simulated_last_arriver(truth(run)))
-    for path in paths:             # the compute phase rows scaled to the simulated compute phases
-        run = _Run([load_run(RunSpec(path))], 64 * 2**20)
-        df = pd.read_csv(path, skiprows=2)
-        comp = ~df["phase"].isin(COMM_PHASES + ("step",))
-        df.loc[comp, "seconds"] *= predicted_compute(truth(run)) / run.measured_compute
-        path.write_text("".join(path.read_text().splitlines(keepends=True)[:2]) + df.to_csv(index=False))
+    paths = _with_simulated_compute_phases(
+        _synthetic_runs(tmp_path, names, lambda run: truth(run).step_time_s,
+                        per_call=lambda run: simulated_last_arriver(truth(run))), truth)
     cal = Calibration(profile=copy.deepcopy(base), compute=None, contention=None, network=None)
     prof = fit_insitu(cal, paths, patterns=patterns, refine=0, burst_fractions=(0.0,), time_slice_s=0.03,
                       pool_grids=((1.5, 2.5), (0.6, 0.9), (0.005,), (0.1,), (0.0,)), pool_held="compute-phases",
