@@ -66,13 +66,15 @@ def test_groups_add_up_to_the_step(pc, px, mc, pc_step, mx, px_step):
         g = group_times(row)
         for side in ("measured_s", "predicted_s"):
             assert sum(v[side] for v in g.values()) == pytest.approx(row[side], abs=1e-9)
-        assert sum(g[k]["measured_s"] for k in GROUPS) == pytest.approx(sum(v["measured_s"] for v in row["phases"].values()))
+        phases = sum(v["measured_s"] for v in row["phases"].values())
+        assert sum(g[k]["measured_s"] for k in GROUPS) == pytest.approx(phases)
     (s,) = speedup_split(_report(c, x))
     for side in ("measured_s", "predicted_s"):
         parts = sum(s[g][side] for g in list(GROUPS) + ["outside"] if g in s)
         assert parts == pytest.approx(s["step"][side], abs=1e-9)
     same = {k: (m, m) for k, (m, _) in pc.items()}
-    (t,) = speedup_split(_report(_row("c.csv", mc, mc, same), _row("d.csv", mx, mx, {k: (m, m) for k, (m, _) in px.items()})))
+    same_x = {k: (m, m) for k, (m, _) in px.items()}
+    (t,) = speedup_split(_report(_row("c.csv", mc, mc, same), _row("d.csv", mx, mx, same_x)))
     assert all(abs(t[g]["speedup_error_alone"]) < 1e-12 for g in list(GROUPS) + ["outside"] if g in t)
     for g in list(GROUPS) + ["outside"]:   # defined wherever the substituted steps stay positive
         if g in s and s[g]["speedup_error_alone"] is None:
@@ -96,6 +98,6 @@ def test_cli_prints_the_split_of_the_committed_campaign(capsys):
     m, p = (int(v) for v in a2a.split("/"))
     assert abs(m) <= 10 < p
     assert len(step.split("/")) == 2
-    assert main(["validate", str(ROOT / "calibration" / "validation"), str(ROOT / "calibration" / "avx512" / "validation"),
-                 "--speedup-split"]) == 2
+    two = [str(ROOT / "calibration" / "validation"), str(ROOT / "calibration" / "avx512" / "validation")]
+    assert main(["validate", *two, "--speedup-split"]) == 2
     assert "--speedup-split: not available" in capsys.readouterr().err

@@ -449,6 +449,7 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
             raise MoesimError(f"rate_exponent_min {rate_exponent_min!r} leaves {len(kept)} value(s) of the rate "
                               f"exponent grid {list(rate_exponent_grid)}; two or more are needed")
         rate_exponent_grid = kept
+    gamma_floor = {} if rate_exponent_min is None else {"rate_exponent_min": float(rate_exponent_min)}
     if rate_dependent and not patterns:
         raise MoesimError("a two-way loss that depends on the rate is fitted on shared cores: it needs the "
                           "shared-core fit (patterns)")
@@ -494,8 +495,7 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
         def fit_at(q: float):
             return _fit_pool(runs, prof, grids, len(penalties) > 1, len(peers) > 1, bursts, refine, q, pairwise_a2a,
                              two_way if has_nic else None, a2a_cpu_grid, a2a_phase=a2a_phase,
-                             rate_exponent_grid=rate_exponent_grid,
-                             **({} if rate_exponent_min is None else {"rate_exponent_min": float(rate_exponent_min)}))
+                             rate_exponent_grid=rate_exponent_grid, **gamma_floor)
         skew = None
         if time_slice_s is None:   # the scheduler's slice from the measured rank skew, then refit at it
             time_slice_s, (best, pred, evaluations), skew = _slice_from_skew(runs, prof, fit_at, slice_grid,
@@ -508,7 +508,7 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
                                                             ALONE_FROM_PHASES_GRID)
             best = best[:1] + (alone,) + best[2:]
         if a2a_cpu_last_arriver_grid is not None:   # the All-to-All CPU from the last arriver
-            while True:   # with both observables, in turn until neither moves (each shifts the other's match)
+            while True:   # with both observables, in turn until g holds (each shifts the other's match)
                 cpu, measured_last, last = _a2a_cpu_from_last_arriver(runs, prof, best, float(time_slice_s),
                                                                       pairwise_a2a, a2a_cpu_last_arriver_grid)
                 best = best[:6] + (cpu,) + best[7:]
@@ -528,8 +528,7 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
             best, pred, more = _fit_pool(runs, prof, grids, len(penalties) > 1, len(peers) > 1, bursts, refine,
                                          float(time_slice_s), pairwise_a2a, two_way if has_nic else None,
                                          a2a_cpu_grid, last_arriver=measured_last if last else None,
-                                         a2a_phase=a2a_phase, rate_exponent_grid=rate_exponent_grid,
-                             **({} if rate_exponent_min is None else {"rate_exponent_min": float(rate_exponent_min)}))
+                                         a2a_phase=a2a_phase, rate_exponent_grid=rate_exponent_grid, **gamma_floor)
             evaluations += more
         if last is not None:
             last["simulated_s"] = _simulated_last_arrivers(runs, prof, best, float(time_slice_s), pairwise_a2a,
@@ -564,9 +563,9 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
                            "across hosts, over that fraction, measured in steps by moesim.calibrate.arrivals); "
                            "a2a_cpu_s (when fitted): the alone CPU work each "
                            "member rank of an All-to-All then runs on the shared cores once its data has landed "
-                           "(a2a_cpu_overlap: from its arrival, beside the transfer; the call returns when both "
-                           "are done) (compute_first: a released rank's compute goes ahead of it for one slice); see "
-                           "moesim.engine.cpupool, moesim.engine.netbridge"}
+                           "(with a2a_cpu_overlap: from its arrival, beside the transfer, the call returning when "
+                           "both are done; with compute_first: a released rank's compute goes ahead of it for one "
+                           "slice); see moesim.engine.cpupool, moesim.engine.netbridge"}
         two_way_rate = ({"exponent": float(gamma), "reference_rate": reference_rate,
                          "grid": list(rate_exponent_grid),
                          **({} if rate_exponent_min is None else {"min": float(rate_exponent_min)})}

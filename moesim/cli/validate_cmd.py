@@ -133,7 +133,7 @@ def _print_speedup_split(split: list[dict]) -> None:
         cells = []
         for g in groups:
             v = s.get(g)
-            alone = v and v["speedup_error_alone"]
+            alone = None if v is None else v["speedup_error_alone"]
             cells.append("-" if v is None else f"{1e3 * v['measured_s']:+.0f}/{1e3 * v['predicted_s']:+.0f} "
                          + ("(-)" if alone is None else f"({100 * alone:+.1f}%)"))
         step = f"{1e3 * s['step']['measured_s']:+.0f}/{1e3 * s['step']['predicted_s']:+.0f}"

@@ -9,8 +9,8 @@ process, runs of compute ops share the cores (:mod:`moesim.engine.cpupool`), All
 over shaped links are released staggered (:mod:`moesim.engine.netbridge`), and a profile's
 ``a2a_cpu_s`` is CPU work each released member runs in the pool before its All-to-All returns (booked
 to the All-to-All's wait span; with ``a2a_cpu_overlap`` it runs from the rank's arrival, beside the
-transfer, and the call returns when both are done); with ``compute_first`` the compute of released ranks goes ahead of it
-for a slice (:class:`moesim.engine.cpupool.CorePool`).
+transfer, and the call returns when both are done); with ``compute_first`` the compute of released
+ranks goes ahead of it for a slice (:class:`moesim.engine.cpupool.CorePool`).
 
 Simplifications (documented in README): a collective completes for all its members at once (when
 its last flow lands; staggered All-to-Alls aside), every group of one SPMD collective starts
@@ -63,8 +63,8 @@ class SimOptions:
     first slice; default off), and ``a2a_cpu_overlap`` does (that All-to-All CPU runs from the rank's
     arrival at the call, beside its transfer, and the rank returns when both its data has landed and
     the CPU is done: gloo's threads take the data as it comes, and the kernel moves it while they wait
-    for a core; default off: after the data). ``continuous_bucket`` overrides how the profile's shaped links account
-    their token buckets (True: continuously, False: per stage; :mod:`moesim.network.fluid`)."""
+    for a core; default off: after the data). ``continuous_bucket`` overrides how the profile's shaped
+    links account their token buckets (True: continuously, False: per stage; :mod:`moesim.network.fluid`)."""
 
     a2a_algorithm: str = "direct"
     bucket_bytes: float = DEFAULT_BUCKET_BYTES
@@ -203,7 +203,8 @@ class Simulation:
         cpu_jobs: dict[tuple, simpy.Event] = {}   # overlap: (cid, class) -> its All-to-All CPU job
 
         def a2a_cpu_of(cid: int, rank: int) -> float:
-            """Alone CPU seconds ``rank`` spends in All-to-All ``cid`` after its data has landed."""
+            """Alone CPU seconds ``rank`` spends in All-to-All ``cid`` (after its data has landed, or beside
+            the transfer with ``a2a_cpu_overlap``)."""
             spec = prog.collectives[cid]
             if a2a_cpu <= 0 or spec.op != "all_to_all":
                 return 0.0
