@@ -533,7 +533,7 @@ def fit_insitu(cal, run_paths: list, bucket_bytes: float | None = None, burst_s:
         if last is not None:
             last["simulated_s"] = _simulated_last_arrivers(runs, prof, best, float(time_slice_s), pairwise_a2a,
                                                            measured_last)
-        if from_phases:   # the compute phases at the final parameters
+        if from_phases is not None:   # the compute phases at the final parameters
             from_phases["simulated_s"] = {r.files[0]: predicted_compute(r.simulate_pool(prof, best, float(time_slice_s),
                                                                                         pairwise_a2a))
                                           for r in runs}

@@ -122,13 +122,11 @@ def _print_call_times(rows: list[dict]) -> None:
 def _print_speedup_split(split: list[dict]) -> None:
     """Per pair, CDAC - DCCA per step by phase group, measured/predicted, and the speedup error each
     group alone would cause (:mod:`moesim.validate.speedupsplit`)."""
-    from moesim.validate.speedupsplit import GROUPS
-    groups = [g for g in list(GROUPS) + ["outside"] if any(g in s for s in split)]
-    names = {"all_to_all": "All-to-All", "grad_allreduce": "all-reduce", "other_comm": "other comm",
-             "compute": "compute", "outside": "outside phases"}
+    from moesim.validate.speedupsplit import LABELS
+    groups = [g for g in LABELS if any(g in s for s in split)]
     print("CDAC - DCCA per step, measured/predicted (ms), with the speedup error each group alone would cause "
           "(the rest of both steps as measured)")
-    print(f"{'pair':24s} {'role':8s} {'step':>11s} " + " ".join(f"{names[g]:>21s}" for g in groups))
+    print(f"{'pair':24s} {'role':8s} {'step':>11s} " + " ".join(f"{LABELS[g]:>21s}" for g in groups))
     for s in split:
         cells = []
         for g in groups:

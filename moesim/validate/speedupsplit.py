@@ -23,6 +23,9 @@ from moesim.validate.a2acost import A2A_PHASES
 GROUPS = {"all_to_all": A2A_PHASES, "grad_allreduce": ("grad_allreduce",),
           "other_comm": tuple(p for p in COMM_PHASES if p not in A2A_PHASES and p != "grad_allreduce"),
           "compute": None}
+#: how each part is named in printed tables (the groups, and the time outside every phase)
+LABELS = {"all_to_all": "All-to-All", "grad_allreduce": "all-reduce", "other_comm": "other comm",
+          "compute": "compute", "outside": "outside phases"}
 
 
 def group_times(row: dict) -> dict:
