@@ -114,11 +114,24 @@ def test_two_campaigns_judged_together(capsys):
             assert conf["signed_errors"][camp["name"]] == pytest.approx(p["predicted_speedup"] / p["measured_speedup"] - 1)
     assert rep["total"]["pairs"] == 24
     assert rep["total"]["within_target"] == sum(c["within_target"] for c in rep["campaigns"])
+    # both are AVX2 campaigns of the same configurations: each one's replicate prediction of a pair is
+    # the other's measured speedup (moesim.validate.replicates)
+    floor = rep["replicate_floor"]
+    assert [c["machine_class"] for c in floor["campaigns"]] == ["AVX2+FMA, 2 cores"] * 2
+    assert floor["total"]["pairs"] == 24
+    measured = {name: {p["label"]: p["measured_speedup"] for p in r["pairs"]} for name, r in rep["reports"].items()}
+    for p in floor["pairs"]:
+        (other,) = (n for n in measured if n != p["campaign"])
+        assert p["peers"] == {other: measured[other][p["label"]]}
+        assert p["signed_error"] == pytest.approx(measured[other][p["label"]] / p["measured_speedup"] - 1, rel=1e-12)
     # the CLI prints the same totals, and refuses what a single campaign's report alone can do
     assert main(["validate", str(VAL), str(OTHER)]) == 0
     out = capsys.readouterr().out
     assert f"all 2 campaigns: {rep['total']['within_target']} of 24 held-out pairs within target" in out
     assert "4x1 400Mbit k2" in out and "over under" in out
+    f = floor["total"]
+    assert (f"replicate floor: {f['within_target']} of 24 held-out pairs within target, mean error "
+            f"{100 * f['mean_error']:.2f}%") in out
     groups = {g["group"]: g for g in rep["phase_groups"]}
     assert groups["compute"]["rows"] == groups["all_to_all"]["rows"] == 48      # 24 held-out per campaign
     assert f"all_to_all mean |e| {100 * groups['all_to_all']['mean_error']:.1f}%" in out

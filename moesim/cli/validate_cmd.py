@@ -280,6 +280,7 @@ def _run_across(args: argparse.Namespace, dirs: list) -> int:
         print(f"all {t['campaigns']} campaigns: {t['within_target']} of {t['pairs']} held-out pairs within target; "
               f"mean error {100 * t['mean_error']:.2f}%, mean signed {100 * t['mean_signed_error']:+.2f}%, "
               f"worst {100 * t['max_error']:.1f}%")
+    _print_replicate_floor(rep.get("replicate_floor"), t)
     if args.a2a_cost:
         _print_overlap_across(rep["reports"])
     if rep.get("phase_groups"):
@@ -287,6 +288,32 @@ def _run_across(args: argparse.Namespace, dirs: list) -> int:
               + "; ".join(f"{g['group']} mean |e| {100 * g['mean_error']:.1f}%, signed {100 * g['mean_signed_error']:+.1f}% "
                           f"({g['rows']} rows)" for g in rep["phase_groups"]))
     return 0
+
+
+def _print_replicate_floor(floor: dict | None, model: dict) -> None:
+    """Per campaign, the held-out pairs the other campaigns of its machine class predict within target,
+    and the total beside the model's."""
+    if not floor or not floor["total"]["pairs"]:
+        print("replicate floor: no campaign has another of its machine class that measured its configurations")
+        return
+    print("replicate floor, no model: each held-out pair predicted by the geometric mean of its configuration's "
+          "measured speedups in the other campaigns of its machine class (moesim.validate.replicates)")
+    width = max(34, max(len(c["name"]) for c in floor["campaigns"]) + 1)
+    print(f"{'campaign':{width}s} {'machine class':20s} {'pairs ok':>9s} {'mean':>6s} {'signed':>7s}  worst pair")
+    for c in floor["campaigns"]:
+        if not c["pairs"]:
+            print(f"{c['name']:{width}s} {str(c['machine_class']):20s} {'no other campaign of its class':>9s}")
+            continue
+        print(f"{c['name']:{width}s} {str(c['machine_class']):20s} {c['within_target']:>4d} of {c['pairs']:<2d} "
+              f"{100 * c['mean_error']:5.1f}% {100 * c['mean_signed_error']:+6.1f}%  "
+              f"{c['worst']['label']} {100 * c['worst']['error']:.1f}%")
+    f = floor["total"]
+    line = (f"replicate floor: {f['within_target']} of {f['pairs']} held-out pairs within target, mean error "
+            f"{100 * f['mean_error']:.2f}%, worst {100 * f['max_error']:.1f}%")
+    if model.get("pairs"):
+        line += (f" (the model: {model['within_target']} of {model['pairs']}, mean error {100 * model['mean_error']:.2f}%, "
+                 f"worst {100 * model['max_error']:.1f}%)")
+    print(line)
 
 
 def _print_overlap(fit: dict) -> None:

@@ -39,6 +39,12 @@ def campaign_dirs(paths: Sequence[str | os.PathLike]) -> list[Path] | None:
     return ps
 
 
+def speedup_target(report: dict) -> float:
+    """The speedup-error target of a campaign's report: its manifest's ``targets.speedup_error``, else
+    :data:`DEFAULT_SPEEDUP_TARGET`."""
+    return float((report.get("targets") or {}).get("speedup_error", DEFAULT_SPEEDUP_TARGET))
+
+
 def summarise_across(reports: Sequence[tuple[str, dict]]) -> dict:
     """Aggregate :func:`moesim.validate.validate` reports, one per campaign (name, report), over
     their held-out speedup pairs. Returns ``campaigns`` (per campaign: held-out MAPE and max error,
@@ -50,7 +56,7 @@ def summarise_across(reports: Sequence[tuple[str, dict]]) -> dict:
     campaigns, configs, all_signed = [], {}, []
     within_total = 0
     for name, rep in reports:
-        target = float((rep.get("targets") or {}).get("speedup_error", DEFAULT_SPEEDUP_TARGET))
+        target = speedup_target(rep)
         held = [p for p in rep["pairs"] if p["role"] == "heldout"]
         signed = [p["predicted_speedup"] / p["measured_speedup"] - 1.0 for p in held]
         errs = [p["error"] for p in held]
@@ -112,7 +118,8 @@ def phase_groups(reports) -> list[dict]:
 def validate_across(dirs: Sequence[str | os.PathLike], **kwargs) -> dict:
     """Validate every campaign directory (``kwargs`` as :func:`moesim.validate.validate`; no
     ``profile`` or ``topology`` override: each campaign brings its own) and summarise them
-    (:func:`summarise_across`); the per-campaign reports are under ``reports`` by name (the
+    (:func:`summarise_across`), with the campaigns' replicate floor under ``replicate_floor``
+    (:mod:`moesim.validate.replicates`); the per-campaign reports are under ``reports`` by name (the
     directory's path as given)."""
     from moesim.validate.core import validate
     for k in ("profile", "topology"):
@@ -120,7 +127,9 @@ def validate_across(dirs: Sequence[str | os.PathLike], **kwargs) -> dict:
             raise MoesimError(f"several campaigns are judged with their own profiles and topologies; "
                               f"{k} cannot be overridden for all of them")
         kwargs.pop(k, None)
+    from moesim.validate.replicates import machine_class, replicate_floor
     reports = [(str(d), validate([d], **kwargs)) for d in dirs]
     out = summarise_across(reports)
+    out["replicate_floor"] = replicate_floor([(name, machine_class(d), rep) for d, (name, rep) in zip(dirs, reports)])
     out["reports"] = dict(reports)
     return out

@@ -14,6 +14,7 @@ held-out runs.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -138,6 +139,12 @@ def config_key(cfg, tb: dict) -> tuple:
     return (tb["hosts"], tb["ranks_per_host"], tb["rate_bits"],
             json.dumps({k: v for k, v in cfg.to_dict().items() if k != "moe"}, sort_keys=True),
             json.dumps({k: v for k, v in cfg.to_dict()["moe"].items() if k != "structure"}, sort_keys=True))
+
+
+def workload_id(key: tuple) -> str:
+    """A short stable name of a :func:`config_key`: the same configuration (testbed, rate, model,
+    routing, batch) measured in two campaigns has the same id, so their pairs can be compared."""
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:12]
 
 
 @dataclass
@@ -354,7 +361,8 @@ def summarise(rows: list, prof, camp: Campaign) -> dict:
             per_run = [a / b for a, b in zip(c.get("measured_runs_s", [c["measured_s"]]),
                                              x.get("measured_runs_s", [x["measured_s"]]))]
             pairs.append({"label": c["label"].replace(" cdac", ""), "role": "heldout" if (c["role"] == x["role"] == "heldout")
-                          else "fit", "cdac_file": c["file"], "dcca_file": x["file"], "measured_speedup": ms,
+                          else "fit", "workload": workload_id(key),
+                          "cdac_file": c["file"], "dcca_file": x["file"], "measured_speedup": ms,
                           "measured_speedup_runs": per_run, "predicted_speedup": ps, "error": abs(ps - ms) / ms})
     for r in rows:
         r.pop("_key", None)
