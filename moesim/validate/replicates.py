@@ -55,7 +55,7 @@ def replicate_floor(campaigns: Sequence[tuple[str, str | None, dict]]) -> dict:
     with a replicate prediction, how many within the target, mean absolute and mean signed replicate
     error, the worst pair), ``pairs`` (every held-out pair with a replicate prediction: campaign,
     label, measured speedup, the peers' measured speedups, replicate prediction and signed error)
-    and ``total`` over all campaigns (None means where no pair had a replicate)."""
+    and ``total`` over all campaigns (its means None when no pair has a replicate prediction)."""
     from moesim.validate.across import speedup_target
     measured: dict = {}   # (class, workload) -> {campaign: measured speedup}
     for name, cls, rep in campaigns:
