@@ -82,3 +82,21 @@ def test_machine_class_of_committed_campaigns(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({
         "runs": [{"file": "x.csv"}], "profile": str(ROOT / "calibration" / "h200-sxm-measured.yaml")}))
     assert machine_class(tmp_path) is None
+
+
+def test_replicate_floor_printed(capsys):
+    """The CLI's lines: per campaign its count, a campaign without peers said as such, the total beside
+    the model's; and one line when no campaign has a peer."""
+    from moesim.cli.validate_cmd import _print_replicate_floor
+    floor = replicate_floor([("a1", "A", _report([_pair("w", "w", 1.0)])), ("a2", "A", _report([_pair("w", "w", 1.21)])),
+                             ("b", "B", _report([_pair("w", "w", 2.0)]))])
+    _print_replicate_floor(floor, {"pairs": 3, "within_target": 2, "mean_error": 0.05, "max_error": 0.12})
+    lines = {ln.split()[0]: ln for ln in capsys.readouterr().out.splitlines()}
+    assert "0 of 1" in lines["a1"] and "+21.0%" in lines["a1"]          # 1.21 / 1.0 - 1: not within 10 %
+    assert "0 of 1" in lines["a2"] and "-17.4%" in lines["a2"]          # 1.0 / 1.21 - 1
+    assert "no other campaign of its class" in lines["b"]
+    out = "\n".join(lines.values())
+    assert ("replicate floor: 0 of 2 held-out pairs within target, mean error 19.18%, worst 21.0% "
+            "(the model: 2 of 3, mean error 5.00%, worst 12.0%)") in out
+    _print_replicate_floor(replicate_floor([("a", "A", _report([_pair("w", "w", 1.0)]))]), {"pairs": 0})
+    assert capsys.readouterr().out.startswith("replicate floor: no campaign has another of its machine class")
