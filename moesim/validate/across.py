@@ -19,12 +19,13 @@ from typing import Sequence
 import numpy as np
 
 from moesim.errors import MoesimError
+from moesim.validate.speedupsplit import GROUPS
 
 #: speedup-error target when a campaign's manifest names none (the issue's 10 %)
 DEFAULT_SPEEDUP_TARGET = 0.10
-#: phase groups judged across campaigns (:data:`moesim.phases.PHASES`; compute: every other phase)
-PHASE_GROUPS = {"all_to_all": ("dispatch", "combine"), "grad_allreduce": ("grad_allreduce",),
-                "other_comm": ("tp_comm",)}
+#: phase groups judged across campaigns: the speedup split's communication groups
+#: (:data:`moesim.validate.speedupsplit.GROUPS`; compute: every other phase)
+PHASE_GROUPS = {group: names for group, names in GROUPS.items() if names}
 
 
 def campaign_dirs(paths: Sequence[str | os.PathLike]) -> list[Path] | None:
@@ -122,12 +123,12 @@ def validate_across(dirs: Sequence[str | os.PathLike], **kwargs) -> dict:
     (:mod:`moesim.validate.replicates`); the per-campaign reports are under ``reports`` by name (the
     directory's path as given)."""
     from moesim.validate.core import validate
+    from moesim.validate.replicates import machine_class, replicate_floor
     for k in ("profile", "topology"):
         if kwargs.get(k):
             raise MoesimError(f"several campaigns are judged with their own profiles and topologies; "
                               f"{k} cannot be overridden for all of them")
         kwargs.pop(k, None)
-    from moesim.validate.replicates import machine_class, replicate_floor
     reports = [(str(d), validate([d], **kwargs)) for d in dirs]
     out = summarise_across(reports)
     out["replicate_floor"] = replicate_floor([(name, machine_class(d), rep) for d, (name, rep) in zip(dirs, reports)])
