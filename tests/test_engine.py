@@ -172,3 +172,31 @@ def test_profile_link_efficiency_scales_link_capacity(tmp_path):
     busy = lambda r: r.comm_by_phase()["dispatch"]["busy_s"]  # noqa: E731
     assert busy(b) == pytest.approx(2 * busy(a), rel=1e-9)
     assert (b.links()["capacity"] == 0.5e9).all()
+
+
+def test_mean_breakdown_weighs_every_rank_and_differs_from_the_critical_ranks_when_ranks_differ():
+    """Skewed routing (rank 0's experts get most tokens): rank 0 is a class of its own and the
+    critical one; the mean breakdown is each phase's seconds averaged over the 4 ranks (rank 0 once,
+    the class of ranks 1-3 three times), so it has less expert compute than rank 0's; each rank's
+    phases sum to the time its stream ends, so the mean sums to their mean."""
+    cfg = small(parallel__ep=4, model__hidden=256)
+    copies = np.array([[40.0, 1, 1, 1], [40, 1, 1, 1], [40, 1, 1, 1], [40, 1, 1, 1]]) * 16
+    res = simulate(cfg, emulated_testbed(hosts=4, ranks_per_host=1, link_bandwidth=1e10), "h100-sxm",
+                   SimOptions(a2a_copies=copies))
+    assert [list(m) for m in res.classes.members] == [[0], [1, 2, 3]] and res.critical_class == 0
+    per_class = [{} for _ in res.class_spans]
+    for d, spans in zip(per_class, res.class_spans):
+        for s in spans:
+            d[s.phase] = d.get(s.phase, 0.0) + (s.end - s.start)
+    mean = res.mean_breakdown_s
+    for phase in per_class[0]:
+        assert mean[phase] == pytest.approx((per_class[0][phase] + 3 * per_class[1][phase]) / 4, rel=1e-12)
+    assert sum(mean.values()) == pytest.approx((sum(per_class[0].values()) + 3 * sum(per_class[1].values())) / 4)
+    assert per_class[0]["experts"] > 1.05 * per_class[1]["experts"]
+    assert mean["experts"] < res.breakdown_s["experts"]
+
+
+def test_mean_breakdown_equals_the_critical_ranks_when_every_rank_does_the_same():
+    cfg = small(parallel__ep=2)
+    res = simulate(cfg, emulated_testbed(hosts=2, ranks_per_host=1, link_bandwidth=1e9), "h100-sxm")
+    assert res.mean_breakdown_s == pytest.approx(res.breakdown_s, rel=1e-12)

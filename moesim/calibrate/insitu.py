@@ -100,15 +100,17 @@ RATE_EXPONENT_LOWER = -2.0
 
 
 def predicted_compute(result) -> float:
-    """The compute phases' seconds in a simulated step (critical rank; every phase but the
-    communication ones, whose waits they exclude), as validation compares them."""
-    return float(sum(v for p, v in result.breakdown_s.items() if p not in COMM_PHASES))
+    """The compute phases' seconds in a simulated step (every phase but the communication ones,
+    whose waits they exclude), averaged over the ranks as a run's phase table gives them
+    (:attr:`moesim.engine.SimResult.mean_breakdown_s`; ``_Run.measured_compute`` is that mean too)."""
+    return float(sum(v for p, v in result.mean_breakdown_s.items() if p not in COMM_PHASES))
 
 
 def predicted_a2a(result) -> float:
-    """The All-to-All phase group's seconds in a simulated step (critical rank, waits included)."""
+    """The All-to-All phase group's seconds in a simulated step (waits included), averaged over the
+    ranks as a run's phase table gives them (:attr:`moesim.engine.SimResult.mean_breakdown_s`)."""
     from moesim.validate.a2acost import A2A_PHASES
-    bd = result.breakdown_s
+    bd = result.mean_breakdown_s
     return float(sum(bd.get(p, 0.0) for p in A2A_PHASES))
 
 

@@ -81,6 +81,22 @@ class SimResult:
             self._cache["breakdown"] = {k: float(v) for k, v in out.items()}
         return self._cache["breakdown"]
 
+    @property
+    def mean_breakdown_s(self) -> dict:
+        """Seconds per phase averaged over the ranks (each rank class weighted by its ranks): compute
+        ops plus the time a rank waits for a collective (attributed to its phase), as a real run's
+        phase table gives them (``real_backend.run``: the mean over ranks). Sums to the mean over
+        ranks of the time their compute streams end, not to the step time."""
+        if "mean_breakdown" not in self._cache:
+            out = dict.fromkeys(PHASES, 0.0)
+            sizes = [len(m) for m in self.classes.members]
+            for spans, size in zip(self.class_spans, sizes):
+                for s in spans:
+                    out[s.phase] = out.get(s.phase, 0.0) + size * (s.end - s.start)
+            total = float(sum(sizes)) or 1.0
+            self._cache["mean_breakdown"] = {k: float(v) / total for k, v in out.items()}
+        return self._cache["mean_breakdown"]
+
     def _waits(self, phase: str | None = None) -> float:
         return float(sum(s.end - s.start for s in self.class_spans[self.critical_class]
                          if s.name.startswith("wait:") and (phase is None or s.phase == phase)))
