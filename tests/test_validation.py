@@ -373,7 +373,7 @@ def test_simulated_run_validates_exactly(tmp_path, capsys):
     cfg = load_config(str(ROOT / "real_backend/configs/small-gpt.yaml"), over)
     topo = Topology(testbed_graph(2, 2, 100e6))
     res = simulate(cfg, topo, "h100-sxm", SimOptions(bucket_bytes=REAL_BACKEND_BUCKET_BYTES))
-    phases = {k: v for k, v in res.breakdown_s.items() if v > 0}
+    phases = {k: v for k, v in res.mean_breakdown_s.items() if v > 0}
     p = _run_table(tmp_path / "sim.csv", over, res.step_time_s, phases)
     rep = validate([p], profile="h100-sxm")
     row = rep["rows"][0]

@@ -4,7 +4,8 @@ testbed topology with the profile's calibrated links) and compare step and phase
 Measured numbers from a ``real_backend.run`` table: the step time is the median over steps of the
 mean over ranks of the ``step`` rows; a phase's time is the median over steps of the mean over
 ranks of the phase's seconds (forward and backward summed). Predicted: ``SimResult.step_time_s``
-and ``SimResult.breakdown_s`` (the critical rank; waits count to the collective's phase).
+and ``SimResult.mean_breakdown_s`` (the mean over ranks as well; waits count to the collective's
+phase).
 
 Repeated runs of one configuration form one row: its measured times are the medians over the
 runs, and each DCCA-over-CDAC speedup is the ratio of the medians (the per-round ratios are
@@ -257,7 +258,7 @@ def validate(paths: Sequence[str | os.PathLike], profile: str | None = None, top
         copies = mean_copies(runs) if measured_traffic else None
         res = simulate(cfg, topo, prof, SimOptions(bucket_bytes=bucket_bytes, a2a_copies=copies, **engine))
         meas_step, meas_ph, step_runs, steps = measured_config(runs)
-        pred_ph = res.breakdown_s
+        pred_ph = res.mean_breakdown_s   # like the measured phases: the mean over ranks
         phases = {}
         for ph in PHASES:
             m, p = meas_ph.get(ph, 0.0), float(pred_ph.get(ph, 0.0))

@@ -2,11 +2,11 @@
 phases were predicted exactly, i.e. with those phases' predicted times (s) replaced by their
 measured ones in both structures' step times.
 
-A diagnostic, not a model: it tells how much of a speedup error one phase could explain. It is only
-indicative, because the model books waiting in other phases than the runs do: a measured phase is
-the mean over the ranks and holds the wait of those that reach a collective early, a predicted
-phase is the critical rank's, which does not wait there; so taking one phase as measured can count
-a wait that the model already has in another phase.
+A diagnostic, not a model: it tells how much of a speedup error one phase could explain. Both
+sides give a phase as the mean over the ranks, with the wait of those that reach a collective
+early (``SimResult.mean_breakdown_s``); it is still only indicative, because the model may book a
+wait in another phase than the runs do, so taking one phase as measured can count a wait that the
+model already has elsewhere.
 """
 from __future__ import annotations
 

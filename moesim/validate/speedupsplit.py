@@ -4,15 +4,15 @@ difference CDAC - DCCA (s per step), measured and predicted, split by phase grou
 The groups are the All-to-Alls (``dispatch`` and ``combine``), the gradient all-reduce, other
 communication (``tp_comm``) and the compute (every other phase). The residual ``outside`` is the
 step less its phases: on the measured side the time a rank spends between timed phases, on the
-predicted side zero up to the critical rank's accounting. The group differences and ``outside`` add up
+predicted side the mean over ranks of the time a rank's stream ends before the step does (zero
+where every rank ends with the step). The group differences and ``outside`` add up
 to the step difference, so a group whose predicted difference is far from the measured one is
 where the model's speedup goes wrong. The speedup itself is a ratio, so one difference can matter
 more in a short step than in a long one: the error each group alone would cause is given as
 ``speedup_error_alone``. That is the signed error of the predicted speedup if only that group's
-predicted times were off, every other group taken as measured. Like
-:mod:`moesim.validate.counterfactual`, this only indicates: a measured phase is a mean over the
-ranks and holds the waiting of those that reach a collective early, a predicted one is the critical
-rank's.
+predicted times were off, every other group taken as measured. Both sides are means over the ranks;
+like :mod:`moesim.validate.counterfactual`, this only indicates, since the model may book a wait in
+another group than the runs do.
 """
 from __future__ import annotations
 
