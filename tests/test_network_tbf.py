@@ -283,3 +283,51 @@ def test_profile_carries_the_onset_to_the_topology_and_names_a_bad_one(tmp_path)
         path.write_text(yaml.safe_dump(data))
         with pytest.raises(InputFileError, match=r"bad\.yaml.*calibration\.links\.nic\.two_way_onset_s"):
             load_profile(path)
+
+
+@pytest.mark.parametrize("b", [0.2, 0.5])
+def test_active_two_way_accounting_frees_a_flow_once_its_reverse_flow_has_ended(b):
+    """A rank pair exchanging 3 MB one way and 1 MB back: by stage, the loss holds both flows until
+    the stage ends (3 MB at CAP / (1 + b)); with "active" accounting the 1 MB ends at (1 + b) MB /
+    CAP and the other 2 MB then move one-way at CAP. A uniform All-to-All, whose reverse flows end
+    together, takes the same time either way; an unknown accounting is refused."""
+    pair = C.p2p([0, 1], [1, 0], [3e6, 1e6])
+    stage = _time(_topo(two_way_penalty={"nic": b}), pair)
+    active = _time(_topo(two_way_penalty={"nic": b}, two_way_accounting="active"), pair)
+    assert stage == pytest.approx(3e6 * (1 + b) / CAP, rel=1e-9)
+    assert active == pytest.approx(1e6 * (1 + b) / CAP + 2e6 / CAP, rel=1e-9)
+    a2a = C.all_to_all(list(range(4)), 4e6)
+    assert _time(_topo(two_way_penalty={"nic": b}, peer_penalty={"nic": 0.1}, two_way_accounting="active"),
+                 a2a) == pytest.approx(_time(_topo(two_way_penalty={"nic": b}, peer_penalty={"nic": 0.1}), a2a),
+                                       rel=1e-12)
+    with pytest.raises(ValueError, match="two_way_accounting"):
+        FluidNetwork(_topo(two_way_accounting="sometimes"))
+
+
+def test_active_two_way_accounting_drops_peers_whose_flows_have_ended():
+    """Host 0 exchanges with hosts 1 and 2 as two pair stages (a pairwise All-to-All's last arriver),
+    host 2's share back small: by stage host 0's link keeps the peer term for both peers to the end;
+    with "active" accounting it loses it when host 2's flow ends, so the exchange ends sooner."""
+    b, c = 0.3, 0.2
+    colls = [("p1", C.p2p([0, 1], [1, 0], [2e6, 2e6]), 0.0), ("p2", C.p2p([0, 2], [2, 0], [2e6, 0.2e6]), 0.0)]
+    stage = _run(_topo(two_way_penalty={"nic": b}, peer_penalty={"nic": c}), colls)
+    active = _run(_topo(two_way_penalty={"nic": b}, peer_penalty={"nic": c}, two_way_accounting="active"), colls)
+    assert max(active.values()) < 0.95 * max(stage.values())
+    lp = LinkParams(efficiency=1.0, two_way_penalty=b, two_way_active=True)
+    assert LinkParams.from_dict(lp.to_dict()) == lp
+    topo = effective_topology(_topo(tc_rate_bits=8 * CAP), {"nic": lp})
+    assert topo.graph.graph.get("two_way_accounting") == "active"
+
+
+def test_a_profile_whose_two_way_active_is_not_a_flag_is_refused():
+    import yaml
+
+    from moesim.cost.profile import parse_profile
+    from moesim.errors import InputFileError
+    root = Path(__file__).resolve().parents[1]
+    d = yaml.safe_load((root / "calibration/cpu-testbed.yaml").read_text())
+    d["calibration"]["links"]["nic"]["two_way_active"] = "yes"
+    with pytest.raises(InputFileError, match=r"calibration\.links\.nic\.two_way_active' must be true or false"):
+        parse_profile(d, Path("p.yaml"))
+    d["calibration"]["links"]["nic"]["two_way_active"] = True
+    assert parse_profile(d, Path("p.yaml")).name

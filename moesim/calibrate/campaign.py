@@ -395,6 +395,10 @@ def main(argv: list[str] | None = None) -> int:
                          "its flows send, and stage runs take what it holds when they start), not per stage: "
                          "a rank pair of a pairwise All-to-All that starts while other pairs hold the link "
                          "still finds the tokens it gained (moesim.network.fluid)")
+    ap.add_argument("--two-way-active", action="store_true",
+                    help="shaped links' two-way loss holds a flow only while its reverse flow still sends (a "
+                         "rank pair of a pairwise All-to-All whose peer has sent its share runs one-way), not "
+                         "for the whole stage (moesim.network.fluid)")
     ap.add_argument("--two-way-rate", action="store_true",
                     help="shared-core model: the shaped links' two-way loss depends on the rate: b and c hold at "
                          "the fit runs' lowest tc rate and scale by (rate / that rate) ** -gamma, gamma fitted in "
@@ -583,7 +587,7 @@ def fit_command(out: str, name: str, patterns: str, a2a_start: str = "pairwise",
                 two_way_patterns: str | None = None, a2a_cpu: str = "none", release: str = "patterns",
                 compute_first: bool = False, continuous_bucket: bool = False, a2a_phase: bool = False,
                 two_way_rate: bool = False, pool: str = "fit", a2a_cpu_overlap: bool = False,
-                two_way_rate_min: float | None = None) -> str:
+                two_way_rate_min: float | None = None, two_way_active: bool = False) -> str:
     """The command that re-creates a campaign profile (options at their defaults left out)."""
     opts = "".join(f" {k} {shlex.quote(v)}" for k, v, default in
                    (("--name", name, "cpu-testbed"), ("--patterns", patterns, DEFAULT_PATTERNS),
@@ -596,7 +600,8 @@ def fit_command(out: str, name: str, patterns: str, a2a_start: str = "pairwise",
                    if v != default)
     flags = "".join(f for f, on in ((" --compute-first", compute_first), (" --continuous-bucket", continuous_bucket),
                                     (" --fit-a2a-phase", a2a_phase), (" --two-way-rate", two_way_rate),
-                                    (" --a2a-cpu-overlap", a2a_cpu_overlap)) if on)
+                                    (" --a2a-cpu-overlap", a2a_cpu_overlap),
+                                    (" --two-way-active", two_way_active)) if on)
     base = f"python -m {PROG} --out {out}{opts}{flags}"
     return f"{base}  (this fit alone: {base} --only calibrate)"
 
@@ -651,6 +656,11 @@ def finish(args, log, out: Path, mdir: Path, vdir: Path) -> int:
         if nic is None:
             raise SystemExit(f"{PROG}: --continuous-bucket: the fitted profile has no shaped (nic) links")
         nic["burst_continuous"] = True
+    if getattr(args, "two_way_active", False):
+        nic = cal.profile.get("calibration", {}).get("links", {}).get("nic")
+        if nic is None:
+            raise SystemExit(f"{PROG}: --two-way-active: the fitted profile has no shaped (nic) links")
+        nic["two_way_active"] = True
     if fit_runs:
         cal = fit_insitu(cal, fit_runs, patterns=[root / f for f in patterns] or None,
                          pairwise_a2a=a2a_start == "pairwise",
@@ -674,7 +684,8 @@ def finish(args, log, out: Path, mdir: Path, vdir: Path) -> int:
                                                        getattr(args, "fit_a2a_phase", False), two_way_rate,
                                                        getattr(args, "pool", "fit"),
                                                        getattr(args, "a2a_cpu_overlap", False),
-                                                       getattr(args, "two_way_rate_min", None))
+                                                       getattr(args, "two_way_rate_min", None),
+                                                       getattr(args, "two_way_active", False))
     if patterns:
         cal.profile["provenance"]["release_patterns"] = patterns
     write_profile(prof_path, cal.profile)

@@ -168,17 +168,17 @@ def _contention(path: Path, data: Mapping) -> dict:
 def _check_link_fields(path: Path, data: Mapping) -> None:
     """The per-class link fields read with the links by :func:`moesim.calibrate.profile_io.link_params`
     that the profile checks: ``calibration.links.CLASS.two_way_onset_s`` (s, the two-way loss's onset)
-    must be a number in [0, 1), ``burst_continuous`` true or false, ``two_way_rate_exponent`` a number
+    must be a number in [0, 1), ``burst_continuous`` and ``two_way_active`` true or false, ``two_way_rate_exponent`` a number
     that, unless 0, comes with a positive ``two_way_reference_rate`` (bytes/s)."""
     cal = data.get("calibration")
     links = cal.get("links") if isinstance(cal, Mapping) else None
     if not isinstance(links, Mapping):
         return
     for cls, lp in links.items():
-        if isinstance(lp, Mapping) and lp.get("burst_continuous") is not None \
-                and not isinstance(lp["burst_continuous"], bool):
-            raise InputFileError(path, f"field 'calibration.links.{cls}.burst_continuous' must be true or false, "
-                                       f"got {lp['burst_continuous']!r}")
+        for flag in ("burst_continuous", "two_way_active"):
+            if isinstance(lp, Mapping) and lp.get(flag) is not None and not isinstance(lp[flag], bool):
+                raise InputFileError(path, f"field 'calibration.links.{cls}.{flag}' must be true or false, "
+                                           f"got {lp[flag]!r}")
         if isinstance(lp, Mapping) and lp.get("two_way_rate_exponent") is not None:
             where = f"calibration.links.{cls}.two_way_rate_exponent"
             gamma = _num(path, where, lp["two_way_rate_exponent"], positive=False)

@@ -27,6 +27,15 @@ measures it: one-way fan-in, fan-out and rings keep 0.92-1.0 of the rate, two-wa
 0.6-0.8, less the more peer hosts: each direction's flows cross a second token bucket shared with
 other hosts' flows). An All-to-All is two-way; a ring of three or more ranks is not.
 
+Two-way accounting (optional, ``graph.graph["two_way_accounting"]``): ``"stage"`` (default) counts
+a flow as two-way for as long as its stage runs when the stage holds its reverse flow; ``"active"``
+only while the reverse flow still sends (explicit-flow stages, e.g. the rank pairs of a pairwise
+All-to-All; a uniform stage's reverse flows end together). The loss comes from each direction's
+ACKs queueing behind the other direction's data; once the reverse flow has ended, its link no longer
+holds data for them to queue behind, and the flow runs one-way. A rank that reaches a pairwise
+All-to-All last sends to every peer over its one link while each peer, done with the others, sends
+it one share over its own, so the peers' flows end first and the rest of its bytes move one-way.
+
 Onset of the two-way loss (optional, off unless ``graph.graph["two_way_onset_s"]`` maps a penalised
 class to ``H > 0`` s): such a link passes its full capacity for the first ``H`` seconds it carries
 two-way flows without a break, and the penalised capacity after that; the clock restarts once no
@@ -173,6 +182,11 @@ class FluidNetwork:
         # continuous: when the last runs took from the buckets, and which (they share again if more start then)
         self._burst_batch: tuple[float, list] = (-math.inf, [])
         self._cpu_bound = class_values(topology, "cpu_bound")
+        two_way_accounting = topology.graph.graph.get("two_way_accounting", "stage")
+        if two_way_accounting not in ("stage", "active"):
+            raise ValueError(f"graph attribute 'two_way_accounting' must be 'stage' or 'active', "
+                             f"got {two_way_accounting!r}")
+        self._two_way_active = two_way_accounting == "active"
 
     # -- public API ------------------------------------------------------------------------------
     def start(self, collective: Collective, key: Hashable, now: float, *, record_flows: bool = False) -> None:
@@ -465,7 +479,7 @@ class FluidNetwork:
     def _cold_links(self, runs: list[_StageRun]) -> tuple[np.ndarray, float]:
         """Onset bookkeeping at a solve: per link whether it carries two-way flows and is still within
         its onset (full capacity), and when the next such link turns penalised (absolute s; inf: none)."""
-        links = np.unique(np.concatenate([stage_two_way_links(self._book, self._two_way, r.stage)[0] for r in runs]))
+        links = np.unique(np.concatenate([self._run_two_way_links(r)[0] for r in runs]))
         carrying = np.zeros(self.topo.num_links, dtype=bool)
         carrying[links] = True
         since = self._two_way_since
@@ -480,7 +494,7 @@ class FluidNetwork:
         (``cold``: per link, still within its onset, so not penalised yet). A link's peer links are
         counted over every stage sending now (an All-to-All whose rank pairs start apart runs as
         several stages at once)."""
-        found = [stage_two_way_links(self._book, self._two_way, r.stage) for r in runs]
+        found = [self._run_two_way_links(r) for r in runs]
         links = np.unique(np.concatenate([f[0] for f in found]))
         pairs = np.concatenate([f[2] for f in found], axis=1)
         if pairs.shape[1]:
@@ -495,6 +509,16 @@ class FluidNetwork:
         cap = lo.capacity.copy()
         np.minimum.at(cap, lo.of_link, self.topo.link_capacity * g)
         return cap
+
+    def _run_two_way_links(self, r: _StageRun) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:func:`stage_two_way_links` of a run's stage; with ``"active"`` two-way accounting, of its
+        flows that still send (explicit-flow stages)."""
+        st = r.stage
+        if (not self._two_way_active or not isinstance(st, FlowStage) or r.active is None
+                or bool(r.active.all())):
+            return stage_two_way_links(self._book, self._two_way, st)
+        return pair_two_way_links(self._book, self._two_way, st.cell_src[r.active], st.cell_dst[r.active],
+                                  (st.signature, digest(np.packbits(r.active).tobytes())))
 
     def _entries(self, runs: list[_StageRun]):
         rows, cols, coef, offsets = [], [], [], [0]
@@ -675,21 +699,37 @@ def stage_two_way_links(book: CellBook, penalty: np.ndarray, stage: Stage) -> tu
     """(links, partners, pairs): the links with a two-way penalty that carry a flow of ``stage`` whose
     reverse flow is in the stage too, for each the number of other such links its two-way flows
     cross (the peer hosts' links), and those (link, other link) pairs (2 x n)."""
-    cache = book.__dict__.setdefault("_two_way", {})
-    hit = cache.get(stage.signature)
-    if hit is not None:
-        return hit
     if isinstance(stage, UniformStage):
+        cache = book.__dict__.setdefault("_two_way", {})
+        hit = cache.get(stage.signature)
+        if hit is not None:
+            return hit
         r = stage.ranks
         s, d = np.repeat(r, len(r)), np.tile(r, len(r))
         keep = s != d
-        s, d = s[keep], d[keep]
-    else:
-        s, d = stage.cell_src, stage.cell_dst
-        n = int(max(s.max(initial=0), d.max(initial=0))) + 1
-        pair = s * n + d
-        keep = np.isin(d * n + s, pair) & (s != d)
-        s, d = s[keep], d[keep]
+        cache[stage.signature] = out = _two_way_links_of(book, penalty, s[keep], d[keep])
+        return out
+    return pair_two_way_links(book, penalty, stage.cell_src, stage.cell_dst, stage.signature)
+
+
+def pair_two_way_links(book: CellBook, penalty: np.ndarray, src: np.ndarray, dst: np.ndarray,
+                       key: Hashable) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`stage_two_way_links` of the flows ``src`` -> ``dst`` (rank arrays): those whose reverse
+    flow is among them; cached on ``book`` under ``key``."""
+    cache = book.__dict__.setdefault("_two_way", {})
+    hit = cache.get(key)
+    if hit is not None:
+        return hit
+    s, d = np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64)
+    n = int(max(s.max(initial=0), d.max(initial=0))) + 1
+    keep = np.isin(d * n + s, s * n + d) & (s != d)
+    cache[key] = out = _two_way_links_of(book, penalty, s[keep], d[keep])
+    return out
+
+
+def _two_way_links_of(book: CellBook, penalty: np.ndarray, s: np.ndarray,
+                      d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(links, partners, pairs) of the two-way flows ``s`` -> ``d`` (see :func:`stage_two_way_links`)."""
     empty = np.zeros(0, dtype=np.int64)
     out = (empty, empty, np.zeros((2, 0), dtype=np.int64))
     if len(s):
@@ -714,7 +754,6 @@ def stage_two_way_links(book: CellBook, penalty: np.ndarray, stage: Stage) -> tu
                 both = both[:, both[0] != both[1]]
             counts = np.bincount(both[0], minlength=int(uniq.max()) + 1)[uniq]
             out = (uniq, counts.astype(np.int64), both.astype(np.int64))
-    cache[stage.signature] = out
     return out
 
 
