@@ -24,7 +24,10 @@ going on to the next as soon as its own call returns (no barrier between calls),
 many All-to-Alls a row holds, its times cover all of them (``goodput`` counts the bytes of every
 call), and ``release_mean_s`` is the mean over the ranks of their return from the last call, so
 ``release_mean_s / calls`` is what a call costs a rank on average in a train, the quantity a step's
-All-to-All phase times measure. Per call (medians over a row's calls): ``call_arrival_skew_s``, how
+All-to-All phase times measure. ``--late S`` (``all_to_all`` only): the last rank reaches the call S
+seconds after the others, as a step's last arriver does, so the others exchange among themselves
+first; ``call_after_last_arrival_s`` is then what the late rank's own exchanges cost, and ``goodput``
+counts the late rank's bytes over that time. Per call (medians over a row's calls): ``call_arrival_skew_s``, how
 far apart the ranks reached it; ``call_after_last_arrival_s``, from the last arrival to the last
 return; ``call_rank_mean_s``, a rank's mean time in it (for one-call patterns, from the barrier).
 """
@@ -40,7 +43,7 @@ from typing import Optional
 PROG = "real_backend.patterns"
 COLUMNS = ("pattern", "rep", "ranks", "bytes_per_pair", "pairs", "calls", "compute_matmuls", "bottleneck_bytes",
            "uneven", "seconds", "goodput", "release_first_s", "release_last_s", "release_mean_s", "release_spread",
-           "call_arrival_skew_s", "call_after_last_arrival_s", "call_rank_mean_s", "rate_bits",
+           "call_arrival_skew_s", "call_after_last_arrival_s", "call_rank_mean_s", "late_s", "rate_bits",
            "run_id", "host", "backend", "world_size")
 #: matmul size of ``--train-compute`` (square, fp32)
 COMPUTE_DIM = 128
@@ -127,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"fixed CPU work between the train's calls: {COMPUTE_DIM} x {COMPUTE_DIM} fp32 matmuls (default 0)")
     ap.add_argument("--uneven", type=float, default=1.0, metavar="F",
                     help="all_to_all and all_to_all_train: rank 0 sends and receives F x --bytes per peer (default 1)")
+    ap.add_argument("--late", type=float, default=0.0, metavar="S",
+                    help="all_to_all: the last rank enters the call S seconds after the others (default 0)")
     ap.add_argument("--timeout", type=float, default=300.0, help="collective timeout seconds")
     return ap
 
@@ -136,10 +141,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     names = [p.strip() for p in args.patterns.split(",") if p.strip()]
     bad = [p for p in names if p not in PATTERNS]
     if bad or args.bytes < 4 or args.reps < 1 or args.warmup < 0 or args.gap < 0 or args.train < 1 \
-            or args.train_compute < 0 or not args.uneven >= 1.0:
+            or args.train_compute < 0 or not args.uneven >= 1.0 or not 0.0 <= args.late < 60.0:
         print(f"{PROG}: error: " + (f"unknown pattern(s) {bad}" if bad else
                                     "--bytes >= 4, --reps >= 1, --warmup >= 0, --gap >= 0, --train >= 1, "
-                                    "--train-compute >= 0, --uneven >= 1"), file=sys.stderr)
+                                    "--train-compute >= 0, --uneven >= 1, 0 <= --late < 60"), file=sys.stderr)
         return 2
     import torch
     import torch.distributed as dist
@@ -173,6 +178,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         bneck = bottleneck_bytes(pairs, elems * 4, host_of, big * 4 if uneven > 1.0 else None)
         calls = args.train if name == "all_to_all_train" else 1
         work = args.train_compute if name == "all_to_all_train" else 0
+        late = args.late if name == "all_to_all" else 0.0
         for rep in range(args.warmup + args.reps):
             dist.barrier()
             time.sleep(args.gap)
@@ -181,6 +187,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             t0 = time.perf_counter()
             marks = torch.zeros(2 * calls, dtype=torch.float64)   # (arrival, return) of each call
             if name == "all_to_all":
+                if late and rank == world - 1:
+                    time.sleep(late)
+                arrived = time.time()
                 a2a()
             elif name == "all_to_all_train":
                 for call in range(calls):
@@ -202,7 +211,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             dist.barrier()
             dt = time.perf_counter() - t0
             if calls == 1:
-                marks[0], marks[1] = w0, w1
+                marks[0], marks[1] = (arrived if name == "all_to_all" else w0), w1
             stamps = torch.zeros(world, 2 + 2 * calls, dtype=torch.float64)
             stamps[rank, 0], stamps[rank, 1], stamps[rank, 2:] = w0, w1, marks
             dist.all_reduce(stamps)                  # every rank's times, outside the timing
@@ -214,10 +223,13 @@ def main(argv: Optional[list[str]] = None) -> int:
                              "pairs": len(pairs), "calls": calls, "compute_matmuls": work, "uneven": uneven,
                              "bottleneck_bytes": bneck,
                              "seconds": dt,
-                             "goodput": (calls * bneck / dt / (rate_bits / 8.0)) if rate_bits and bneck else None,
+                             "goodput": (None if not (rate_bits and bneck) else
+                                         calls * bneck / dt / (rate_bits / 8.0) if not late else
+                                         bneck / after_last / (rate_bits / 8.0) if after_last > 0 else None),
                              "release_first_s": first, "release_last_s": last, "release_mean_s": mean,
                              "release_spread": spread, "call_arrival_skew_s": skew,
                              "call_after_last_arrival_s": after_last, "call_rank_mean_s": rank_mean,
+                             "late_s": late,
                              "rate_bits": rate_bits or None, "world_size": world, "backend": backend})
     if rank == 0:
         meta = torch_meta("patterns", backend, "cpu", argv=list(argv if argv is not None else sys.argv[1:]),

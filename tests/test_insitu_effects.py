@@ -682,3 +682,19 @@ def test_campaign_holds_the_pool_measured_and_records_it():
     with pytest.raises(SystemExit) as exc:
         main(["--out", "x", "--only", "calibrate", "--pool", "guessed"])
     assert exc.value.code == 2
+
+
+@pytest.mark.torch
+def test_patterns_probe_late_rank_on_real_gloo(tmp_path):
+    """``--late 0.2``: the last rank reaches the All-to-All 0.2 s after the other, so the call's
+    arrival skew is about 0.2 s and its time after the last arrival is the late rank's own exchange
+    (small here); other patterns are not delayed; a negative delay is refused."""
+    df, _ = _run_patterns(tmp_path, "--patterns", "all_to_all,single", "--late", "0.2")
+    a2a = df[df["pattern"] == "all_to_all"]
+    assert (a2a["late_s"] == 0.2).all() and (df.loc[df["pattern"] == "single", "late_s"] == 0.0).all()
+    assert a2a["call_arrival_skew_s"].between(0.19, 0.5).all()
+    assert (a2a["call_after_last_arrival_s"] < 0.1).all() and (a2a["seconds"] >= 0.2).all()
+    bad = subprocess.run([sys.executable, "-m", "real_backend.patterns", "--out", str(tmp_path / "x.csv"),
+                          "--late", "-1"], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert bad.returncode == 2 and "--late" in bad.stderr
