@@ -26,8 +26,8 @@ call), and ``release_mean_s`` is the mean over the ranks of their return from th
 ``release_mean_s / calls`` is what a call costs a rank on average in a train, the quantity a step's
 All-to-All phase times measure. ``--late S`` (``all_to_all`` only): the last rank reaches the call S
 seconds after the others, as a step's last arriver does, so the others exchange among themselves
-first; ``call_after_last_arrival_s`` is then what the late rank's own exchanges cost, and ``goodput``
-counts the late rank's bytes over that time. Per call (medians over a row's calls): ``call_arrival_skew_s``, how
+first; ``call_after_last_arrival_s`` is then what the late rank's own exchanges cost, and
+``bottleneck_bytes`` and ``goodput`` count only the late rank's exchanges (over that time). Per call (medians over a row's calls): ``call_arrival_skew_s``, how
 far apart the ranks reached it; ``call_after_last_arrival_s``, from the last arrival to the last
 return; ``call_rank_mean_s``, a rank's mean time in it (for one-call patterns, from the barrier).
 """
@@ -179,6 +179,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         calls = args.train if name == "all_to_all_train" else 1
         work = args.train_compute if name == "all_to_all_train" else 0
         late = args.late if name == "all_to_all" else 0.0
+        if late:   # what the late rank's own exchanges put on the busiest host link (the others are done)
+            bneck = bottleneck_bytes([p for p in pairs if world - 1 in p], elems * 4, host_of,
+                                     big * 4 if uneven > 1.0 else None)
         for rep in range(args.warmup + args.reps):
             dist.barrier()
             time.sleep(args.gap)
