@@ -233,21 +233,27 @@ def test_an_onset_scan_finds_the_onset_a_train_was_made_with(capsys):
 
 
 def test_a_late_ranks_exchange_against_an_all_at_once_one_on_4x1_and_2x2():
-    """calibration/README.md ("A late rank's All-to-All"), 384 KiB per rank pair. On 4x1 a rank that
-    reaches the All-to-All 150 ms after the others (they have exchanged among themselves) moves its
-    bytes at a higher share of the tc rate than every host sending at once (median goodput 1.00
-    against 0.79 at 400 Mbit/s, 0.76 against 0.63 at 150); on 2x2 at a lower one (0.80 against 1.01,
-    0.61 against 0.98): what the link loses is not set by two-way traffic on it alone. The late
-    tables count only the late rank's exchanges on its host link (2 remote peers on 2x2)."""
+    """calibration/README.md ("A late rank's All-to-All"), 384 KiB per rank pair, two rounds of 7
+    repetitions. On 4x1 a rank that reaches the All-to-All 150 ms after the others (they have
+    exchanged among themselves) moves its bytes at a higher share of the tc rate than every host
+    sending at once (median goodput over both rounds 0.90 against 0.78 at 400 Mbit/s, 0.76 against
+    0.68 at 150); on 2x2 at a lower one (0.77 against 0.96, 0.61 against 0.96): what a link loses is
+    not set by two-way traffic on it alone. The late tables count only the late rank's exchanges on
+    its host link (2 remote peers on 2x2)."""
+    import pandas as pd
+
     from real_backend.results import read_table as rb_read
-    for layout, sign in (("4x1", 1), ("2x2", -1)):
+
+    def both_rounds(name: str) -> pd.DataFrame:
+        return pd.concat([rb_read(ROOT / f"calibration/patterns/{name}{r}.csv")[0] for r in ("", "-r2")])
+    for layout, sign, margin in (("4x1", 1, 0.05), ("2x2", -1, 0.15)):
         for rate in ("150mbit", "400mbit"):
-            late, _ = rb_read(ROOT / f"calibration/patterns/late-{layout}-{rate}-393216.csv")
-            together, _ = rb_read(ROOT / f"calibration/patterns/late-{layout}-{rate}-393216-together.csv")
+            late = both_rounds(f"late-{layout}-{rate}-393216")
+            together = both_rounds(f"late-{layout}-{rate}-393216-together")
             assert (late["late_s"] == 0.15).all() and (together["late_s"] == 0.0).all()
-            assert late["call_arrival_skew_s"].between(0.15, 0.2).all()
+            assert late["call_arrival_skew_s"].between(0.14, 0.2).all()      # 150 ms, less an early rank's lag
             assert together["call_arrival_skew_s"].median() < 0.005     # together (one rep may lag a slice)
             peers = 3 if layout == "4x1" else 2
             assert (late["bottleneck_bytes"] == peers * 393216).all()
             gap = late["goodput"].median() - together["goodput"].median()
-            assert sign * gap > 0.1, (layout, rate, gap)
+            assert sign * gap > margin, (layout, rate, gap)
