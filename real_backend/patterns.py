@@ -27,8 +27,8 @@ call), and ``release_mean_s`` is the mean over the ranks of their return from th
 All-to-All phase times measure. ``--late S`` (``all_to_all`` only): the last rank reaches the call S
 seconds after the others, as a step's last arriver does, so the others exchange among themselves
 first; ``call_after_last_arrival_s`` is then what the late rank's own exchanges cost, and
-``bottleneck_bytes`` and ``goodput`` count only the late rank's exchanges (over that time). Per call (medians over a row's calls): ``call_arrival_skew_s``, how
-far apart the ranks reached it; ``call_after_last_arrival_s``, from the last arrival to the last
+``bottleneck_bytes`` and ``goodput`` count only the late rank's exchanges (over that time). Per call
+(medians over a row's calls): ``call_arrival_skew_s``, how far apart the ranks reached it; ``call_after_last_arrival_s``, from the last arrival to the last
 return; ``call_rank_mean_s``, a rank's mean time in it (for one-call patterns, from the barrier).
 """
 from __future__ import annotations

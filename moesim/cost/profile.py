@@ -168,8 +168,9 @@ def _contention(path: Path, data: Mapping) -> dict:
 def _check_link_fields(path: Path, data: Mapping) -> None:
     """The per-class link fields read with the links by :func:`moesim.calibrate.profile_io.link_params`
     that the profile checks: ``calibration.links.CLASS.two_way_onset_s`` (s, the two-way loss's onset)
-    must be a number in [0, 1), ``burst_continuous`` and ``two_way_active`` true or false, ``two_way_rate_exponent`` a number
-    that, unless 0, comes with a positive ``two_way_reference_rate`` (bytes/s)."""
+    must be a number in [0, 1), ``burst_continuous`` and ``two_way_active`` true or false,
+    ``two_way_rate_exponent`` a number that, unless 0, comes with a positive ``two_way_reference_rate``
+    (bytes/s)."""
     cal = data.get("calibration")
     links = cal.get("links") if isinstance(cal, Mapping) else None
     if not isinstance(links, Mapping):

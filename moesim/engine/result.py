@@ -70,16 +70,24 @@ class SimResult:
     def tokens_per_s(self) -> float:
         return self.cfg.step_tokens / self.step_time_s if self.step_time_s > 0 else float("inf")
 
+    def _class_breakdowns(self) -> list[dict]:
+        """Per rank class, seconds per phase on its compute stream (compute ops plus the time it waits
+        for a collective, attributed to that collective's phase)."""
+        if "class_breakdowns" not in self._cache:
+            per = []
+            for spans in self.class_spans:
+                out = dict.fromkeys(PHASES, 0.0)
+                for s in spans:
+                    out[s.phase] = out.get(s.phase, 0.0) + (s.end - s.start)
+                per.append({k: float(v) for k, v in out.items()})
+            self._cache["class_breakdowns"] = per
+        return self._cache["class_breakdowns"]
+
     @property
     def breakdown_s(self) -> dict:
         """Seconds per phase on the critical rank's compute stream: compute ops, plus the time it
         waits for a collective (attributed to that collective's phase). Sums to the step time."""
-        if "breakdown" not in self._cache:
-            out = dict.fromkeys(PHASES, 0.0)
-            for s in self.class_spans[self.critical_class]:
-                out[s.phase] = out.get(s.phase, 0.0) + (s.end - s.start)
-            self._cache["breakdown"] = {k: float(v) for k, v in out.items()}
-        return self._cache["breakdown"]
+        return self._class_breakdowns()[self.critical_class]
 
     @property
     def mean_breakdown_s(self) -> dict:
@@ -88,13 +96,12 @@ class SimResult:
         phase table gives them (``real_backend.run``: the mean over ranks). Sums to the mean over
         ranks of the time their compute streams end, not to the step time."""
         if "mean_breakdown" not in self._cache:
-            out = dict.fromkeys(PHASES, 0.0)
             sizes = [len(m) for m in self.classes.members]
-            for spans, size in zip(self.class_spans, sizes):
-                for s in spans:
-                    out[s.phase] = out.get(s.phase, 0.0) + size * (s.end - s.start)
+            per = self._class_breakdowns()
             total = float(sum(sizes)) or 1.0
-            self._cache["mean_breakdown"] = {k: float(v) / total for k, v in out.items()}
+            phases = dict.fromkeys(k for bd in per for k in bd)
+            self._cache["mean_breakdown"] = {k: sum(n * bd.get(k, 0.0) for n, bd in zip(sizes, per)) / total
+                                             for k in phases}
         return self._cache["mean_breakdown"]
 
     def _waits(self, phase: str | None = None) -> float:

@@ -699,16 +699,9 @@ def stage_two_way_links(book: CellBook, penalty: np.ndarray, stage: Stage) -> tu
     """(links, partners, pairs): the links with a two-way penalty that carry a flow of ``stage`` whose
     reverse flow is in the stage too, for each the number of other such links its two-way flows
     cross (the peer hosts' links), and those (link, other link) pairs (2 x n)."""
-    if isinstance(stage, UniformStage):
-        cache = book.__dict__.setdefault("_two_way", {})
-        hit = cache.get(stage.signature)
-        if hit is not None:
-            return hit
+    if isinstance(stage, UniformStage):   # every ordered pair of its ranks: each flow's reverse is there
         r = stage.ranks
-        s, d = np.repeat(r, len(r)), np.tile(r, len(r))
-        keep = s != d
-        cache[stage.signature] = out = _two_way_links_of(book, penalty, s[keep], d[keep])
-        return out
+        return pair_two_way_links(book, penalty, np.repeat(r, len(r)), np.tile(r, len(r)), stage.signature)
     return pair_two_way_links(book, penalty, stage.cell_src, stage.cell_dst, stage.signature)
 
 
