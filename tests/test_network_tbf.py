@@ -331,3 +331,43 @@ def test_a_profile_whose_two_way_active_is_not_a_flag_is_refused():
         parse_profile(d, Path("p.yaml"))
     d["calibration"]["links"]["nic"]["two_way_active"] = True
     assert parse_profile(d, Path("p.yaml")).name
+
+
+@pytest.mark.parametrize("b,c", [(0.3, 0.2), (0.1, 0.4)])
+def test_shared_peer_accounting_charges_c_only_for_peer_links_other_hosts_flows_cross(b, c):
+    """Host 3 exchanges X with each of hosts 0-2 (a pairwise All-to-All's last arriver). Counting
+    every peer link ("all") its link carries rate / (1 + b + 2c); counting only the peer links that
+    other hosts' two-way flows also cross ("shared") none is, and it pays b alone. While hosts 0 and 1
+    also exchange (10 X each way, still sending when host 3 is done), two of its three peer links
+    are shared: 1 + b + 2c * 2/3. A uniform All-to-All among 4 hosts is the same either way."""
+    X = 1e6
+    late = C.p2p([3, 3, 3, 0, 1, 2], [0, 1, 2, 3, 3, 3], X)
+    pens = dict(two_way_penalty={"nic": b}, peer_penalty={"nic": c})
+    assert _time(_topo(**pens), late) == pytest.approx(3 * X * (1 + b + 2 * c) / CAP, rel=1e-9)
+    assert _time(_topo(**pens, peer_accounting="shared"), late) == pytest.approx(3 * X * (1 + b) / CAP, rel=1e-9)
+    colls = [("late", late, 0.0), ("pair", C.p2p([0, 1], [1, 0], 10 * X), 0.0)]
+    assert _run(_topo(**pens), colls)["late"] == pytest.approx(3 * X * (1 + b + 2 * c) / CAP, rel=1e-9)
+    assert _run(_topo(**pens, peer_accounting="shared"), colls)["late"] == pytest.approx(
+        3 * X * (1 + b + 2 * c * 2 / 3) / CAP, rel=1e-9)
+    a2a = C.all_to_all(list(range(4)), 4 * X)
+    assert _time(_topo(**pens, peer_accounting="shared"), a2a) == pytest.approx(_time(_topo(**pens), a2a), rel=1e-12)
+    with pytest.raises(ValueError, match="peer_accounting"):
+        FluidNetwork(_topo(**pens, peer_accounting="some"))
+    # the link parameters carry it to the topology, only with a peer term to scale
+    lp = LinkParams(efficiency=1.0, two_way_penalty=b, peer_penalty=c, peer_shared=True)
+    assert LinkParams.from_dict(lp.to_dict()) == lp
+    assert effective_topology(_topo(tc_rate_bits=8 * CAP), {"nic": lp}).graph.graph.get("peer_accounting") == "shared"
+    no_c = replace(lp, peer_penalty=0.0)
+    assert "peer_accounting" not in effective_topology(_topo(tc_rate_bits=8 * CAP), {"nic": no_c}).graph.graph
+
+
+def test_a_profile_whose_peer_shared_is_not_a_flag_is_refused():
+    import yaml
+
+    from moesim.cost.profile import parse_profile
+    from moesim.errors import InputFileError
+    root = Path(__file__).resolve().parents[1]
+    d = yaml.safe_load((root / "calibration/cpu-testbed.yaml").read_text())
+    d["calibration"]["links"]["nic"]["peer_shared"] = 1
+    with pytest.raises(InputFileError, match=r"calibration\.links\.nic\.peer_shared' must be true or false"):
+        parse_profile(d, Path("p.yaml"))

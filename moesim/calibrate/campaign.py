@@ -399,6 +399,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="shaped links' two-way loss holds a flow only while its reverse flow still sends (a "
                          "rank pair of a pairwise All-to-All whose peer has sent its share runs one-way), not "
                          "for the whole stage (moesim.network.fluid)")
+    ap.add_argument("--peer-shared", action="store_true",
+                    help="shaped links' peer term c counts only the peer links that other hosts' two-way flows "
+                         "also cross (a last arriver whose peers are done with each other pays b alone), not "
+                         "every peer link (moesim.network.fluid)")
     ap.add_argument("--two-way-rate", action="store_true",
                     help="shared-core model: the shaped links' two-way loss depends on the rate: b and c hold at "
                          "the fit runs' lowest tc rate and scale by (rate / that rate) ** -gamma, gamma fitted in "
@@ -587,7 +591,8 @@ def fit_command(out: str, name: str, patterns: str, a2a_start: str = "pairwise",
                 two_way_patterns: str | None = None, a2a_cpu: str = "none", release: str = "patterns",
                 compute_first: bool = False, continuous_bucket: bool = False, a2a_phase: bool = False,
                 two_way_rate: bool = False, pool: str = "fit", a2a_cpu_overlap: bool = False,
-                two_way_rate_min: float | None = None, two_way_active: bool = False) -> str:
+                two_way_rate_min: float | None = None, two_way_active: bool = False,
+                peer_shared: bool = False) -> str:
     """The command that re-creates a campaign profile (options at their defaults left out)."""
     opts = "".join(f" {k} {shlex.quote(v)}" for k, v, default in
                    (("--name", name, "cpu-testbed"), ("--patterns", patterns, DEFAULT_PATTERNS),
@@ -601,7 +606,7 @@ def fit_command(out: str, name: str, patterns: str, a2a_start: str = "pairwise",
     flags = "".join(f for f, on in ((" --compute-first", compute_first), (" --continuous-bucket", continuous_bucket),
                                     (" --fit-a2a-phase", a2a_phase), (" --two-way-rate", two_way_rate),
                                     (" --a2a-cpu-overlap", a2a_cpu_overlap),
-                                    (" --two-way-active", two_way_active)) if on)
+                                    (" --two-way-active", two_way_active), (" --peer-shared", peer_shared)) if on)
     base = f"python -m {PROG} --out {out}{opts}{flags}"
     return f"{base}  (this fit alone: {base} --only calibrate)"
 
@@ -652,7 +657,8 @@ def finish(args, log, out: Path, mdir: Path, vdir: Path) -> int:
         held = _two_way_from_sweep(cal, root, two_way_patterns or TWO_WAY_PATTERNS_DEFAULT[two_way], log, two_way)
     continuous = getattr(args, "continuous_bucket", False)
     for flag, on, field in (("--continuous-bucket", continuous, "burst_continuous"),
-                            ("--two-way-active", getattr(args, "two_way_active", False), "two_way_active")):
+                            ("--two-way-active", getattr(args, "two_way_active", False), "two_way_active"),
+                            ("--peer-shared", getattr(args, "peer_shared", False), "peer_shared")):
         if on:   # a shaped-link engine setting, written to the links the in-situ fit then simulates
             nic = cal.profile.get("calibration", {}).get("links", {}).get("nic")
             if nic is None:
@@ -682,7 +688,8 @@ def finish(args, log, out: Path, mdir: Path, vdir: Path) -> int:
                                                        getattr(args, "pool", "fit"),
                                                        getattr(args, "a2a_cpu_overlap", False),
                                                        getattr(args, "two_way_rate_min", None),
-                                                       getattr(args, "two_way_active", False))
+                                                       getattr(args, "two_way_active", False),
+                                                       getattr(args, "peer_shared", False))
     if patterns:
         cal.profile["provenance"]["release_patterns"] = patterns
     write_profile(prof_path, cal.profile)

@@ -25,7 +25,8 @@ rate rises, as ``real_backend.patterns`` measures; γ = 0: one loss at every rat
 bucket: ``burst_s * rate`` bytes pass at once at a collective's start; see :mod:`moesim.network.fluid`),
 ``burst_continuous`` (the buckets are accounted continuously, not per stage: the network's
 ``graph.graph["burst_accounting"] = "continuous"``), ``two_way_active`` (the two-way loss holds a
-flow only while its reverse flow still sends: ``graph.graph["two_way_accounting"] = "active"``) and
+flow only while its reverse flow still sends: ``graph.graph["two_way_accounting"] = "active"``), ``peer_shared`` (c counts only the peer links
+that other hosts' two-way flows also cross: ``graph.graph["peer_accounting"] = "shared"``) and
 ``release_spread`` s (an All-to-All across
 shaped links returns to its members over the last s of its duration, as ``real_backend.patterns``
 measures; see :mod:`moesim.engine.netbridge`).
@@ -72,6 +73,7 @@ class LinkParams:
     burst_s: float = 0.0             # token bucket: an idle shaped link passes burst_s * tc rate bytes at once
     burst_continuous: bool = False   # ... its bucket accounted continuously (not per stage; moesim.network.fluid)
     two_way_active: bool = False     # the two-way loss only while a flow's reverse flow still sends (moesim.network.fluid)
+    peer_shared: bool = False        # c counts only peer links other hosts' two-way flows also cross (ditto)
     release_spread: float = 0.0      # an All-to-All over it releases its members over the last fraction of its time
 
     def bandwidth(self, nominal: float | None) -> float:
@@ -109,6 +111,8 @@ class LinkParams:
             out["burst_continuous"] = True
         if self.two_way_active:
             out["two_way_active"] = True
+        if self.peer_shared:
+            out["peer_shared"] = True
         if self.release_spread > 0:
             out["release_spread"] = float(self.release_spread)
         return out
@@ -125,6 +129,7 @@ class LinkParams:
                    two_way_reference_rate=float(d.get("two_way_reference_rate") or 0.0),
                    burst_continuous=d.get("burst_continuous") is True,
                    two_way_active=d.get("two_way_active") is True,
+                   peer_shared=d.get("peer_shared") is True,
                    release_spread=float(d.get("release_spread") or 0.0))
 
 
@@ -210,6 +215,8 @@ def effective_topology(topology: Topology, links: Mapping[str, LinkParams],
             g.graph["peer_penalty"] = {**dict(g.graph.get("peer_penalty") or {}), **peer}
         if any(links[cls].two_way_active for cls in inc):
             g.graph["two_way_accounting"] = "active"
+        if peer and any(links[cls].peer_shared for cls in peer):
+            g.graph["peer_accounting"] = "shared"
         onset = {cls: float(links[cls].two_way_onset_s) for cls in inc if links[cls].two_way_onset_s > 0}
         if onset:
             g.graph["two_way_onset_s"] = {**dict(g.graph.get("two_way_onset_s") or {}), **onset}

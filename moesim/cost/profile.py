@@ -168,7 +168,7 @@ def _contention(path: Path, data: Mapping) -> dict:
 def _check_link_fields(path: Path, data: Mapping) -> None:
     """The per-class link fields read with the links by :func:`moesim.calibrate.profile_io.link_params`
     that the profile checks: ``calibration.links.CLASS.two_way_onset_s`` (s, the two-way loss's onset)
-    must be a number in [0, 1), ``burst_continuous`` and ``two_way_active`` true or false,
+    must be a number in [0, 1), ``burst_continuous``, ``two_way_active`` and ``peer_shared`` true or false,
     ``two_way_rate_exponent`` a number that, unless 0, comes with a positive ``two_way_reference_rate``
     (bytes/s)."""
     cal = data.get("calibration")
@@ -176,7 +176,7 @@ def _check_link_fields(path: Path, data: Mapping) -> None:
     if not isinstance(links, Mapping):
         return
     for cls, lp in links.items():
-        for flag in ("burst_continuous", "two_way_active"):
+        for flag in ("burst_continuous", "two_way_active", "peer_shared"):
             if isinstance(lp, Mapping) and lp.get(flag) is not None and not isinstance(lp[flag], bool):
                 raise InputFileError(path, f"field 'calibration.links.{cls}.{flag}' must be true or false, "
                                            f"got {lp[flag]!r}")

@@ -36,6 +36,13 @@ holds data for them to queue behind, and the flow runs one-way. A rank that reac
 All-to-All last sends to every peer over its one link while each peer, done with the others, sends
 it one share over its own, so the peers' flows end first and the rest of its bytes move one-way.
 
+Peer accounting (optional, ``graph.graph["peer_accounting"]``): ``"all"`` (default) counts every
+peer link in ``k``; ``"shared"`` scales ``c (k - 1)`` by the fraction of the peer links that also carry
+two-way flows not crossing the link (other hosts' flows: the peer's token bucket is shared). Every
+peer link of a uniform All-to-All among three or more hosts is shared, so it, and the trains' fit of
+b and c, are unchanged; a pairwise All-to-All's last arriver, whose peers are done with each other,
+exchanges over peer links that carry only its own flows and pays b alone.
+
 Onset of the two-way loss (optional, off unless ``graph.graph["two_way_onset_s"]`` maps a penalised
 class to ``H > 0`` s): such a link passes its full capacity for the first ``H`` seconds it carries
 two-way flows without a break, and the penalised capacity after that; the clock restarts once no
@@ -72,7 +79,7 @@ import itertools
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Hashable
+from typing import Hashable, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -83,6 +90,16 @@ from moesim.network.params import NetworkParams
 from moesim.network.stages import Collective, FlowStage, Stage, UniformStage
 from moesim.network.symmetry import digest, flow_orbit_keys, meet
 from moesim.topology.model import Topology
+
+
+class TwoWayLinks(NamedTuple):
+    """The penalised links that two-way flows cross (link ids are directed-link indices)."""
+
+    links: np.ndarray        # the links, sorted
+    partners: np.ndarray     # per link: the other penalised links its two-way flows cross (peer links)
+    pairs: np.ndarray        # 2 x n: (link, peer link) crossed by one flow, every ordered combination
+    link_flows: np.ndarray   # per link: the two-way flows crossing it
+    pair_flows: np.ndarray   # per pair: the two-way flows crossing both
 
 
 @dataclass
@@ -187,6 +204,10 @@ class FluidNetwork:
             raise ValueError(f"graph attribute 'two_way_accounting' must be 'stage' or 'active', "
                              f"got {two_way_accounting!r}")
         self._two_way_active = two_way_accounting == "active"
+        peer_accounting = topology.graph.graph.get("peer_accounting", "all")
+        if peer_accounting not in ("all", "shared"):
+            raise ValueError(f"graph attribute 'peer_accounting' must be 'all' or 'shared', got {peer_accounting!r}")
+        self._peer_shared = peer_accounting == "shared"
 
     # -- public API ------------------------------------------------------------------------------
     def start(self, collective: Collective, key: Hashable, now: float, *, record_flows: bool = False) -> None:
@@ -479,7 +500,7 @@ class FluidNetwork:
     def _cold_links(self, runs: list[_StageRun]) -> tuple[np.ndarray, float]:
         """Onset bookkeeping at a solve: per link whether it carries two-way flows and is still within
         its onset (full capacity), and when the next such link turns penalised (absolute s; inf: none)."""
-        links = np.unique(np.concatenate([self._run_two_way_links(r)[0] for r in runs]))
+        links = np.unique(np.concatenate([self._run_two_way_links(r).links for r in runs]))
         carrying = np.zeros(self.topo.num_links, dtype=bool)
         carrying[links] = True
         since = self._two_way_since
@@ -494,23 +515,34 @@ class FluidNetwork:
         (``cold``: per link, still within its onset, so not penalised yet). A link's peer links are
         counted over every stage sending now (an All-to-All whose rank pairs start apart runs as
         several stages at once)."""
+        n = self.topo.num_links
         found = [self._run_two_way_links(r) for r in runs]
-        links = np.unique(np.concatenate([f[0] for f in found]))
-        pairs = np.concatenate([f[2] for f in found], axis=1)
+        links = np.unique(np.concatenate([f.links for f in found]))
+        pairs = np.concatenate([f.pairs for f in found], axis=1)
+        pair_flows = np.concatenate([f.pair_flows for f in found])
         if pairs.shape[1]:
-            pairs = np.unique(pairs, axis=1)
-        partners = np.bincount(pairs[0], minlength=self.topo.num_links)[links] if len(links) else links
+            pairs, inverse = np.unique(pairs, axis=1, return_inverse=True)
+            pair_flows = np.bincount(inverse.ravel(), weights=pair_flows, minlength=pairs.shape[1])
+        partners = np.bincount(pairs[0], minlength=n)[links] if len(links) else links
+        peers = np.maximum(partners - 1, 0).astype(float)    # k - 1
+        if self._peer_shared and len(links):
+            # a peer link j counts only if two-way flows that do not cross this link l cross it too
+            link_flows = np.zeros(n)
+            for f in found:
+                np.add.at(link_flows, f.links, f.link_flows)
+            shared = link_flows[pairs[1]] > pair_flows + 0.5
+            peers *= np.bincount(pairs[0][shared], minlength=n)[links] / np.maximum(partners, 1)
         if cold is not None and len(links):
             keep = ~cold[links]
-            links, partners = links[keep], partners[keep]
-        g = np.ones(self.topo.num_links)
-        extra = 0.0 if self._peer is None else self._peer[links] * np.maximum(partners - 1, 0)
+            links, peers = links[keep], peers[keep]
+        g = np.ones(n)
+        extra = 0.0 if self._peer is None else self._peer[links] * peers
         np.minimum.at(g, links, 1.0 / (1.0 + self._two_way[links] + extra))
         cap = lo.capacity.copy()
         np.minimum.at(cap, lo.of_link, self.topo.link_capacity * g)
         return cap
 
-    def _run_two_way_links(self, r: _StageRun) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _run_two_way_links(self, r: _StageRun) -> TwoWayLinks:
         """:func:`stage_two_way_links` of a run's stage; with ``"active"`` two-way accounting, of its
         flows that still send (explicit-flow stages)."""
         st = r.stage
@@ -695,10 +727,10 @@ def class_values(topo: Topology, attr: str) -> np.ndarray | None:
     return b if (b > 0).any() else None
 
 
-def stage_two_way_links(book: CellBook, penalty: np.ndarray, stage: Stage) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(links, partners, pairs): the links with a two-way penalty that carry a flow of ``stage`` whose
-    reverse flow is in the stage too, for each the number of other such links its two-way flows
-    cross (the peer hosts' links), and those (link, other link) pairs (2 x n)."""
+def stage_two_way_links(book: CellBook, penalty: np.ndarray, stage: Stage) -> TwoWayLinks:
+    """The links with a two-way penalty that carry a flow of ``stage`` whose reverse flow is in the
+    stage too: for each the number of other such links its two-way flows cross (the peer hosts'
+    links), those (link, other link) pairs, and the two-way flows on each link and pair."""
     if isinstance(stage, UniformStage):   # every ordered pair of its ranks: each flow's reverse is there
         r = stage.ranks
         return pair_two_way_links(book, penalty, np.repeat(r, len(r)), np.tile(r, len(r)), stage.signature)
@@ -706,7 +738,7 @@ def stage_two_way_links(book: CellBook, penalty: np.ndarray, stage: Stage) -> tu
 
 
 def pair_two_way_links(book: CellBook, penalty: np.ndarray, src: np.ndarray, dst: np.ndarray,
-                       key: Hashable) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                       key: Hashable) -> TwoWayLinks:
     """:func:`stage_two_way_links` of the flows ``src`` -> ``dst`` (rank arrays): those whose reverse
     flow is among them; cached on ``book`` under ``key``."""
     cache = book.__dict__.setdefault("_two_way", {})
@@ -721,10 +753,10 @@ def pair_two_way_links(book: CellBook, penalty: np.ndarray, src: np.ndarray, dst
 
 
 def _two_way_links_of(book: CellBook, penalty: np.ndarray, s: np.ndarray,
-                      d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(links, partners, pairs) of the two-way flows ``s`` -> ``d`` (see :func:`stage_two_way_links`)."""
+                      d: np.ndarray) -> TwoWayLinks:
+    """:class:`TwoWayLinks` of the two-way flows ``s`` -> ``d`` (see :func:`stage_two_way_links`)."""
     empty = np.zeros(0, dtype=np.int64)
-    out = (empty, empty, np.zeros((2, 0), dtype=np.int64))
+    out = TwoWayLinks(empty, empty, np.zeros((2, 0), dtype=np.int64), empty, empty)
     if len(s):
         routes = book.router.routes(s, d)
         links = np.asarray(routes.links, dtype=np.int64)
@@ -740,13 +772,16 @@ def _two_way_links_of(book: CellBook, penalty: np.ndarray, s: np.ndarray,
                 same = flow[j:] == flow[:-j]
                 a += [links[:-j][same], links[j:][same]]
                 b += [links[j:][same], links[:-j][same]]
-            uniq = np.unique(links)
-            both = np.zeros((2, 0), dtype=np.int64)
+            uniq, link_flows = np.unique(links, return_counts=True)
+            both, pair_flows = np.zeros((2, 0), dtype=np.int64), empty
             if a:
-                both = np.unique(np.stack([np.concatenate(a), np.concatenate(b)]), axis=1)
-                both = both[:, both[0] != both[1]]
+                both, pair_flows = np.unique(np.stack([np.concatenate(a), np.concatenate(b)]), axis=1,
+                                             return_counts=True)
+                keep = both[0] != both[1]
+                both, pair_flows = both[:, keep], pair_flows[keep]
             counts = np.bincount(both[0], minlength=int(uniq.max()) + 1)[uniq]
-            out = (uniq, counts.astype(np.int64), both.astype(np.int64))
+            out = TwoWayLinks(uniq, counts.astype(np.int64), both.astype(np.int64), link_flows.astype(np.int64),
+                              pair_flows.astype(np.int64))
     return out
 
 
