@@ -257,3 +257,31 @@ def test_a_late_ranks_exchange_against_an_all_at_once_one_on_4x1_and_2x2():
             assert (late["bottleneck_bytes"] == peers * 393216).all()
             gap = late["goodput"].median() - together["goodput"].median()
             assert sign * gap > margin, (layout, rate, gap)
+
+
+def test_a_sweep_made_with_a_loss_that_falls_with_the_rate_gives_its_exponent_back():
+    """b and c at the lowest rate (150 Mbit/s) scaled by (rate / 150 Mbit/s) ** -gamma: the fit with
+    ``rate_exponent`` recovers all three; without it gamma stays 0; one rate cannot tell gamma."""
+    sweep = _synthetic(0.3, 0.1)
+    sweep = sweep.assign(measured_s=predict(sweep, LINKS, LAT, BURST, 0.3, 0.1, rate_exponent=1.0,
+                                            reference_rate=150e6 / 8))
+    fit = fit_two_way(sweep, LINKS, LAT, BURST, rate_exponent=True)
+    assert (fit.penalty, fit.peer, fit.rate_exponent) == pytest.approx((0.3, 0.1, 1.0), abs=0.01)
+    assert fit.reference_rate == pytest.approx(150e6 / 8)
+    rec = fit.record()
+    assert rec["two_way_rate_exponent"] == fit.rate_exponent and rec["max_error"] < 0.01
+    plain = fit_two_way(sweep, LINKS, LAT, BURST)
+    assert plain.rate_exponent == 0.0 and "two_way_rate_exponent" not in plain.record()
+    assert plain.record()["max_error"] > 0.05          # one loss at both rates cannot fit it
+    with pytest.raises(MoesimError, match="two or more tc rates"):
+        fit_two_way(sweep[sweep["rate_bits"] == 150e6], LINKS, LAT, BURST, rate_exponent=True)
+
+
+def test_the_committed_trains_loss_does_not_fall_with_the_rate(capsys):
+    """calibration/README.md (models AK and AL): with the testbed's bucket simulated, the trains at 150
+    and 400 Mbit/s want one loss (gamma below 0.25), unlike the late rank's exchange."""
+    assert main(["--rate-exponent", "--patterns", str(ROOT / "calibration/patterns/train-*-393216.csv"),
+                 "--profile", str(ROOT / "calibration/cpu-testbed.yaml")]) == 0
+    out = capsys.readouterr().out
+    gamma = float(out.split("gamma = ")[1].split()[0])
+    assert 0.0 <= gamma < 0.25 and "4 tables" in out

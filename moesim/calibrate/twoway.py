@@ -12,7 +12,9 @@ that many calls each starting when the previous one ends. Every (testbed, size) 
 the calibrated links (efficiency, latencies) and the configured bucket, and (b, c) minimise the
 sum of squared log errors of the median repetition: a grid, then a pattern search (diagonal moves
 too) that halves its steps. c is fitted only when the sweep holds both two-host testbeds and bigger
-ones (which tell b and c apart); else it is 0.
+ones (which tell b and c apart); else it is 0. With ``rate_exponent`` the loss may fall with the rate:
+b and c hold at the sweep's lowest tc rate R0 and scale by ``(R / R0) ** -γ`` at rate R
+(``LinkParams.two_way_rate_exponent``), γ ≥ 0 fitted with them (the sweep needs two tc rates).
 
 The loss may also set in only after an onset H (``two_way_onset_s``: full rate for the first H s of
 two-way traffic; :mod:`moesim.network.fluid`). :func:`onset_scan` refits (b, c) at each H of a grid,
@@ -41,19 +43,24 @@ TRAIN_PATTERNS = "calibration/patterns/train-*.csv"
 SOURCE_PATTERN = {"sizesweep": "all_to_all", "trains": "all_to_all_train"}
 PENALTY_GRID = tuple(np.round(np.arange(0.0, 0.71, 0.1), 2))
 PEER_GRID = tuple(np.round(np.arange(0.0, 0.51, 0.1), 2))
+#: rate exponents γ scanned when the loss may fall with the rate (then refined with b and c, never below 0)
+RATE_EXPONENT_GRID = (0.0, 0.5, 1.0, 1.5, 2.0)
 REFINE_ROUNDS = 6
 
 
 @dataclass
 class TwoWayFit:
-    """``penalty`` b and ``peer`` c; ``rows``: per table the testbed, bytes per rank pair, measured
-    and predicted seconds (median repetition); ``files``: the tables."""
+    """``penalty`` b and ``peer`` c (at ``reference_rate`` bytes/s, scaled by ``(rate / reference_rate)
+    ** -rate_exponent``; exponent 0: at every rate); ``rows``: per table the testbed, bytes per rank
+    pair, measured and predicted seconds (median repetition); ``files``: the tables."""
 
     penalty: float
     peer: float
     rows: pd.DataFrame
     files: list
     source: str = "sizesweep"
+    rate_exponent: float = 0.0
+    reference_rate: float = 0.0
 
     def record(self) -> dict:
         """What a profile keeps of the fit (``calibration.two_way_from``)."""
@@ -61,7 +68,9 @@ class TwoWayFit:
         what = ("isolated All-to-Alls of several sizes (real_backend.patterns after an idle gap: full token bucket)"
                 if self.source == "sizesweep" else
                 "trains of back-to-back All-to-Alls (real_backend.patterns all_to_all_train, costed like a step's)")
-        return {"source": self.source, "two_way_penalty": self.penalty, "peer_penalty": self.peer,
+        rate = ({"two_way_rate_exponent": self.rate_exponent, "two_way_reference_rate": self.reference_rate}
+                if self.rate_exponent else {})
+        return {"source": self.source, "two_way_penalty": self.penalty, "peer_penalty": self.peer, **rate,
                 "tables": self.files, "rows": len(self.rows),
                 "max_error": float(np.max(np.abs(np.expm1(err)))), "rms_log_error": float(np.sqrt(np.mean(err ** 2))),
                 "meaning": f"b and c of the tc-shaped links fitted on {what} with the simulator, "
@@ -119,12 +128,15 @@ def read_size_sweep(paths: Sequence[str | os.PathLike], pattern: str = "all_to_a
 
 
 def predict(sweep: pd.DataFrame, links: Mapping[str, LinkParams], latency_per_message: float, burst_s: float,
-            penalty: float, peer: float, onset_s: float = 0.0) -> np.ndarray:
-    """Simulated seconds per call of every row of ``sweep`` with b = ``penalty``, c = ``peer`` and the
+            penalty: float, peer: float, onset_s: float = 0.0, rate_exponent: float = 0.0,
+            reference_rate: float = 0.0) -> np.ndarray:
+    """Simulated seconds per call of every row of ``sweep`` with b = ``penalty``, c = ``peer`` (at
+    ``reference_rate`` bytes/s, scaled by ``(rate / reference_rate) ** -rate_exponent``) and the
     loss's onset ``onset_s`` on the ``nic`` links: its ``calls`` All-to-Alls back to back from a full
     bucket."""
     nic = replace(links["nic"], two_way_penalty=float(penalty), peer_penalty=float(peer), burst_s=float(burst_s),
-                  two_way_onset_s=float(onset_s))
+                  two_way_onset_s=float(onset_s), two_way_rate_exponent=float(rate_exponent),
+                  two_way_reference_rate=float(reference_rate) if rate_exponent else 0.0)
     lk = {**links, "nic": nic}
     calls = sweep["calls"] if "calls" in sweep.columns else pd.Series(1, index=sweep.index)
     return np.array([simulate_measured("all_to_all", "world", int(r.hosts), int(r.ranks_per_host),
@@ -135,10 +147,12 @@ def predict(sweep: pd.DataFrame, links: Mapping[str, LinkParams], latency_per_me
 
 def fit_two_way(sweep: pd.DataFrame, links: Mapping[str, LinkParams], latency_per_message: float, burst_s: float,
                 penalty_grid=PENALTY_GRID, peer_grid=PEER_GRID, refine: int = REFINE_ROUNDS,
-                source: str = "sizesweep", onset_s: float = 0.0) -> TwoWayFit:
+                source: str = "sizesweep", onset_s: float = 0.0, rate_exponent: bool = False,
+                exponent_grid=RATE_EXPONENT_GRID) -> TwoWayFit:
     """Fit (b, c) on ``sweep`` (:func:`read_size_sweep`) with the calibrated ``links`` (which must hold
     ``nic``), ``latency_per_message`` (s), a full bucket of ``burst_s`` seconds at the rate and the
-    loss's onset ``onset_s`` (s, held)."""
+    loss's onset ``onset_s`` (s, held); with ``rate_exponent``, (b, c, γ) with b and c at the sweep's
+    lowest tc rate (γ over ``exponent_grid``, then refined, never below 0)."""
     if "nic" not in links:
         raise MoesimError("the two-way fit needs calibrated 'nic' links (fit the network microbenchmarks "
                           "of a shaped testbed first)")
@@ -146,18 +160,25 @@ def fit_two_way(sweep: pd.DataFrame, links: Mapping[str, LinkParams], latency_pe
         raise MoesimError("the size sweep holds no row")
     meas = sweep["measured_s"].to_numpy()
     peers_on = bool((sweep["hosts"] == 2).any() and (sweep["hosts"] > 2).any())
+    reference_rate = float(sweep["rate_bits"].min()) / 8.0
+    if rate_exponent and sweep["rate_bits"].nunique() < 2:
+        raise MoesimError(f"a two-way loss that falls with the rate needs tables at two or more tc rates; "
+                          f"{', '.join(sweep['file'])} have one")
     cache: dict = {}
 
     def loss(x) -> float:
-        key = (round(x[0], 9), round(x[1], 9))
+        key = tuple(round(v, 9) for v in x)
         if key not in cache:
-            pred = predict(sweep, links, latency_per_message, burst_s, *key, onset_s=onset_s)
+            pred = predict(sweep, links, latency_per_message, burst_s, key[0], key[1], onset_s=onset_s,
+                           rate_exponent=key[2], reference_rate=reference_rate)
             cache[key] = (float(np.sum(np.log(pred / meas) ** 2)), pred)
         return cache[key][0]
 
-    best = min(itertools.product(penalty_grid, peer_grid if peers_on else (0.0,)), key=loss)
+    gammas = tuple(float(g) for g in exponent_grid) if rate_exponent else (0.0,)
+    best = min(itertools.product(penalty_grid, peer_grid if peers_on else (0.0,), gammas), key=loss)
     steps = (float(np.diff(penalty_grid).min(initial=0.1)) / 2,
-             float(np.diff(peer_grid).min(initial=0.1)) / 2 if peers_on else 0.0)
+             float(np.diff(peer_grid).min(initial=0.1)) / 2 if peers_on else 0.0,
+             float(np.diff(sorted(gammas)).min(initial=0.5)) / 2 if rate_exponent else 0.0)
     for _ in range(refine):          # pattern search with diagonal moves (b and c trade along a valley)
         for _ in range(8):
             moves = itertools.product(*[(-1, 0, 1) if h > 0 else (0,) for h in steps])
@@ -166,9 +187,9 @@ def fit_two_way(sweep: pd.DataFrame, links: Mapping[str, LinkParams], latency_pe
                 break
             best = cand
         steps = tuple(h / 2 for h in steps)
-    b, c = (round(float(v), 9) for v in best)
-    rows = sweep.assign(predicted_s=cache[(b, c)][1])
-    return TwoWayFit(b, c, rows, list(sweep["file"]), source)
+    b, c, gamma = (round(float(v), 9) for v in best)
+    rows = sweep.assign(predicted_s=cache[(b, c, gamma)][1])
+    return TwoWayFit(b, c, rows, list(sweep["file"]), source, gamma, reference_rate if gamma else 0.0)
 
 
 ONSET_GRID_S = (0.0, 0.005, 0.01, 0.015, 0.02, 0.03)
@@ -209,6 +230,9 @@ def main(argv=None) -> int:
     ap.add_argument("--patterns", default=None, help="tables (glob; default: the source's committed ones, "
                                                      "trains without the compute-between-calls variant)")
     ap.add_argument("--onset-grid", default=",".join(str(h) for h in ONSET_GRID_S), help="onsets H (s)")
+    ap.add_argument("--rate-exponent", action="store_true",
+                    help="instead of the onset scan, one fit with the testbed's bucket of (b, c, gamma): b and c "
+                         "at the tables' lowest tc rate, scaled by (rate / that rate) ** -gamma (gamma >= 0)")
     args = ap.parse_args(argv)
     try:
         grid = tuple(float(x) for x in args.onset_grid.split(",") if x)
@@ -223,6 +247,17 @@ def main(argv=None) -> int:
     _, raw = raw_profile(args.profile)
     links = link_params(raw)
     sweep = read_size_sweep(files, SOURCE_PATTERN[args.source])
+    if args.rate_exponent:
+        fit = fit_two_way(sweep, links, float(raw["network"]["latency_per_message_s"]), TESTBED_TBF_BURST_S,
+                          source=args.source, rate_exponent=True)
+        rec = fit.record()
+        print(f"{len(files)} tables, bucket {TESTBED_TBF_BURST_S * 1e3:.1f} ms: b = {fit.penalty:.3f}, "
+              f"c = {fit.peer:.3f} at {fit.reference_rate * 8 / 1e6:.0f} Mbit/s, gamma = {fit.rate_exponent:.3f} "
+              f"(rms log error {rec['rms_log_error']:.3f}, max {rec['max_error']:.1%})")
+        for r in fit.rows.itertuples():
+            print(f"  {r.file}: {r.measured_s * 1e3:.1f} ms measured, {r.predicted_s * 1e3:.1f} ms predicted "
+                  f"({r.predicted_s / r.measured_s - 1:+.1%})")
+        return 0
     scan = onset_scan(sweep, links, float(raw["network"]["latency_per_message_s"]),
                       bursts_s=(TESTBED_TBF_BURST_S, 0.0), onset_grid=grid)
     print(f"{len(files)} tables: " + ", ".join(sweep["file"]))
