@@ -87,11 +87,16 @@ def test_fit_command_names_the_options_that_differ_from_the_defaults():
     assert "--name" not in campaign.fit_command("calibration", "cpu-testbed", "none")
     assert campaign.fit_command("c", "cpu-testbed", campaign.DEFAULT_PATTERNS, "together", "0", "fit").startswith(
         "python -m moesim.calibrate.campaign --out c --a2a-start together --time-slice 0 --burst fit  (")
-    # the committed profiles record exactly that command
+    # the committed profiles record exactly that command, and the default shared peer accounting
     for path, name in (("calibration/cpu-testbed.yaml", "cpu-testbed"),
                        ("calibration/avx2/cpu-testbed-avx2.yaml", "cpu-testbed-avx2")):
         text = open(path).read()
         assert "release_patterns:" in text and f"name: {name}" in text
+        assert "peer_shared: true" in text and "--peer-accounting" not in text
+    assert " --peer-accounting all " in campaign.fit_command("c", "cpu-testbed", campaign.DEFAULT_PATTERNS,
+                                                             peer_accounting="all")
+    with pytest.raises(SystemExit):
+        campaign.main(["--only", "calibrate", "--peer-accounting", "some"])
 
 
 def test_nic_efficiency_flag_is_recorded_in_the_fit_command_and_checked(capsys):

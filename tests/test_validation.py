@@ -26,7 +26,7 @@ CAMPAIGN = ROOT / "calibration" / "validation"
 #: of paired launches on an AVX2 machine; ``calibration/avx2-sequential/`` the same design as two
 #: launches per pair, the same morning; ``calibration/avx512-1r/`` one run per configuration on an
 #: AVX-512 machine; the others 3 or 5 rounds (README "Results"; the record: calibration/README.md).
-CAMPAIGNS = [(CAMPAIGN, ROOT / "calibration" / "measurements", {"4x1 400Mbit k2"}, 0.15),
+CAMPAIGNS = [(CAMPAIGN, ROOT / "calibration" / "measurements", set(), 0.10),
              (ROOT / "calibration" / "avx2-sequential" / "validation",
               ROOT / "calibration" / "avx2-sequential" / "measurements", {"2x2 400Mbit k8"}, 0.21),
              (ROOT / "calibration" / "avx512-1r" / "validation", ROOT / "calibration" / "avx512-1r" / "measurements",
@@ -87,14 +87,15 @@ def test_committed_campaign_meets_targets(committed):
     assert rep["max_error"] >= rep["mape"]
     held_pairs = [p for p in rep["pairs"] if p["role"] == "heldout"]
     assert len(held_pairs) >= 8
-    # Known gaps (calibration/README.md "What remains"), with the tbf efficiency fitted on the one-way rings: on the
-    # paired default campaign 4x1 400 Mbit/s top-2 (14.0 %, over-predicted, its three rounds agreeing:
-    # the model's top-2 over-prediction at 400 Mbit/s); on the sequential AVX2 campaign 2x2 400 Mbit/s
+    # Known gaps (calibration/README.md "What remains"), with the tbf efficiency fitted on the one-way rings and
+    # the peer loss counted on shared peer links (model AL; before it the paired default campaign missed
+    # 4x1 400 Mbit/s top-2 at 14.0 %, now 8.7 %, so the default meets the target on every pair): on the
+    # sequential AVX2 campaign 2x2 400 Mbit/s
     # top-8 (20.0 %, over-predicted; its DCCA rounds 2 and 3 computed
     # 1.6x slower than round 1: per-round speedups 1.59, 1.29, 1.38); on the single-run AVX-512
     # campaign 4x1 150 Mbit/s top-8 (10.9 %, under-predicted); on the AVX2 replication two top-2
     # pairs (10.4 % and 11.5 %), among them 2x2 400 Mbit/s top-2, whose rounds drifted (per-round
-    # speedups 0.99, 0.89, 1.00). The five other campaigns meet the target on every pair. Any new
+    # speedups 0.99, 0.89, 1.00). The six other campaigns here meet the target on every pair. Any new
     # miss fails here.
     missed = {p["label"] for p in held_pairs if p["error"] > 0.10}
     assert missed <= allowed_misses, missed

@@ -399,10 +399,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="shaped links' two-way loss holds a flow only while its reverse flow still sends (a "
                          "rank pair of a pairwise All-to-All whose peer has sent its share runs one-way), not "
                          "for the whole stage (moesim.network.fluid)")
-    ap.add_argument("--peer-shared", action="store_true",
-                    help="shaped links' peer term c counts only the peer links that other hosts' two-way flows "
-                         "also cross (a last arriver whose peers are done with each other pays b alone), not "
-                         "every peer link (moesim.network.fluid)")
+    ap.add_argument("--peer-accounting", choices=("shared", "all"), default="shared",
+                    help="shaped links' peer term c: 'shared' (default) counts only the peer links that other "
+                         "hosts' two-way flows also cross (a last arriver whose peers are done with each other "
+                         "pays b alone); 'all' counts every peer link (moesim.network.fluid; models AK and AL in "
+                         "calibration/README.md)")
     ap.add_argument("--two-way-rate", action="store_true",
                     help="shared-core model: the shaped links' two-way loss depends on the rate: b and c hold at "
                          "the fit runs' lowest tc rate and scale by (rate / that rate) ** -gamma, gamma fitted in "
@@ -592,7 +593,7 @@ def fit_command(out: str, name: str, patterns: str, a2a_start: str = "pairwise",
                 compute_first: bool = False, continuous_bucket: bool = False, a2a_phase: bool = False,
                 two_way_rate: bool = False, pool: str = "fit", a2a_cpu_overlap: bool = False,
                 two_way_rate_min: float | None = None, two_way_active: bool = False,
-                peer_shared: bool = False) -> str:
+                peer_accounting: str = "shared") -> str:
     """The command that re-creates a campaign profile (options at their defaults left out)."""
     opts = "".join(f" {k} {shlex.quote(v)}" for k, v, default in
                    (("--name", name, "cpu-testbed"), ("--patterns", patterns, DEFAULT_PATTERNS),
@@ -600,13 +601,13 @@ def fit_command(out: str, name: str, patterns: str, a2a_start: str = "pairwise",
                     ("--burst", burst, "whole"), ("--nic-efficiency", nic_efficiency, NIC_EFFICIENCY_DEFAULT),
                     ("--two-way", two_way, "insitu"), ("--two-way-patterns", two_way_patterns, None),
                     ("--a2a-cpu", a2a_cpu, "none"), ("--release-spread", release, "patterns"),
-                    ("--pool", pool, "fit"),
+                    ("--pool", pool, "fit"), ("--peer-accounting", peer_accounting, "shared"),
                     ("--two-way-rate-min", None if two_way_rate_min is None else f"{two_way_rate_min:g}", None))
                    if v != default)
     flags = "".join(f for f, on in ((" --compute-first", compute_first), (" --continuous-bucket", continuous_bucket),
                                     (" --fit-a2a-phase", a2a_phase), (" --two-way-rate", two_way_rate),
                                     (" --a2a-cpu-overlap", a2a_cpu_overlap),
-                                    (" --two-way-active", two_way_active), (" --peer-shared", peer_shared)) if on)
+                                    (" --two-way-active", two_way_active)) if on)
     base = f"python -m {PROG} --out {out}{opts}{flags}"
     return f"{base}  (this fit alone: {base} --only calibrate)"
 
@@ -657,13 +658,15 @@ def finish(args, log, out: Path, mdir: Path, vdir: Path) -> int:
         held = _two_way_from_sweep(cal, root, two_way_patterns or TWO_WAY_PATTERNS_DEFAULT[two_way], log, two_way)
     continuous = getattr(args, "continuous_bucket", False)
     for flag, on, field in (("--continuous-bucket", continuous, "burst_continuous"),
-                            ("--two-way-active", getattr(args, "two_way_active", False), "two_way_active"),
-                            ("--peer-shared", getattr(args, "peer_shared", False), "peer_shared")):
+                            ("--two-way-active", getattr(args, "two_way_active", False), "two_way_active")):
         if on:   # a shaped-link engine setting, written to the links the in-situ fit then simulates
             nic = cal.profile.get("calibration", {}).get("links", {}).get("nic")
             if nic is None:
                 raise SystemExit(f"{PROG}: {flag}: the fitted profile has no shaped (nic) links")
             nic[field] = True
+    nic = cal.profile.get("calibration", {}).get("links", {}).get("nic")
+    if nic is not None and getattr(args, "peer_accounting", "shared") == "shared":   # the default: no shaped links, moot
+        nic["peer_shared"] = True
     if fit_runs:
         cal = fit_insitu(cal, fit_runs, patterns=[root / f for f in patterns] or None,
                          pairwise_a2a=a2a_start == "pairwise",
@@ -689,7 +692,7 @@ def finish(args, log, out: Path, mdir: Path, vdir: Path) -> int:
                                                        getattr(args, "a2a_cpu_overlap", False),
                                                        getattr(args, "two_way_rate_min", None),
                                                        getattr(args, "two_way_active", False),
-                                                       getattr(args, "peer_shared", False))
+                                                       getattr(args, "peer_accounting", "shared"))
     if patterns:
         cal.profile["provenance"]["release_patterns"] = patterns
     write_profile(prof_path, cal.profile)
