@@ -171,8 +171,8 @@ def test_in_step_goodput_floor_on_shaped_4x1_runs(committed):
                                                                    ("400Mbit", 8))}
     assert cdac["150Mbit k8"]["measured"] < cdac["150Mbit k2"]["measured"]
     assert cdac["150Mbit k8"]["measured"] < cdac["150Mbit k8"]["predicted"]
-    for k in ("400Mbit k4", "400Mbit k8"):      # 0.045-0.27 above (the least: the paired default campaign)
-        assert cdac[k]["measured"] > cdac[k]["predicted"] + 0.04, (k, cdac[k])
+    for k in ("400Mbit k4", "400Mbit k8"):      # 0.034-0.28 above (the least: the paired default campaign,
+        assert cdac[k]["measured"] > cdac[k]["predicted"] + 0.025, (k, cdac[k])   # 0.045 before model AL)
 
 
 def test_all_to_all_bytes_move_inside_the_waiting(committed):
