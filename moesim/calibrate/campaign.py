@@ -657,15 +657,15 @@ def finish(args, log, out: Path, mdir: Path, vdir: Path) -> int:
     if two_way != "insitu":
         held = _two_way_from_sweep(cal, root, two_way_patterns or TWO_WAY_PATTERNS_DEFAULT[two_way], log, two_way)
     continuous = getattr(args, "continuous_bucket", False)
+    # shaped-link engine settings, written to the links the in-situ fit then simulates
+    nic = cal.profile.get("calibration", {}).get("links", {}).get("nic")
     for flag, on, field in (("--continuous-bucket", continuous, "burst_continuous"),
                             ("--two-way-active", getattr(args, "two_way_active", False), "two_way_active")):
-        if on:   # a shaped-link engine setting, written to the links the in-situ fit then simulates
-            nic = cal.profile.get("calibration", {}).get("links", {}).get("nic")
+        if on:
             if nic is None:
                 raise SystemExit(f"{PROG}: {flag}: the fitted profile has no shaped (nic) links")
             nic[field] = True
-    nic = cal.profile.get("calibration", {}).get("links", {}).get("nic")
-    if nic is not None and getattr(args, "peer_accounting", "shared") == "shared":   # the default: no shaped links, moot
+    if nic is not None and getattr(args, "peer_accounting", "shared") == "shared":   # the default; moot unshaped
         nic["peer_shared"] = True
     if fit_runs:
         cal = fit_insitu(cal, fit_runs, patterns=[root / f for f in patterns] or None,

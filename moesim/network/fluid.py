@@ -522,7 +522,8 @@ class FluidNetwork:
         pair_flows = np.concatenate([f.pair_flows for f in found])
         if pairs.shape[1]:
             pairs, inverse = np.unique(pairs, axis=1, return_inverse=True)
-            pair_flows = np.bincount(inverse.ravel(), weights=pair_flows, minlength=pairs.shape[1])
+            if self._peer_shared:
+                pair_flows = np.bincount(inverse.ravel(), weights=pair_flows, minlength=pairs.shape[1])
         partners = np.bincount(pairs[0], minlength=n)[links] if len(links) else links
         peers = np.maximum(partners - 1, 0).astype(float)    # k - 1
         if self._peer_shared and len(links):
